@@ -1,0 +1,1 @@
+"""fsslab.data (being written)."""

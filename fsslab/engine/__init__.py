@@ -1,0 +1,1 @@
+"""fsslab.engine (being written)."""

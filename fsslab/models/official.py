@@ -1,0 +1,66 @@
+"""Load checkpoints saved by the official IPMT / AMFormer scripts into fsslab models (and export back)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# arch -> module providing build_reference_model(**kw), official_to_fsslab(sd), fsslab_to_official(sd)
+_OFFICIAL_MODULES = {"ipmt": "fsslab.models.ipmt.official", "amformer": "fsslab.models.amformer.official"}
+
+
+def _arch_module(arch: str):
+    if arch not in _OFFICIAL_MODULES:
+        raise ValueError(f"no official checkpoint format for {arch!r}; valid: {sorted(_OFFICIAL_MODULES)}")
+    return importlib.import_module(_OFFICIAL_MODULES[arch])
+
+
+def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read ``{'state_dict': ...}`` or a plain state_dict safely; strip DataParallel/DDP ``module.`` prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, or pickled objects that weights_only refuses
+        raise ValueError(f"cannot read checkpoint {path} safely (weights_only=True): {err}") from err
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no state_dict of tensors (expected {{'state_dict': {{name: tensor}}}})")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a ValueError listing missing / unexpected / mis-shaped keys, if any."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:20]) + (f" ... (+{len(items) - 20} more)" if len(items) > 20 else "")
+        raise ValueError(
+            f"checkpoint {source} does not match the model: {len(missing)} missing key(s) [{show(missing)}], "
+            f"{len(unexpected)} unexpected key(s) [{show(unexpected)}], {len(shapes)} shape mismatch(es) "
+            f"[{show(shapes)}]")
+
+
+def load_official(arch: str, path: str | Path, **kwargs: Any) -> torch.nn.Module:
+    """Build ``arch`` with the reference hyper-parameters (kwargs: shot, layers, reproduce_official, ...)
+    and load the official checkpoint at ``path``; the model is returned in eval mode."""
+    module = _arch_module(arch)
+    model = module.build_reference_model(**kwargs)
+    state = module.official_to_fsslab(read_official_state_dict(path))
+    check_keys(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def export_official(arch: str, model: torch.nn.Module, path: str | Path, epoch: int = 0) -> None:
+    """Save ``model`` in the official scripts' format (``{'epoch', 'state_dict': {'module.'+key}}``)."""
+    state = _arch_module(arch).fsslab_to_official(model.state_dict())
+    torch.save({"epoch": epoch, "state_dict": {"module." + k: v for k, v in state.items()}}, path)

@@ -1,0 +1,1 @@
+"""fsslab.viz (being written)."""
