@@ -1,1 +1,97 @@
-"""fsslab.data (being written)."""
+"""fsslab.data: episodic PASCAL-5i / COCO-20i / synthetic datasets, lists, transforms and weak labels."""
+
+from __future__ import annotations
+
+import importlib
+
+from fsslab.data.classes import (
+    COCO_CATEGORY_IDS,
+    COCO_CLASSES,
+    COCO_ID_TO_INDEX,
+    PASCAL,
+    PASCAL_CLASSES,
+    Benchmark,
+    coco_benchmark,
+    get_benchmark,
+    synthetic_benchmark,
+)
+from fsslab.data.episodic import (
+    CocoEpisodes,
+    Episode,
+    EpisodeStats,
+    EpisodicDataset,
+    PascalEpisodes,
+    SyntheticEpisodes,
+    build_dataset,
+)
+from fsslab.data.io import DatasetError, read_image, read_label, read_pair
+from fsslab.data.lists import (
+    MIN_AREA,
+    FoldIndex,
+    IndexSummary,
+    build_fold_index,
+    read_list,
+    to_base_mask,
+    write_base_annotations,
+)
+from fsslab.data.official_io import from_official, official_forward_kwargs, to_official
+from fsslab.data.transforms import TrainAugment, denormalize, eval_resize, normalize
+from fsslab.data.weak import mask_to_boxes, mask_to_scribbles, weak_label
+
+__all__ = [
+    "COCO_CATEGORY_IDS",
+    "COCO_CLASSES",
+    "COCO_ID_TO_INDEX",
+    "MIN_AREA",
+    "PASCAL",
+    "PASCAL_CLASSES",
+    "Benchmark",
+    "CocoEpisodes",
+    "DatasetError",
+    "Episode",
+    "EpisodeStats",
+    "EpisodicDataset",
+    "FoldIndex",
+    "IndexSummary",
+    "PascalEpisodes",
+    "SyntheticEpisodes",
+    "TrainAugment",
+    "build_dataset",
+    "build_fold_index",
+    "coco_benchmark",
+    "denormalize",
+    "eval_resize",
+    "from_official",
+    "generate_synthetic",
+    "get_benchmark",
+    "mask_to_boxes",
+    "mask_to_scribbles",
+    "normalize",
+    "official_forward_kwargs",
+    "read_image",
+    "read_label",
+    "read_list",
+    "read_pair",
+    "synthetic_benchmark",
+    "to_base_mask",
+    "to_official",
+    "weak_label",
+    "write_base_annotations",
+]  # fmt: skip
+
+# The generator and the real-data preparation live in modules written separately; they are imported
+# on first use so that `import fsslab.data` works even while one of them is absent or broken.
+_SYNTHETIC_NAMES = {"generate_synthetic", "SyntheticConfig", "read_meta", "write_synthetic_if_missing"}
+
+
+def __getattr__(name: str):
+    if name in _SYNTHETIC_NAMES:
+        return getattr(importlib.import_module("fsslab.data.synthetic"), name)
+    if not name.startswith("_"):
+        try:
+            prep = importlib.import_module("fsslab.data.prep")
+        except ModuleNotFoundError:
+            prep = None
+        if prep is not None and hasattr(prep, name):
+            return getattr(prep, name)
+    raise AttributeError(f"module 'fsslab.data' has no attribute {name!r}")

@@ -1,0 +1,127 @@
+"""AMFormer parity and speed against the official code (needs the official_ref harness; verification only).
+
+    export OFFICIAL_IPMT_GIT=... OFFICIAL_AMNET_GIT=...   # see /work/shared/tools/official_ref/README.md
+    python benchmarks/parity_amformer.py [--rounds 3] [--threads 2] [--memory]
+
+Builds the official AMFormer with the harness's deterministic weights, loads the same weights into
+fsslab's AMFormer (``official_to_fsslab``), runs the harness's seeded 473x473 1-shot episode and
+prints the max abs differences of ``final_out``, ``meta_out`` and ``base_out`` and the eval-forward
+times of: official fp32, fsslab fp32, fsslab fp32 channels_last, fsslab bf16 autocast + channels_last
+(rounds interleaved so that machine load hits every variant alike; median reported). ``--memory``
+measures each variant's peak RSS increase during one forward in a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HARNESS = Path(os.environ.get("OFFICIAL_REF_DIR", "/work/shared/tools/official_ref"))
+VARIANTS = ("official", "fsslab_fp32", "fsslab_channels_last", "fsslab_bf16_channels_last")
+
+
+def _harness():
+    if not (HARNESS / "official_ref.py").is_file() or not os.environ.get("OFFICIAL_AMNET_GIT"):
+        raise SystemExit(f"official_ref harness not found at {HARNESS} or OFFICIAL_AMNET_GIT unset")
+    sys.path.insert(0, str(HARNESS))
+    import official_ref
+
+    return official_ref
+
+
+def build(variant: str, shot: int = 1):
+    """(callable running one eval forward, inputs) for a variant."""
+    R = _harness()
+    official = R.build_official_amformer(shot=shot, seed=0)
+    d = R.make_inputs(shot=shot, seed=0)
+    if variant == "official":
+        return (lambda: R.run_amformer(official, d["x"], d["s_x"], d["s_y"], d["y"], d["y"], d["cat_idx"])), d
+    from fsslab.models.amformer.official import build_reference_model, official_to_fsslab
+
+    model = build_reference_model(shot=shot)
+    model.load_state_dict(official_to_fsslab(official.state_dict()), strict=True)
+    model.eval()
+    del official
+    batch = {"query_img": d["x"], "support_imgs": d["s_x"], "support_masks": d["s_y"]}
+    channels_last = variant != "fsslab_fp32"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        batch["query_img"] = batch["query_img"].contiguous(memory_format=torch.channels_last)
+    bf16 = variant.startswith("fsslab_bf16")
+
+    @torch.no_grad()
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(batch)
+        return out.logits.float(), out.aux["meta_logits"].float(), out.aux["base_logits"].float()
+
+    return run, d
+
+
+def child(variant: str) -> None:
+    """Subprocess: peak RSS increase (MiB) of one forward after a warm-up."""
+    run, _ = build(variant)
+    run()
+    import gc
+
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"variant": variant, "rss_before_mib": before, "peak_mib": peak,
+                      "forward_peak_increase_mib": peak - max(before, 0.0), "warmup_peak_mib": base_peak}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--child", choices=VARIANTS)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.child:
+        child(a.child)
+        return
+    runs = {}
+    for v in VARIANTS:
+        runs[v], _ = build(v)
+    outs = {v: runs[v]() for v in VARIANTS}  # warm-up + outputs
+    ref = outs["official"]
+    print("max abs diff vs official (final_out, meta_out, base_out):")
+    for v in VARIANTS[1:]:
+        diffs = [(mine - theirs).abs().max().item() for mine, theirs in zip(outs[v], ref)]
+        print(f"  {v:28s} " + "  ".join(f"{d:.3e}" for d in diffs))
+    times = {v: [] for v in VARIANTS}
+    for _ in range(a.rounds):
+        for v in VARIANTS:
+            t0 = time.perf_counter()
+            runs[v]()
+            times[v].append(time.perf_counter() - t0)
+    base = statistics.median(times["official"])
+    print(f"eval forward, 473x473, 1 shot, {a.threads} threads, median of {a.rounds} interleaved rounds:")
+    for v in VARIANTS:
+        med = statistics.median(times[v])
+        print(f"  {v:28s} {med:7.3f} s  ratio {med / base:5.2f}  runs {[round(t, 2) for t in times[v]]}")
+    if a.memory:
+        print("peak RSS increase during one forward (fresh subprocess each):")
+        for v in VARIANTS:
+            res = subprocess.run([sys.executable, __file__, "--child", v, "--threads", str(a.threads)],
+                                 capture_output=True, text=True, check=True)
+            info = json.loads(res.stdout.strip().splitlines()[-1])
+            print(f"  {v:28s} {info['forward_peak_increase_mib']:8.1f} MiB (process peak {info['peak_mib']:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The ``fsslab`` command line: ``fsslab data|train|eval|config|bench ...`` (``--help`` on every command)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EPILOG = ("overrides: section.key=value (e.g. data.fold=2 data.shot=5 train.amp=bf16 model.params.hidden_dim=64);"
+          " values are parsed as YAML (ints, floats, true/false, null, [lists]); unknown keys are rejected")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one message, exit status 2."""
+
+
+def _script_main(relative: str):
+    """``main(argv)`` of a script of the source checkout (data_prep/, benchmarks/), loaded by path."""
+    path = REPO_ROOT / relative
+    if not path.is_file():
+        raise CliError(f"{relative} not found next to the fsslab package ({REPO_ROOT}); this command needs a "
+                       "source checkout of fsslab (git clone + pip install -e .)")
+    spec = importlib.util.spec_from_file_location(f"_fsslab_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    if not hasattr(module, "main"):
+        raise CliError(f"{relative} has no main(argv) function")
+    return module.main
+
+
+def _delegate(relative: str, prog: str):
+    def run(args: argparse.Namespace) -> int:
+        sys.argv[0] = prog  # the script's --help then names the fsslab command
+        return int(_script_main(relative)(list(args.rest)) or 0)
+    return run
+
+
+# ------------------------------------------------------------------------------------------------- data
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from fsslab.config import parse_value
+    from fsslab.data.synthetic import SyntheticConfig, generate_synthetic
+
+    knobs: dict[str, Any] = {}
+    for item in args.knobs:
+        if "=" not in item:
+            raise CliError(f"knob {item!r} must look like name=value")
+        key, text = item.split("=", 1)
+        knobs[key] = parse_value(text)
+    for key in ("seed", "n_train", "n_val"):
+        if getattr(args, key) is not None:
+            knobs[key] = getattr(args, key)
+    try:
+        config = SyntheticConfig.from_dict(knobs)
+    except (TypeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    summary = generate_synthetic(args.root, config, progress=not args.no_progress, workers=args.workers)
+    printable = {k: v for k, v in summary.items() if k not in ("class_counts",)}
+    print(json.dumps(printable, indent=2, default=str))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ train/eval
+def _load(args: argparse.Namespace):
+    from fsslab.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fsslab.engine.runner import run_training
+
+    cfg = _load(args)
+    if args.out:
+        cfg.train.out_dir = args.out
+    summary = run_training(cfg, resume=args.resume or False)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=str))
+        if cfg.expected.miou is not None and summary.get("best_metric") is not None:
+            print(f"validation mIoU {summary['best_metric']:.2f} (first eval seed); paper: {cfg.expected.miou} "
+                  f"({cfg.expected.source}, {cfg.expected.protocol} protocol). Run `fsslab eval` for all seeds.")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from fsslab.engine import distributed
+    from fsslab.engine.checkpoint import load_checkpoint
+    from fsslab.engine.runner import build_run_model, run_evaluation
+
+    cfg = _load(args)
+    info = distributed.setup_distributed(cfg.train.device)
+    if args.official:
+        from fsslab.models import load_official
+
+        model = load_official(cfg.model.name, args.checkpoint, shot=cfg.eval.shot or cfg.data.shot)
+    else:
+        model = build_run_model(cfg)
+        if args.checkpoint:
+            model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
+        elif info.is_main:
+            print("note: no --checkpoint: evaluating the model as built from the config (untrained parts stay "
+                  "at their initialisation)", file=sys.stderr)
+    model = model.to(info.device)
+    with torch.no_grad():
+        result = run_evaluation(cfg, model, progress=True, device=info.device)
+    distributed.teardown_distributed()
+    if not info.is_main:
+        return 0
+    print(result.table())
+    if cfg.expected.miou is not None:
+        print(f"paper: {cfg.expected.miou} mIoU ({cfg.expected.source}; {cfg.expected.protocol} protocol)"
+              + (f"; {cfg.expected.notes}" if cfg.expected.notes else ""))
+    payload = {**result.to_dict(), "config": cfg.to_dict(), "checkpoint": args.checkpoint}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from fsslab.config import shipped_configs
+
+    if args.list or not args.config:
+        print("\n".join(shipped_configs()))
+        return 0
+    print(_load(args).to_yaml(), end="")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsslab", description="Few-shot semantic segmentation lab.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = commands.add_parser("data", help="prepare datasets (synthetic benchmark, PASCAL, COCO, fold lists)",
+                               description="Prepare datasets.")
+    data_commands = data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+    synth = data_commands.add_parser(
+        "synth", help="generate the embedded synthetic benchmark", epilog="knobs: any SyntheticConfig field "
+        "as name=value, e.g. diversity=0.6 clutter=0.3 object_scale=[0.3,0.6] distractors=1",
+        description="Generate the synthetic benchmark (VOC layout + meta.json) deterministically from a seed.")
+    synth.add_argument("--root", required=True, help="output directory")
+    synth.add_argument("--seed", type=int, default=None)
+    synth.add_argument("--n-train", dest="n_train", type=int, default=None, help="training images")
+    synth.add_argument("--n-val", dest="n_val", type=int, default=None, help="validation images")
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 8)")
+    synth.add_argument("--no-progress", action="store_true")
+    synth.add_argument("knobs", nargs="*", metavar="knob=value", help="generator knobs")
+    synth.set_defaults(func=_cmd_synth)
+    for name, script, text in [
+        ("lists", "data_prep/build_fold_lists.py", "build (and cache) the per-fold class index / base annotations"),
+        ("pascal", "data_prep/prepare_pascal.py", "merge VOC 2012 + SBD into SegmentationClassAug labels"),
+        ("coco", "data_prep/prepare_coco.py", "COCO 2014 instances -> semantic label PNGs (1..80)"),
+    ]:
+        sub = data_commands.add_parser(name, help=text, add_help=False, prefix_chars="\0",
+                                       description=f"{text}; every argument goes to {script} (try --help).")
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(func=_delegate(script, f"fsslab data {name}"))
+
+    def add_config_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("config", help="a YAML file or a shipped name such as synthetic/ipmt_tiny "
+                                        "(list them with `fsslab config --list`)")
+        sub.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+
+    train = commands.add_parser("train", help="train a model from a config", epilog=EPILOG,
+                                description="Train (single process, or every rank under torchrun).")
+    add_config_args(train)
+    train.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                       help="continue from <out_dir>/latest.pt (or the given checkpoint)")
+    train.add_argument("--out", default=None, help="run directory (overrides train.out_dir)")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint episodically", epilog=EPILOG,
+                                   description="Class-wise mIoU and FB-IoU over seeded episodes (mean ± std over "
+                                               "eval.seeds).")
+    add_config_args(evaluate)
+    evaluate.add_argument("--checkpoint", default=None, help="fsslab checkpoint (best.pt/latest.pt)")
+    evaluate.add_argument("--official", action="store_true",
+                          help="the checkpoint is an official IPMT/AMFormer file (fsslab.models.load_official)")
+    evaluate.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    config = commands.add_parser("config", help="list shipped configs or print a resolved config", epilog=EPILOG,
+                                 description="Print the resolved config (after overrides), or --list.")
+    config.add_argument("config", nargs="?", default=None)
+    config.add_argument("overrides", nargs="*", metavar="section.key=value")
+    config.add_argument("--list", action="store_true", help="list the shipped configs")
+    config.set_defaults(func=_cmd_config)
+
+    bench = commands.add_parser("bench", help="model speed/memory benchmark (benchmarks/bench_models.py)",
+                                add_help=False, prefix_chars="\0",
+                                description="Runs benchmarks/bench_models.py with the given arguments (try --help).")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_delegate("benchmarks/bench_models.py", "fsslab bench"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fsslab`` console script; returns the exit status."""
+    from fsslab.config import ConfigError
+    from fsslab.engine.checkpoint import CheckpointError
+    from fsslab.engine.trainer import TrainingStopped
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ConfigError, CheckpointError, TrainingStopped, FileNotFoundError, ValueError) as exc:
+        if os.environ.get("FSSLAB_DEBUG"):
+            raise
+        print(f"fsslab {args.command}: error: {exc}\n(set FSSLAB_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

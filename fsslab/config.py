@@ -1,0 +1,375 @@
+"""Typed run configuration: YAML files → dataclasses, ``section.key=value`` overrides, strict key checking."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+@dataclass
+class DataConfig:
+    """Which episodes to train/evaluate on and how they are built."""
+
+    dataset: str = "synthetic"  # "pascal" | "coco" | "synthetic"
+    root: str = "data/synthetic"
+    fold: int = 0
+    shot: int = 1
+    protocol: str = "pfenet"  # training-list protocol: "pfenet" (IPMT) | "bam" (BAM/HDMNet/AMFormer)
+    size: int = 473  # training crop (square)
+    val_size: int = 473  # evaluation long-side size
+    support_label: str = "mask"  # "mask" | "box" | "scribble" (weak supports)
+    coco_split: str = "interleaved"  # COCO-20i fold convention: "interleaved" | "contiguous"
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    rotate_min: float = -10.0
+    rotate_max: float = 10.0
+    workers: int = 2
+    batch_size: int = 4  # episodes per optimiser step, summed over all ranks
+    params: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_dataset
+    # Synthetic benchmark only: generator knobs (SyntheticConfig fields). When set, the benchmark is
+    # generated at `root` if it is not there yet (and checked against these knobs if it is).
+    synthetic: dict[str, Any] | None = None
+
+
+@dataclass
+class ModelConfig:
+    """``build_model({"name": name, **params})``; the constructor's signature validates ``params``."""
+
+    name: str = "baseline"
+    params: dict[str, Any] = field(default_factory=dict)
+    # An fsslab checkpoint whose weights initialise the model before training: only the keys starting with
+    # ``init_prefix`` that exist in the model with the same shape are loaded (e.g. the stage-1 PSPNet's
+    # ``backbone.`` as the synthetic benchmark's stand-in for ImageNet weights); none matching is an error.
+    init_checkpoint: str | None = None
+    init_prefix: str = "backbone."
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, precision, logging and checkpointing."""
+
+    epochs: int | None = 1
+    iterations: int | None = None  # when set, overrides epochs × iterations-per-epoch
+    base_lr: float = 0.0025
+    weight_decay: float = 1e-4
+    power: float = 0.9  # poly schedule exponent (0 = constant lr)
+    warmup_iters: int = 0  # linear warm-up from 0.1% of every group's lr (reference convention)
+    amp: str = "none"  # "none" | "bf16" | "fp16"
+    channels_last: bool = False
+    grad_clip: float | None = None  # max global grad norm per optimiser; None disables
+    grad_sync: str = "auto"  # multi-GPU gradient sync: "auto" | "ddp" | "manual" (see engine/trainer.py)
+    find_unused_parameters: bool = False
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    seed: int = 123
+    validate: bool = True  # evaluate (first eval seed) every eval_every iterations and at the end; keeps best.pt
+    log_every: int = 10
+    image_every: int = 0  # iterations between TensorBoard image grids (0: never)
+    ckpt_every: int = 500  # iterations between periodic checkpoints (latest.pt is also written then)
+    keep_checkpoints: int = 3  # periodic iter_*.pt files kept (latest/best are always kept)
+    eval_every: int = 0  # iterations between validations (0: only at the end)
+    tensorboard: bool = True
+    progress: bool = True
+    out_dir: str = "runs/default"
+
+
+@dataclass
+class EvalConfig:
+    """Episodic evaluation: N episodes for each seed; the mean and spread over seeds are reported."""
+
+    episodes: int = 1000
+    seeds: list[int] = field(default_factory=lambda: [123])
+    shot: int | None = None  # None: data.shot
+    support_label: str | None = None  # None: data.support_label
+    batch_size: int = 1
+    amp: str = "none"
+    split: str = "val"
+
+
+@dataclass
+class ExpectedConfig:
+    """What the run should reproduce: the paper's value (mIoU %), under which protocol, and provenance."""
+
+    miou: float | None = None
+    fbiou: float | None = None
+    protocol: str | None = None
+    source: str | None = None
+    notes: str | None = None
+
+
+@dataclass
+class RunConfig:
+    """A whole run: data, model, train, eval sections + expected result."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    expected: ExpectedConfig = field(default_factory=ExpectedConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON/checkpoint safe)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Values checked beyond their type.
+_CHOICES = {
+    ("data", "dataset"): ("pascal", "coco", "synthetic"),
+    ("data", "protocol"): ("pfenet", "bam"),
+    ("data", "support_label"): ("mask", "box", "scribble"),
+    ("data", "coco_split"): ("interleaved", "contiguous"),
+    ("train", "amp"): ("none", "bf16", "fp16"),
+    ("train", "grad_sync"): ("auto", "ddp", "manual"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+    ("eval", "amp"): ("none", "bf16", "fp16"),
+    ("eval", "support_label"): (None, "mask", "box", "scribble"),
+}
+_FREE_DICTS = {("data", "params"), ("data", "synthetic"), ("model", "params")}  # keys inside are validated by their consumer
+
+
+def _valid_keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``hint`` (int → float allowed, "1e-4" → float)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} does not fit {hint}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" as a string; float() accepts it
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build_section(cls: type, raw: Any, section: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"section '{section}' must be a mapping, got {raw!r}")
+    valid = _valid_keys(cls)
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in section '{section}'; valid keys: {valid}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        where = f"{section}.{key}"
+        kwargs[key] = _coerce(value, hints[key], where)
+        choices = _CHOICES.get((section, key))
+        if choices is not None and kwargs[key] not in choices:
+            raise ConfigError(f"{where}: {kwargs[key]!r} is not one of {list(choices)}")
+    return cls(**kwargs)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
+             "expected": ExpectedConfig}
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Validate a nested dict (as read from YAML) into a ``RunConfig``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    valid = ["name", *_SECTIONS]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; valid top-level keys: {valid}")
+    sections = {name: _build_section(cls, raw.get(name), name) for name, cls in _SECTIONS.items()}
+    cfg = RunConfig(name=str(raw.get("name", "run")), **sections)
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    checks = [
+        (cfg.data.shot >= 1, "data.shot must be >= 1"),
+        (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (cfg.data.fold >= 0, "data.fold must be >= 0"),
+        (cfg.train.base_lr > 0, "train.base_lr must be > 0"),
+        (cfg.train.epochs is not None or cfg.train.iterations is not None,
+         "set train.epochs or train.iterations"),
+        (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
+        (cfg.train.ckpt_every >= 1, "train.ckpt_every must be >= 1"),
+        (cfg.eval.episodes >= 1, "eval.episodes must be >= 1"),
+        (len(cfg.eval.seeds) >= 1, "eval.seeds needs at least one seed"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _fill_placeholders(value: Any, names: dict[str, Any]) -> Any:
+    if isinstance(value, str) and "{" in value:
+        try:
+            return value.format(**names)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"{value!r}: unknown placeholder {exc}; valid: {sorted('{' + k + '}' for k in names)}")
+    if isinstance(value, dict):
+        return {k: _fill_placeholders(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_placeholders(v, names) for v in value]
+    return value
+
+
+def resolve_placeholders(cfg: RunConfig) -> RunConfig:
+    """Fill ``{fold}``, ``{shot}``, ``{dataset}``, ``{name}`` in paths and model params (after overrides)."""
+    names = {"fold": cfg.data.fold, "shot": cfg.data.shot, "dataset": cfg.data.dataset, "name": cfg.name}
+    cfg.data.root = _fill_placeholders(cfg.data.root, names)
+    cfg.train.out_dir = _fill_placeholders(cfg.train.out_dir, names)
+    cfg.model.init_checkpoint = _fill_placeholders(cfg.model.init_checkpoint, names)
+    cfg.model.params = _fill_placeholders(cfg.model.params, names)
+    return cfg
+
+
+def parse_value(text: str) -> Any:
+    """Typed value of an override's right-hand side: ints, floats, bools, null, lists (YAML syntax)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` (or ``section.params.key=value``) overrides to a raw config dict."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, text = item.split("=", 1)
+        path = dotted.strip().split(".")
+        if path == ["name"]:
+            raw["name"] = text
+            continue
+        section = path[0]
+        if section not in _SECTIONS:
+            raise ConfigError(f"override {item!r}: unknown section {section!r}; valid sections: "
+                              f"{['name', *_SECTIONS]}")
+        cls = _SECTIONS[section]
+        if len(path) < 2:
+            raise ConfigError(f"override {item!r} must name a key: {section}.<key>=value; valid keys: "
+                              f"{_valid_keys(cls)}")
+        key = path[1]
+        if key not in _valid_keys(cls):
+            raise ConfigError(f"override {item!r}: unknown key {key!r} in section '{section}'; valid keys: "
+                              f"{_valid_keys(cls)}")
+        node = raw.setdefault(section, {}) or {}
+        raw[section] = node
+        if len(path) == 2:
+            node[key] = parse_value(text)
+        elif (section, key) in _FREE_DICTS and len(path) == 3:
+            node[key] = dict(node.get(key) or {})
+            node[key][path[2]] = parse_value(text)
+        else:
+            raise ConfigError(f"override {item!r}: only {sorted('.'.join(p) for p in _FREE_DICTS)} "
+                              "take a third level")
+    return raw
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A file path, or a name relative to ``fsslab/configs`` with or without ``.yaml``."""
+    candidates = [Path(name)]
+    candidates += [CONFIG_DIR / str(name), CONFIG_DIR / f"{name}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ConfigError(f"config {str(name)!r} not found (looked at {[str(c) for c in candidates]}); "
+                      f"run `fsslab config --list` for the shipped configs")
+
+
+def load_config(name: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (path or shipped name) and apply ``section.key=value`` overrides."""
+    path = resolve_config_path(name)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return resolve_placeholders(config_from_dict(apply_overrides(raw, list(overrides or []))))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def shipped_configs() -> list[str]:
+    """Names (relative to ``fsslab/configs``, without ``.yaml``) of every shipped config."""
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+__all__ = [
+    "CONFIG_DIR",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ExpectedConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+    "parse_value",
+    "resolve_config_path",
+    "resolve_placeholders",
+    "shipped_configs",
+]

@@ -1,0 +1,1 @@
+"""Shipped run configs (YAML) and their generator; see README.md here."""

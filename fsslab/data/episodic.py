@@ -1,0 +1,309 @@
+"""Episodic few-shot datasets (PASCAL-5i, COCO-20i, synthetic) yielding fsslab's episode batch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fsslab.data.classes import PASCAL, Benchmark, coco_benchmark, get_benchmark, synthetic_benchmark
+from fsslab.data.io import IGNORE_INDEX, DatasetError, read_pair
+from fsslab.data.lists import MIN_AREA, FoldIndex, base_label_table, build_fold_index
+from fsslab.data.transforms import TrainAugment, eval_resize, normalize, pad_label_to_canvas
+from fsslab.data.weak import WEAK_LABELS, weak_label
+
+DEFAULT_SIZE = {"pascal": 473, "coco": 633, "synthetic": 160}
+COCO_SCALE = (0.8, 1.25)  # AMFormer/BAM COCO configs; PASCAL uses the TrainAugment default 0.9-1.1
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One evaluation episode: indices into the fold index's items."""
+
+    query: int
+    class_id: int
+    supports: tuple[int, ...]
+
+
+@dataclass
+class EpisodeStats:
+    """Counters of fallbacks taken while loading (per process: DataLoader workers keep their own)."""
+
+    support_crop_fallbacks: int = 0  # support crop had no foreground → whole image resized (see random_crop)
+    empty_supports: int = 0  # support mask without foreground after every fallback
+    excluded_classes: list[int] = field(default_factory=list)  # fewer than shot+1 images (on_small_class="exclude")
+    queries_without_candidates: int = 0  # no class of the query has `shot` other images to draw supports from
+
+
+def _binary_target(label: np.ndarray, class_id: int) -> np.ndarray:
+    """Target class → 1, every other class and background → 0, 255 stays 255 (uint8)."""
+    out = (label == class_id).astype(np.uint8)
+    out[label == IGNORE_INDEX] = IGNORE_INDEX
+    return out
+
+
+class EpisodicDataset(Dataset):
+    """K-shot episodes over a VOC-layout root (`<root>/lists/<split>.txt`, two-column lines).
+
+    Train mode (split "train"): item i is the i-th image with a qualifying base class; its class is
+    drawn among the image's base classes (`query_class_rule="present"`: any base class with pixels in
+    the image, as PFENet/IPMT/BAM/AMFormer `__getitem__` do; `"qualifying"`: only those covering
+    `min_area` pixels); K supports are other images where that class qualifies, drawn without
+    replacement; all draws and augmentations use a generator seeded from torch's RNG, so they follow
+    `torch.manual_seed` and the DataLoader's per-worker seeds.
+    Eval mode (any other split): a list of `episodes` episodes is drawn up front from `seed`
+    (queries in list order, repeated, as the references iterate their val loader), so the same seed
+    gives identical episodes whatever the number of workers.
+
+    A class of the split with fewer than shot+1 images raises (`on_small_class="error"`) or is left
+    out and reported in `stats.excluded_classes` (`"exclude"`).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        benchmark: Benchmark,
+        split: str = "train",
+        fold: int = 0,
+        shot: int = 1,
+        *,
+        size: int | None = None,
+        protocol: str = "pfenet",
+        support_label: str = "mask",
+        episodes: int = 1000,
+        seed: int = 123,
+        augment: bool = True,
+        augmentation: TrainAugment | dict | None = None,
+        use_base_mask: bool = True,
+        min_area: int = MIN_AREA,
+        list_path: str | Path | None = None,
+        query_class_rule: str = "present",
+        on_small_class: str = "error",
+        ori_canvas: int | None = None,
+        eval_pad: str = "zero",
+        weak_options: dict | None = None,
+        cache: bool = True,
+        progress: bool = False,
+    ) -> None:
+        if shot < 1:
+            raise ValueError(f"shot must be >= 1, got {shot}")
+        if support_label not in WEAK_LABELS:
+            raise ValueError(f"support_label must be one of {WEAK_LABELS}, got {support_label!r}")
+        if query_class_rule not in ("present", "qualifying"):
+            raise ValueError(f"query_class_rule must be 'present' or 'qualifying', got {query_class_rule!r}")
+        if on_small_class not in ("error", "exclude"):
+            raise ValueError(f"on_small_class must be 'error' or 'exclude', got {on_small_class!r}")
+        self.root = Path(root)
+        self.benchmark = benchmark
+        self.split, self.fold, self.shot = split, fold, shot
+        self.training = split == "train"
+        family = benchmark.name.split("_")[0]
+        self.size = int(size if size is not None else DEFAULT_SIZE.get(family, 473))
+        self.support_label = support_label
+        self.use_base_mask = use_base_mask
+        self.query_class_rule = query_class_rule
+        self.eval_pad = eval_pad
+        self.augment_enabled = augment
+        self.seed = seed
+        self.ori_canvas = int(ori_canvas if ori_canvas is not None else max(self.size, 640))
+        self.weak_options = dict(weak_options or {})
+        if isinstance(augmentation, dict):
+            augmentation = TrainAugment(**{"size": self.size, **augmentation})
+        if augmentation is None:
+            scale = COCO_SCALE if family == "coco" else (0.9, 1.1)
+            augmentation = TrainAugment(size=self.size, scale=scale)
+        self.augmentation = augmentation
+        self.index: FoldIndex = build_fold_index(
+            benchmark, self.root, split, fold, protocol, min_area, list_path, cache=cache, progress=progress
+        )
+        self.classes = list(self.index.summary.classes)
+        self.base_table = base_label_table(benchmark, fold)
+        self.stats = EpisodeStats()
+        self.on_small_class = on_small_class
+        self._class_sets = {c: set(items) for c, items in self.index.class_to_items.items()}
+        self._check_small_classes()
+        self.candidates = self._query_candidates()
+        self.query_items = [i for i, cands in enumerate(self.candidates) if cands]
+        self.stats.queries_without_candidates = len(self.candidates) - len(self.query_items)
+        if not self.query_items:
+            raise DatasetError(
+                f"{self.root}: no {split} image of fold {fold} has a class with {shot} other images for supports"
+            )
+        self.episodes: list[Episode] = self._draw_episodes(episodes, seed) if not self.training else []
+
+    # ----- index bookkeeping -------------------------------------------------------------------------
+    def _check_small_classes(self) -> None:
+        small = {c: len(v) for c, v in self.index.class_to_items.items() if len(v) < self.shot + 1}
+        if not small:
+            return
+        if self.on_small_class == "error":
+            details = ", ".join(f"{c} ({self.benchmark.class_name(c)}): {n}" for c, n in small.items())
+            raise DatasetError(
+                f"{self.root} {self.split} fold {self.fold}: {self.shot}-shot episodes need at least "
+                f"{self.shot + 1} images per class; too few for class(es) {details}. "
+                "Pass on_small_class='exclude' to leave them out (they are then reported)."
+            )
+        self.stats.excluded_classes = sorted(small)
+        for c in small:
+            self._class_sets[c] = set()
+
+    def _query_candidates(self) -> list[list[int]]:
+        """Per indexed image, the classes it can be a query for (enough supports besides itself)."""
+        source = self.index.present if self.query_class_rule == "present" else self.index.qualifying
+        out = []
+        for item, classes in enumerate(source):
+            good = []
+            for c in classes:
+                members = self._class_sets.get(c, set())
+                if len(members) - (item in members) >= self.shot:
+                    good.append(c)
+            out.append(good)
+        return out
+
+    def sample_episode(self, item: int, rng: np.random.Generator) -> Episode:
+        """Draw a class of image `item` and `shot` distinct support images of it (never `item`)."""
+        candidates = self.candidates[item]
+        class_id = candidates[int(rng.integers(len(candidates)))]
+        pool = [j for j in self.index.class_to_items[class_id] if j != item]
+        picks = rng.choice(len(pool), size=self.shot, replace=False)
+        return Episode(item, class_id, tuple(pool[int(p)] for p in picks))
+
+    def _draw_episodes(self, count: int, seed: int) -> list[Episode]:
+        if count < 1:
+            raise ValueError(f"episodes must be >= 1, got {count}")
+        rng = np.random.default_rng(seed)
+        episodes = []
+        for e in range(count):
+            episodes.append(self.sample_episode(self.query_items[e % len(self.query_items)], rng))
+        return episodes
+
+    # ----- loading ----------------------------------------------------------------------------------
+    def _read(self, item: int) -> tuple[np.ndarray, np.ndarray, tuple[Path, Path]]:
+        image_rel, label_rel = self.index.items[item]
+        paths = (self.root / image_rel, self.root / label_rel)
+        image, label = read_pair(*paths, self.benchmark.n_classes)
+        return image, label, paths
+
+    def _support_target(self, label: np.ndarray, class_id: int, seed: int) -> np.ndarray:
+        mask = _binary_target(label, class_id)
+        return weak_label(mask, self.support_label, seed=seed, **self.weak_options)
+
+    def __len__(self) -> int:
+        return len(self.query_items) if self.training else len(self.episodes)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self.training:
+            # one generator per item, seeded from torch's RNG (seeded per DataLoader worker)
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            episode = self.sample_episode(self.query_items[index], rng)
+        else:
+            episode = self.episodes[index]
+        item, class_id, supports = episode.query, episode.class_id, episode.supports
+        if not self.training:
+            rng = np.random.default_rng([self.seed, index])  # eval: only the scribble seeds draw from it
+        image, label, _ = self._read(item)
+        query_mask = _binary_target(label, class_id)
+        base_mask = self.base_table[label] if self.use_base_mask else np.full_like(label, IGNORE_INDEX)
+        sample: dict[str, torch.Tensor] = {}
+        q_img, (q_mask, q_base), q_pad = self._transform(image, [query_mask, base_mask], rng, False)
+        s_imgs, s_masks, s_pads = [], [], []
+        for support in supports:
+            s_image, s_label, _ = self._read(support)
+            target = self._support_target(s_label, class_id, seed=int(rng.integers(2**31)))
+            s_img, (s_mask,), s_pad = self._transform(s_image, [target], rng, True)
+            if not (s_mask == 1).any():
+                self.stats.empty_supports += 1
+            s_imgs.append(normalize(s_img))
+            s_masks.append(torch.from_numpy(s_mask.astype(np.int64)))
+            s_pads.append(torch.from_numpy(s_pad))
+        sample["query_img"] = normalize(q_img)  # [3,H,W]
+        sample["query_mask"] = torch.from_numpy(q_mask.astype(np.int64))  # [H,W]
+        sample["query_padding"] = torch.from_numpy(q_pad)  # [H,W] bool
+        sample["support_imgs"] = torch.stack(s_imgs)  # [K,3,H,W]
+        sample["support_masks"] = torch.stack(s_masks)  # [K,H,W]
+        sample["support_padding"] = torch.stack(s_pads)  # [K,H,W]
+        sample["class_id"] = torch.tensor(class_id, dtype=torch.long)
+        sample["query_base_mask"] = torch.from_numpy(q_base.astype(np.int64))  # [H,W]
+        sample["episode_index"] = torch.tensor(index, dtype=torch.long)
+        if not self.training:
+            canvas = pad_label_to_canvas(query_mask, self.ori_canvas, self.index.items[item][1])
+            sample["query_mask_ori"] = torch.from_numpy(canvas.astype(np.int64))  # [C,C]
+            sample["query_ori_size"] = torch.tensor(label.shape, dtype=torch.long)  # (h, w)
+        return sample
+
+    def _transform(self, image, labels, rng, is_support: bool):
+        if self.training and self.augment_enabled:
+            image, labels, padding, crop = self.augmentation(image, labels, rng, require_foreground=is_support)
+            if crop.fallback:
+                self.stats.support_crop_fallbacks += 1
+            return image, labels, padding
+        return eval_resize(image, labels, self.size, pad_image=self.eval_pad)
+
+    # ----- reporting --------------------------------------------------------------------------------
+    def describe(self) -> str:
+        s = self.stats
+        excluded = f"; excluded classes {s.excluded_classes}" if s.excluded_classes else ""
+        return (
+            f"{self.benchmark.name} {self.split} fold {self.fold}, {self.shot}-shot, {len(self)} "
+            f"{'queries' if self.training else 'episodes'}; {self.index.summary}; "
+            f"{s.queries_without_candidates} images without a usable query class{excluded}"
+        )
+
+
+class PascalEpisodes(EpisodicDataset):
+    """PASCAL-5i (VOC 2012 + SBD in `SegmentationClassAug`), fold i novel = 5i+1..5i+5."""
+
+    def __init__(self, root, split: str = "train", fold: int = 0, shot: int = 1, **kwargs) -> None:
+        super().__init__(root, PASCAL, split, fold, shot, **kwargs)
+
+
+class CocoEpisodes(EpisodicDataset):
+    """COCO-20i after `fsslab.data.prep`: `<root>/{train,val}2014/`, `<root>/SegmentationClass/<split>2014/`
+    and `<root>/lists/{train,val}.txt`; `folds` "interleaved" (FWB, default) or "contiguous" (PANet)."""
+
+    def __init__(self, root, split: str = "train", fold: int = 0, shot: int = 1, folds: str = "interleaved",
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(root, coco_benchmark(folds), split, fold, shot, **kwargs)
+
+
+class SyntheticEpisodes(EpisodicDataset):
+    """The embedded synthetic benchmark: VOC layout plus `<root>/meta.json` (class names, palette)."""
+
+    def __init__(self, root, split: str = "train", fold: int = 0, shot: int = 1, **kwargs) -> None:
+        root = Path(root)
+        if (root / ".synthetic_incomplete").exists():
+            raise DatasetError(f"the synthetic benchmark at {root} is incomplete (generation was interrupted); "
+                               "generate it again")  # fmt: skip
+        if kwargs.get("ori_canvas") is None:
+            # images are small (meta.json config.max_size): a 640 canvas would only waste memory
+            size = kwargs.get("size") or DEFAULT_SIZE["synthetic"]
+            kwargs["ori_canvas"] = max(size, _synthetic_max_side(root))
+        super().__init__(root, synthetic_benchmark(root), split, fold, shot, **kwargs)
+
+
+def _synthetic_max_side(root: Path) -> int:
+    """Largest image side recorded in `<root>/meta.json` (640 when unknown)."""
+    try:
+        return int(json.loads((root / "meta.json").read_text())["config"]["max_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 640
+
+
+def build_dataset(name: str, root: str | Path, split: str = "train", fold: int = 0, shot: int = 1,
+                  **kwargs) -> EpisodicDataset:  # fmt: skip
+    """Episodic dataset by benchmark name: "pascal", "coco" (kwarg `folds`), "coco_interleaved",
+    "coco_contiguous" or "synthetic"."""
+    key = name.lower()
+    if key == "coco":
+        return CocoEpisodes(root, split, fold, shot, **kwargs)
+    if key in ("coco_interleaved", "coco_contiguous"):
+        return CocoEpisodes(root, split, fold, shot, folds=key.split("_", 1)[1], **kwargs)
+    if key == "pascal":
+        return PascalEpisodes(root, split, fold, shot, **kwargs)
+    if key == "synthetic":
+        return SyntheticEpisodes(root, split, fold, shot, **kwargs)
+    return EpisodicDataset(root, get_benchmark(name, root), split, fold, shot, **kwargs)

@@ -1,0 +1,209 @@
+"""COCO 2014 preparation: instance annotations (polygons, RLE) into semantic label PNGs with values 1..80."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fsslab.data.prep_common import (
+    Outcome,
+    PrepError,
+    PrepSummary,
+    place_image,
+    require_dir,
+    require_file,
+    run_items,
+    write_label_png,
+    write_list,
+)
+
+IGNORE = 255
+CROWD_MODES = ("ignore", "class", "background")
+
+
+def load_instances(path: Path) -> dict[str, Any]:
+    """An instances JSON, checked for the keys the conversion needs; errors name the file."""
+    require_file(path, "COCO annotation file")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PrepError(f"{path}: not valid JSON ({err}); the file is corrupt or truncated") from err
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
+    if missing:
+        raise PrepError(f"{path}: missing or malformed key(s) {missing}; expected a COCO instances file")
+    return data
+
+
+def category_index(categories: list[dict]) -> dict[int, int]:
+    """Sparse COCO category id -> dense class index 1..N in increasing id order (the 80 things -> 1..80)."""
+    ids = sorted(int(c["id"]) for c in categories)
+    if len(ids) != len(set(ids)) or not 0 < len(ids) < IGNORE:
+        raise PrepError(f"expected 1..254 distinct category ids, got {len(ids)} ({len(set(ids))} distinct)")
+    return {cid: i + 1 for i, cid in enumerate(ids)}
+
+
+def _annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """[H, W] bool mask of one annotation (polygon list, uncompressed or compressed RLE)."""
+    from pycocotools import mask as coco_mask
+
+    if isinstance(segmentation, list):
+        # pycocotools reads a 4-number list as a box, so drop polygons with fewer than 3 points
+        polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        if not polygons:
+            raise ValueError("no polygon with at least 3 points")
+        rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        if [int(v) for v in segmentation["size"]] != [height, width]:
+            raise ValueError(f"RLE size {segmentation['size']} differs from the image's {[height, width]}")
+        if isinstance(segmentation["counts"], list):  # uncompressed RLE (used for crowds)
+            if sum(segmentation["counts"]) != height * width:
+                raise ValueError("uncompressed RLE counts do not add up to height*width")
+            rle = coco_mask.frPyObjects(segmentation, height, width)
+        else:
+            counts = segmentation["counts"]
+            rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
+    else:
+        raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+    with warnings.catch_warnings():
+        # pycocotools < 2.0.9 trips numpy 2's copy-keyword deprecation inside decode; harmless
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(rle).astype(bool)
+
+
+def coco_semantic_label(
+    annotations: list[dict], height: int, width: int, index_of: dict[int, int], crowd: str = "ignore"
+) -> tuple[np.ndarray, list[str]]:
+    """Semantic label [H, W] uint8 of one image (0 bg, 1..N, 255 crowd) and the problems met.
+
+    Overlaps: crowd regions are painted first (255 with crowd="ignore", their class with "class", nothing
+    with "background"); instances are then painted from the largest to the smallest area, so a small
+    object lying on a large one (a cup on a table) keeps its pixels. Ties keep annotation-id order.
+    """
+    if crowd not in CROWD_MODES:
+        raise ValueError(f"crowd must be one of {CROWD_MODES}, got {crowd!r}")
+    label = np.zeros((height, width), dtype=np.uint8)
+    problems: list[str] = []
+
+    def order(ann: dict) -> tuple:
+        return (0 if ann.get("iscrowd", 0) else 1, -float(ann.get("area", 0.0)), ann.get("id", 0))
+
+    for ann in sorted(annotations, key=order):
+        is_crowd = bool(ann.get("iscrowd", 0))
+        if is_crowd and crowd == "background":
+            continue
+        class_index = index_of.get(int(ann.get("category_id", -1)))
+        if class_index is None:
+            problems.append(f"annotation {ann.get('id')}: unknown category_id {ann.get('category_id')}")
+            continue
+        try:
+            mask = _annotation_mask(ann.get("segmentation"), height, width)
+        except (ValueError, TypeError, KeyError) as err:
+            problems.append(f"annotation {ann.get('id')}: bad segmentation ({err})")
+            continue
+        label[mask] = IGNORE if is_crowd and crowd == "ignore" else class_index
+    return label, problems
+
+
+def _convert_image(
+    item: tuple[str, dict, list[dict], str], index_of: dict[int, int], crowd: str, overwrite: bool
+) -> Outcome:
+    name, image_info, annotations, out_png = item
+    out = Path(out_png)
+    if out.exists() and not overwrite:
+        return "existing", name, "", []
+    label, problems = coco_semantic_label(
+        annotations, int(image_info["height"]), int(image_info["width"]), index_of, crowd
+    )
+    write_label_png(label, out)
+    return "written", name, "", problems
+
+
+def _list_name(split: str) -> str:
+    for prefix in ("train", "val", "test"):
+        if split.startswith(prefix):
+            return prefix
+    return split
+
+
+def prepare_coco(
+    coco_root: str | os.PathLike,
+    out_root: str | os.PathLike | None = None,
+    splits: tuple[str, ...] = ("train2014", "val2014"),
+    crowd: str = "ignore",
+    keep_empty: bool = False,
+    images: str = "symlink",
+    overwrite: bool = False,
+    workers: int = 0,
+    progress: bool = True,
+    strict: bool = False,
+) -> PrepSummary:
+    """Write `<out_root>/SegmentationClass/<split>/<name>.png` (0 bg, 1..80, 255 crowd) and `lists/*.txt`.
+
+    Reads `<coco_root>/annotations/instances_<split>.json` and images from `<coco_root>/<split>/`.
+    Images without any annotation are not listed (as in the references' 82,081 / 40,137-image lists)
+    unless `keep_empty`; they are counted in the summary. Bad annotations are dropped and reported.
+    """
+    if crowd not in CROWD_MODES:
+        raise ValueError(f"crowd must be one of {CROWD_MODES}, got {crowd!r}")
+    try:
+        import pycocotools.mask  # noqa: F401
+    except ImportError as err:
+        raise ImportError("COCO preparation needs pycocotools: pip install 'fsslab[coco]'") from err
+    root = require_dir(Path(coco_root), "COCO root")
+    out = Path(out_root) if out_root is not None else root
+    summary = PrepSummary(f"coco ({', '.join(splits)}; crowd={crowd})", str(out))
+    index_of: dict[int, int] | None = None
+    for split in splits:
+        data = load_instances(root / "annotations" / f"instances_{split}.json")
+        image_dir = require_dir(root / split, f"COCO {split} image directory")
+        split_index = category_index(data["categories"])
+        if index_of is not None and split_index != index_of:
+            raise PrepError(f"instances_{split}.json has other categories than the previous split")
+        index_of = split_index
+        by_image: dict[int, list[dict]] = {int(info["id"]): [] for info in data["images"]}
+        for ann in data["annotations"]:
+            if int(ann.get("image_id", -1)) not in by_image:
+                summary.skip(f"{split}: annotation of an image not in the JSON", str(ann.get("id")))
+                continue
+            by_image[int(ann["image_id"])].append(ann)
+        (out / "SegmentationClass" / split).mkdir(parents=True, exist_ok=True)
+        if out.resolve() != root.resolve():
+            (out / split).mkdir(parents=True, exist_ok=True)
+        items = []
+        for info in sorted(data["images"], key=lambda i: i["file_name"]):
+            name, anns = Path(info["file_name"]).stem, by_image[int(info["id"])]
+            if not (image_dir / info["file_name"]).is_file():
+                summary.skip(f"{split}: image file missing in {image_dir}", info["file_name"])
+            elif not anns and not keep_empty:
+                summary.skip(
+                    f"{split}: image without annotations (not listed; keep_empty=True lists it)", name
+                )
+            else:
+                items.append((name, info, anns, str(out / "SegmentationClass" / split / f"{name}.png")))
+        if strict and summary.skipped:
+            reason, names = next(iter(summary.skipped.items()))
+            raise PrepError(f"{names[0]}: {reason}")
+        convert = partial(_convert_image, index_of=index_of, crowd=crowd, overwrite=overwrite)
+        available = run_items(convert, items, workers, f"COCO {split}", progress, summary, strict)
+        listed = [
+            (f"{split}/{info['file_name']}", f"SegmentationClass/{split}/{name}.png")
+            for name, info, _, _ in items
+            if name in available
+        ]
+        for image_rel, _ in listed:
+            place_image(root / image_rel, out / image_rel, images)
+        summary.lists[f"lists/{_list_name(split)}.txt"] = write_list(
+            out / "lists" / f"{_list_name(split)}.txt", listed
+        )
+    summary.notes.append(
+        "category ids mapped to 1..N in increasing id order; instances painted largest first"
+    )
+    (out / "lists").mkdir(parents=True, exist_ok=True)
+    summary.save(out / "lists" / "prep_summary_coco.json")
+    return summary

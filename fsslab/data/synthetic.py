@@ -1,0 +1,385 @@
+"""The embedded synthetic benchmark: PASCAL-5i in miniature, 20 shape families written in the VOC layout."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from fsslab.data.synthetic_shapes import (
+    CLASS_NAMES,
+    SHAPE_FAMILIES,
+    UNIT_AREAS,
+    Pose,
+    distractor_parts,
+    rasterize,
+)
+from fsslab.data.synthetic_textures import background, finish, material
+
+GENERATOR_VERSION = 1  # bump whenever the same config would produce different pixels
+BENCHMARK_NAME = "fsslab-synthetic"
+N_CLASSES = len(CLASS_NAMES)  # 20: folds of 5 like PASCAL-5i
+IGNORE_LABEL = 255
+MIN_AREA = 2 * 32 * 32  # PFENet's rule: a class counts in an image only above this many pixels
+SPLITS = ("train", "val")
+_INCOMPLETE_MARKER = ".synthetic_incomplete"
+
+# Colours for figures: index 0 background, 1..20 the classes (tab20-like), and the ignore colour.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (199, 199, 199),
+    (219, 219, 141),
+    (158, 218, 229),
+)
+IGNORE_COLOUR: tuple[int, int, int] = (255, 255, 255)
+
+
+@dataclass
+class SyntheticConfig:
+    """Size and difficulty of the synthetic benchmark (all knobs are saved in meta.json).
+
+    object_scale is the range of an object's linear size, sqrt(object area) / sqrt(image area), before
+    occlusion; diversity (0..1) widens colour, texture, rotation, aspect, shear, deformation and shape
+    parameters within each class; clutter (0..1) is the strength of background texture and sensor noise.
+    """
+
+    seed: int = 0
+    n_train: int = 2000
+    n_val: int = 500
+    min_size: int = 128
+    max_size: int = 160
+    diversity: float = 0.8
+    clutter: float = 0.5
+    object_scale: tuple[float, float] = (0.28, 0.65)
+    max_objects: int = 4
+    distractors: int = 2
+    outline_prob: float = 0.3
+    boundary_width: int = 2
+    jpeg_quality: int = 90
+
+    def __post_init__(self) -> None:
+        self.object_scale = tuple(float(v) for v in self.object_scale)  # type: ignore[assignment]
+        problems = []
+        if self.n_train < 0 or self.n_val < 0:
+            problems.append(f"n_train/n_val must be >= 0, got {self.n_train}/{self.n_val}")
+        if not 16 <= self.min_size <= self.max_size:
+            problems.append(f"need 16 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
+        for name in ("diversity", "clutter", "outline_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        lo_hi = self.object_scale
+        if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0:
+            problems.append(f"object_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {lo_hi}")
+        if self.max_objects < 1:
+            problems.append(f"max_objects must be >= 1, got {self.max_objects}")
+        if self.distractors < 0 or self.boundary_width < 0:
+            problems.append("distractors and boundary_width must be >= 0")
+        if not 1 <= self.jpeg_quality <= 100:
+            problems.append(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if problems:
+            raise ValueError("invalid SyntheticConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["object_scale"] = list(self.object_scale)  # JSON has no tuples; from_dict turns it back
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SyntheticConfig:
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown SyntheticConfig keys {unknown}; valid keys: {sorted(valid)}")
+        return cls(**values)
+
+
+def fold_classes(fold: int) -> list[int]:
+    """Novel classes (1-based) of a fold: 5*fold+1 .. 5*fold+5, as in PASCAL-5i."""
+    if fold not in range(4):
+        raise ValueError(f"fold must be 0..3, got {fold}")
+    return list(range(5 * fold + 1, 5 * fold + 6))
+
+
+def sample_name(split: str, index: int) -> str:
+    return f"{split}_{index:05d}"
+
+
+def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    # Seeded per image, so the output does not depend on the number of workers or on generation order.
+    return np.random.default_rng([seed, SPLITS.index(split), index])
+
+
+def _object_pose(
+    rng: np.random.Generator, config: SyntheticConfig, unit_area: float, shape: tuple[int, int]
+) -> Pose:
+    h, w = shape
+    lo, hi = config.object_scale
+    side = np.exp(rng.uniform(np.log(lo), np.log(hi)))  # log-uniform: as many small as large objects
+    scale = side * np.sqrt(h * w / unit_area)
+    d = config.diversity
+    return Pose(
+        cx=rng.uniform(0.15, 0.85) * w,
+        cy=rng.uniform(0.15, 0.85) * h,
+        scale=scale,
+        angle=rng.uniform(-np.pi, np.pi) * d,
+        log_aspect=rng.uniform(-0.3, 0.3) * d,
+        shear=rng.uniform(-0.25, 0.25) * d,
+    )
+
+
+def _paint(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: SyntheticConfig, outlined: bool
+) -> None:
+    """Paint one object's surface into `image` where `mask` is set (outlined: two-tone rim and core)."""
+    inside = mask.astype(bool)
+    image[inside] = material(image.shape[:2], rng, config.diversity)[inside]
+    if outlined:
+        rim = max(2, round(0.12 * np.sqrt(inside.sum())))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rim + 1, 2 * rim + 1))
+        core = cv2.erode(mask, kernel).astype(bool)
+        image[core] = material(image.shape[:2], rng, config.diversity)[core]
+
+
+def boundary_band(instances: np.ndarray, width: int) -> np.ndarray:
+    """[H, W] bool band of about `width` px along every edge of a labelled instance (VOC's 255 outline)."""
+    if width <= 0:
+        return np.zeros(instances.shape, dtype=bool)
+    kernel = np.ones((width + 1, width + 1), dtype=np.uint8)
+    return cv2.dilate(instances, kernel) != cv2.erode(instances, kernel)
+
+
+def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image and its label: ([H, W, 3] uint8 RGB, [H, W] uint8 with 0 bg, 1..20, 255 band)."""
+    rng = _sample_rng(config.seed, split, index)
+    shape = (
+        int(rng.integers(config.min_size, config.max_size + 1)),
+        int(rng.integers(config.min_size, config.max_size + 1)),
+    )
+    image = background(shape, rng, config.clutter)
+    label = np.zeros(shape, dtype=np.uint8)
+    instances = np.zeros(shape, dtype=np.uint8)  # 0: background or distractor, k: k-th object
+
+    n_objects = int(rng.integers(1, config.max_objects + 1))
+    n_distractors = int(rng.integers(0, config.distractors + 1))
+    # Distractors are interleaved with objects so that some of them occlude objects.
+    layers = [("object", int(c)) for c in rng.integers(1, N_CLASSES + 1, n_objects)]
+    for _ in range(n_distractors):
+        layers.insert(int(rng.integers(0, len(layers) + 1)), ("distractor", 0))
+
+    d = config.diversity
+    for layer_index, (kind, class_id) in enumerate(layers, start=1):
+        if kind == "object":
+            parts = SHAPE_FAMILIES[class_id - 1][1](lambda: float(rng.uniform(-1.0, 1.0)) * d)
+            pose = _object_pose(rng, config, UNIT_AREAS[class_id - 1], shape)
+            mask = rasterize(parts, pose, shape, 0.12 * d, rng)
+            _paint(image, mask, rng, config, outlined=bool(rng.random() < config.outline_prob))
+            inside = mask.astype(bool)
+            label[inside], instances[inside] = class_id, layer_index  # later layers occlude earlier ones
+        else:
+            pose = _object_pose(rng, config, 1.5, shape)
+            mask = rasterize(distractor_parts(rng), pose, shape, 0.0, rng)
+            _paint(image, mask, rng, config, outlined=False)
+            inside = mask.astype(bool)
+            label[inside], instances[inside] = 0, 0
+    label[boundary_band(instances, config.boundary_width)] = IGNORE_LABEL
+    return finish(image, rng, config.clutter), label
+
+
+def _write_sample(task: tuple[str, dict[str, Any], str, int]) -> tuple[str, list[int]]:
+    root, config_dict, split, index = task
+    config = SyntheticConfig.from_dict(config_dict)
+    image, label = render_sample(config, split, index)
+    name = sample_name(split, index)
+    ok_jpg, jpg = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+    ok_png, png = cv2.imencode(".png", label)
+    if not (ok_jpg and ok_png):
+        raise RuntimeError(f"cv2 could not encode synthetic sample {name}")
+    (Path(root) / "JPEGImages" / f"{name}.jpg").write_bytes(jpg.tobytes())
+    (Path(root) / "SegmentationClassAug" / f"{name}.png").write_bytes(png.tobytes())
+    class_pixels = np.bincount(label.ravel(), minlength=256)[1 : N_CLASSES + 1]
+    return name, class_pixels.tolist()
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core already; nested cv2 threads only contend
+
+
+def _check_target(root: Path) -> None:
+    """Refuse to write into a non-empty directory that is not (an interrupted) synthetic benchmark."""
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"synthetic root {root} exists and is not a directory")
+    ours = (root / "meta.json").exists() or (root / _INCOMPLETE_MARKER).exists()
+    if root.is_dir() and not ours and any(root.iterdir()):
+        raise FileExistsError(
+            f"{root} is not empty and holds no synthetic benchmark (no meta.json); choose an empty or new "
+            "directory so that nothing else is overwritten"
+        )
+
+
+def generate_synthetic(
+    root: str | os.PathLike,
+    config: SyntheticConfig | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Write the benchmark to `root` in the VOC layout; returns a summary with per-class image counts.
+
+    Layout: JPEGImages/<name>.jpg, SegmentationClassAug/<name>.png, lists/{train,val}.txt, meta.json.
+    workers: processes to use (default: all cores, at most 8; 0 or 1 runs in this process).
+    """
+    config = config or SyntheticConfig()
+    root = Path(root)
+    _check_target(root)
+    for sub in ("JPEGImages", "SegmentationClassAug", "lists"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / _INCOMPLETE_MARKER).write_text("generation started; meta.json is written last\n")
+    (root / "meta.json").unlink(missing_ok=True)
+
+    start = time.perf_counter()
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    config_dict = config.to_dict()
+    counts: dict[str, dict[str, list[int]]] = {}
+    for split, n in zip(SPLITS, (config.n_train, config.n_val)):
+        tasks = [(str(root), config_dict, split, i) for i in range(n)]
+        results = _run_tasks(tasks, workers, desc=f"synthetic {split}", progress=progress)
+        (root / "lists" / f"{split}.txt").write_text(
+            "".join(f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n" for name, _ in results)
+        )
+        pixels = np.asarray([p for _, p in results], dtype=np.int64).reshape(n, N_CLASSES)
+        counts[split] = {
+            "images": (pixels > 0).sum(0).tolist(),
+            "qualifying": (pixels >= MIN_AREA).sum(0).tolist(),
+        }
+    seconds = time.perf_counter() - start
+
+    meta = {
+        "benchmark": BENCHMARK_NAME,
+        "version": GENERATOR_VERSION,
+        "seed": config.seed,
+        "config": config_dict,
+        "class_names": list(CLASS_NAMES),
+        "palette": [list(c) for c in PALETTE],
+        "ignore_colour": list(IGNORE_COLOUR),
+        "folds": {str(f): fold_classes(f) for f in range(4)},
+        "min_area": MIN_AREA,
+        "class_counts": counts,
+        "generation_seconds": round(seconds, 2),
+    }
+    (root / "meta.json").write_text(json.dumps(meta, indent=1))
+    (root / _INCOMPLETE_MARKER).unlink()
+    summary = dict(meta, root=str(root), warnings=_coverage_warnings(counts))
+    if progress:
+        for warning in summary["warnings"]:
+            tqdm.write(f"warning: {warning}")
+        tqdm.write(
+            f"synthetic benchmark: {config.n_train} train + {config.n_val} val images in {seconds:.1f} s "
+            f"-> {root}"
+        )
+    return summary
+
+
+def _run_tasks(tasks: list, workers: int, desc: str, progress: bool) -> list[tuple[str, list[int]]]:
+    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, unit="img")
+    if workers <= 1 or len(tasks) < 64:
+        results = []
+        for task in tasks:
+            results.append(_write_sample(task))
+            bar.update()
+    else:
+        # fork keeps start-up cheap (no re-import of fsslab/torch); elsewhere fall back to the default.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        with multiprocessing.get_context(method).Pool(workers, initializer=_init_worker) as pool:
+            results = []
+            for result in pool.imap(_write_sample, tasks, chunksize=16):  # imap keeps the task order
+                results.append(result)
+                bar.update()
+    bar.close()
+    return results
+
+
+def _coverage_warnings(counts: dict[str, dict[str, list[int]]], minimum: int = 6) -> list[str]:
+    """Classes with fewer qualifying images than a 5-shot episode needs (5 supports + 1 query)."""
+    out = []
+    for split, per in counts.items():
+        low = [f"{CLASS_NAMES[c]}={n}" for c, n in enumerate(per["qualifying"]) if n < minimum]
+        if low:
+            out.append(
+                f"{split}: classes with < {minimum} images above the {MIN_AREA}-px rule: {', '.join(low)}"
+            )
+    return out
+
+
+def read_meta(root: str | os.PathLike) -> dict[str, Any]:
+    """meta.json of a generated benchmark, with a clear error when it is missing or unreadable."""
+    path = Path(root) / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {root} is not a (complete) synthetic benchmark")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete the directory and regenerate") from err
+
+
+def write_synthetic_if_missing(
+    root: str | os.PathLike,
+    config: SyntheticConfig | None = None,
+    progress: bool = False,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Generate the benchmark unless `root` already holds one made with the same config and version.
+
+    Idempotent, for notebooks and tests. A complete benchmark made with another config is an error (naming
+    the differing keys) rather than silently reused or overwritten; an interrupted run is regenerated.
+    """
+    config = config or SyntheticConfig()
+    root = Path(root)
+    if (root / "meta.json").exists():
+        meta = read_meta(root)
+        wanted = config.to_dict()
+        differences = [
+            f"{k}: on disk {meta.get('config', {}).get(k)!r}, requested {v!r}"
+            for k, v in wanted.items()
+            if meta.get("config", {}).get(k) != v
+        ]
+        if meta.get("version") != GENERATOR_VERSION:
+            differences.append(
+                f"generator version: on disk {meta.get('version')}, current {GENERATOR_VERSION}"
+            )
+        if differences:
+            raise ValueError(
+                f"{root} holds a synthetic benchmark with a different configuration "
+                f"({'; '.join(differences)}); use another directory or delete this one"
+            )
+        for split, n in zip(SPLITS, (config.n_train, config.n_val)):
+            list_path = root / "lists" / f"{split}.txt"
+            if not list_path.is_file() or len(list_path.read_text().splitlines()) != n:
+                raise ValueError(
+                    f"{list_path} is missing or does not list {n} images; delete {root} and regenerate"
+                )
+        return dict(meta, root=str(root), warnings=_coverage_warnings(meta["class_counts"]))
+    return generate_synthetic(root, config, progress=progress, workers=workers)

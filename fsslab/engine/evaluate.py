@@ -1,0 +1,139 @@
+"""Episodic evaluation: seeded episode lists, several seeds, class-wise mIoU / FB-IoU, mean and spread."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from fsslab.engine import distributed as dist_utils
+from fsslab.engine.metrics import IoUAccumulator, logits_at_label_resolution
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class EvalResult:
+    """Metrics of every seed and their mean/std over seeds (values in %, as papers report them)."""
+
+    seeds: list[int]
+    per_seed: list[dict[str, Any]]
+    miou_mean: float
+    miou_std: float
+    fbiou_mean: float
+    fbiou_std: float
+    class_iou_mean: dict[int, float]
+    episodes_per_seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (class ids as strings)."""
+        return {
+            "miou": self.miou_mean, "miou_std": self.miou_std, "fbiou": self.fbiou_mean,
+            "fbiou_std": self.fbiou_std, "seeds": self.seeds, "episodes_per_seed": self.episodes_per_seed,
+            "class_iou": {str(k): v for k, v in self.class_iou_mean.items()},
+            "per_seed": [{**r, "class_iou": {str(k): v for k, v in r["class_iou"].items()},
+                          "class_episodes": {str(k): v for k, v in r["class_episodes"].items()}}
+                         for r in self.per_seed],
+            "settings": self.settings,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        """Plain-text table: one row per seed, then mean ± std, then per-class IoU."""
+        lines = [f"{'seed':>8} {'mIoU':>8} {'FB-IoU':>8} {'episodes':>9}"]
+        for r in self.per_seed:
+            lines.append(f"{r['seed']:>8} {r['miou']:>8.2f} {r['fbiou']:>8.2f} {r['episodes']:>9}")
+        lines.append(f"{'mean':>8} {self.miou_mean:>8.2f} {self.fbiou_mean:>8.2f}")
+        lines.append(f"{'std':>8} {self.miou_std:>8.2f} {self.fbiou_std:>8.2f}")
+        lines.append("class IoU (mean over seeds): " + ", ".join(
+            f"{c}: {v:.2f}" for c, v in sorted(self.class_iou_mean.items())))
+        missing = sorted({c for r in self.per_seed for c in r["classes_without_episodes"]})
+        if missing:
+            lines.append(f"warning: classes without episodes (not in mIoU): {missing}")
+        return "\n".join(lines)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@torch.no_grad()
+def evaluate_seed(model: nn.Module, dataset: Dataset, episodes: int, num_classes: int,
+                  class_ids: list[int] | None = None, batch_size: int = 1, amp: str = "none",
+                  device: torch.device | None = None, workers: int = 0, progress: bool = False,
+                  desc: str = "eval") -> dict[str, Any]:
+    """Metrics over the first ``episodes`` episodes of ``dataset`` (sharded over ranks, summed exactly)."""
+    model = _unwrap(model)
+    device = device or next(model.parameters()).device
+    if len(dataset) < episodes:  # type: ignore[arg-type]
+        raise ValueError(f"the evaluation dataset has {len(dataset)} episodes, fewer than the {episodes} requested")  # type: ignore[arg-type]
+    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+    shard = Subset(dataset, list(range(rank, episodes, world)))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0))
+    accumulator = IoUAccumulator(num_classes)
+    dtype = _AMP_DTYPES.get(amp)
+    was_training = model.training
+    model.eval()
+    from tqdm.auto import tqdm
+
+    for batch in tqdm(loader, desc=desc, disable=not (progress and rank == 0), leave=False):
+        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            output = model(batch)
+        pred, target = logits_at_label_resolution(output.logits.float(), batch)
+        accumulator.update(pred, target, batch["class_id"])
+    model.train(was_training)
+    accumulator.all_reduce()
+    return accumulator.summary(class_ids)
+
+
+def evaluate(model: nn.Module, dataset_factory: Callable[[int, int], Dataset], seeds: list[int],
+             episodes: int, num_classes: int, class_ids: list[int] | None = None, batch_size: int = 1,
+             amp: str = "none", device: torch.device | None = None, workers: int = 0, progress: bool = False,
+             settings: dict[str, Any] | None = None) -> EvalResult:
+    """Evaluate on ``episodes`` episodes for each seed; report mean and population std over seeds.
+
+    ``dataset_factory(seed, episodes)`` returns the evaluation dataset whose episode list is drawn from
+    ``seed``. The global RNG states are restored afterwards, so evaluating inside a training run does not
+    change the training's random stream. ``class_ids``: the fold's novel classes (mIoU is their mean).
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    per_seed = []
+    with torch.random.fork_rng(devices=[]):
+        for seed in seeds:
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            summary = evaluate_seed(model, dataset_factory(seed, episodes), episodes, num_classes, class_ids,
+                                    batch_size, amp, device, workers, progress, desc=f"eval seed {seed}")
+            per_seed.append({
+                "seed": seed, "miou": 100 * summary["miou"], "fbiou": 100 * summary["fbiou"],
+                "episodes": summary["episodes"],
+                "class_iou": {c: 100 * v for c, v in summary["class_iou"].items()},
+                "class_episodes": summary["class_episodes"],
+                "classes_without_episodes": summary["classes_without_episodes"],
+            })
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+    mious, fbious = [r["miou"] for r in per_seed], [r["fbiou"] for r in per_seed]
+    classes = sorted({c for r in per_seed for c in r["class_iou"]})
+    class_mean = {c: statistics.fmean(r["class_iou"][c] for r in per_seed if c in r["class_iou"]) for c in classes}
+    return EvalResult(
+        seeds=list(seeds), per_seed=per_seed, miou_mean=statistics.fmean(mious),
+        miou_std=statistics.pstdev(mious), fbiou_mean=statistics.fmean(fbious), fbiou_std=statistics.pstdev(fbious),
+        class_iou_mean=class_mean, episodes_per_seed=episodes, settings=dict(settings or {}))
+
+
+__all__ = ["EvalResult", "evaluate", "evaluate_seed"]

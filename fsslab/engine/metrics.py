@@ -1,0 +1,134 @@
+"""Few-shot segmentation metrics: class-wise mIoU and FB-IoU summed over episodes (PROTOCOLS.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+_EPS = 1e-10  # PFENet's convention: a class whose union is 0 scores 0, not NaN
+
+
+def intersection_union(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample background/foreground intersection and union, ignoring 255.
+
+    pred [B,H,W] in {0,1}; target [B,H,W] in {0,1,255} → (intersection [B,2], union [B,2]) int64,
+    column 0 background, column 1 foreground.
+    """
+    valid = target != IGNORE_INDEX
+    inter, union = [], []
+    for cls in (0, 1):
+        p = (pred == cls) & valid
+        t = (target == cls) & valid
+        inter.append((p & t).flatten(1).sum(1))
+        union.append((p | t).flatten(1).sum(1))
+    return torch.stack(inter, 1), torch.stack(union, 1)
+
+
+def logits_at_label_resolution(logits: torch.Tensor, batch: dict[str, torch.Tensor]
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and labels at the label's original resolution (PFENet ``ori_resize``).
+
+    logits [B,2,S,S] on the padded square input; ``query_mask_ori`` [B,C,C] is the original label padded
+    with 255 to a canvas C and ``query_ori_size`` [B,2] its (h, w). For each sample, the logits are
+    resized (bilinear, align_corners=True) to L×L with L = max(h, w) and scored against the label's
+    top-left L×L window (255 outside h×w). Returns (pred [B,C,C] long, target [B,C,C] long); pixels
+    outside each L×L window are 255 in ``target``. Without the ``_ori`` keys, scores at input resolution.
+    """
+    if "query_mask_ori" not in batch:
+        target = batch["query_mask"].to(logits.device)
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=True)
+        return logits.argmax(1), target
+    label = batch["query_mask_ori"].to(logits.device)  # [B,C,C]
+    sizes = batch["query_ori_size"].to(logits.device)  # [B,2]
+    canvas = label.shape[-1]
+    longer = sizes.max(dim=1).values  # [B]
+    if canvas < int(longer.max()):
+        raise ValueError(f"query_mask_ori canvas {canvas} is smaller than the original size {int(longer.max())}")
+    pred = torch.zeros_like(label)
+    target = torch.full_like(label, IGNORE_INDEX)
+    # Group the batch by L so that each distinct size is one vectorised interpolate call.
+    for side in torch.unique(longer).tolist():
+        idx = (longer == side).nonzero().flatten()
+        resized = F.interpolate(logits[idx].float(), size=(side, side), mode="bilinear", align_corners=True)
+        pred[idx, :side, :side] = resized.argmax(1)
+        target[idx, :side, :side] = label[idx, :side, :side]
+    return pred, target
+
+
+class IoUAccumulator:
+    """Running sums for class-wise mIoU (per benchmark class) and FB-IoU over episodes.
+
+    ``update(pred, target, class_ids)`` adds a batch; ``all_reduce()`` sums across ranks; ``summary()``
+    gives the metrics. Sums are integers, so the result does not depend on the order of episodes.
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes  # benchmark classes are 1..num_classes
+        self.class_inter = torch.zeros(num_classes + 1, dtype=torch.float64)
+        self.class_union = torch.zeros(num_classes + 1, dtype=torch.float64)
+        self.class_episodes = torch.zeros(num_classes + 1, dtype=torch.float64)
+        self.fb_inter = torch.zeros(2, dtype=torch.float64)
+        self.fb_union = torch.zeros(2, dtype=torch.float64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, class_ids: torch.Tensor) -> None:
+        """pred/target [B,H,W] (0/1, target 0/1/255), class_ids [B] 1-based."""
+        inter, union = intersection_union(pred, target)
+        inter, union = inter.double().cpu(), union.double().cpu()
+        class_ids = class_ids.long().cpu()
+        if class_ids.numel() and (class_ids.min() < 1 or class_ids.max() > self.num_classes):
+            raise ValueError(f"class ids {class_ids.tolist()} outside 1..{self.num_classes}")
+        self.class_inter.index_add_(0, class_ids, inter[:, 1])
+        self.class_union.index_add_(0, class_ids, union[:, 1])
+        self.class_episodes.index_add_(0, class_ids, torch.ones(len(class_ids), dtype=torch.float64))
+        self.fb_inter += inter.sum(0)
+        self.fb_union += union.sum(0)
+
+    def state(self) -> torch.Tensor:
+        return torch.cat([self.class_inter, self.class_union, self.class_episodes, self.fb_inter, self.fb_union])
+
+    def load_state(self, flat: torch.Tensor) -> None:
+        n = self.num_classes + 1
+        parts = torch.split(flat.double().cpu(), [n, n, n, 2, 2])
+        self.class_inter, self.class_union, self.class_episodes, self.fb_inter, self.fb_union = (
+            p.clone() for p in parts)
+
+    def all_reduce(self) -> None:
+        """Sum the accumulators of every rank (no-op outside torch.distributed)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        flat = self.state().to(device)
+        dist.all_reduce(flat)
+        self.load_state(flat)
+
+    def class_iou(self) -> dict[int, float]:
+        """IoU of every class that had at least one episode."""
+        seen = (self.class_episodes > 0).nonzero().flatten().tolist()
+        return {c: float(self.class_inter[c] / (self.class_union[c] + _EPS)) for c in seen}
+
+    def summary(self, class_ids: list[int] | None = None) -> dict[str, Any]:
+        """mIoU (mean class IoU over ``class_ids``, default: classes seen), FB-IoU and per-class IoU (0–1)."""
+        per_class = self.class_iou()
+        classes = sorted(per_class) if class_ids is None else list(class_ids)
+        missing = [c for c in classes if c not in per_class]
+        scored = [per_class[c] for c in classes if c in per_class]
+        fb = self.fb_inter / (self.fb_union + _EPS)
+        return {
+            "miou": float(sum(scored) / len(scored)) if scored else float("nan"),
+            "fbiou": float(fb.mean()) if self.fb_union.sum() > 0 else float("nan"),
+            "iou_background": float(fb[0]),
+            "iou_foreground": float(fb[1]),
+            "class_iou": {int(c): per_class[c] for c in classes if c in per_class},
+            "class_episodes": {int(c): int(self.class_episodes[c]) for c in classes if c in per_class},
+            "classes_without_episodes": missing,
+            "episodes": int(self.class_episodes.sum()),
+        }
+
+
+__all__ = ["IGNORE_INDEX", "IoUAccumulator", "intersection_union", "logits_at_label_resolution"]

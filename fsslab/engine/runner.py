@@ -1,0 +1,156 @@
+"""From a RunConfig to datasets, a model, a Trainer run and an evaluation (what the CLI and notebooks call)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fsslab.config import RunConfig
+from fsslab.engine.checkpoint import load_checkpoint
+from fsslab.engine.evaluate import EvalResult, evaluate
+
+
+def dataset_kwargs(cfg: RunConfig, split: str) -> dict[str, Any]:
+    """Keyword arguments of ``fsslab.data.build_dataset`` for ``split`` ("train" or an evaluation split)."""
+    data = cfg.data
+    training = split == "train"
+    kwargs: dict[str, Any] = {"size": data.size if training else data.val_size, "protocol": data.protocol,
+                              "support_label": data.support_label}
+    if data.dataset == "coco":
+        kwargs["folds"] = data.coco_split
+    extra = dict(data.params)
+    if training:
+        augmentation = {"scale": (data.scale_min, data.scale_max), "rotate": (data.rotate_min, data.rotate_max)}
+        augmentation.update(extra.pop("augmentation", None) or {})
+        kwargs["augmentation"] = augmentation
+    else:
+        extra.pop("augmentation", None)
+    kwargs.update(extra)
+    return kwargs
+
+
+def ensure_synthetic(cfg: RunConfig, progress: bool = True) -> None:
+    """Generate the synthetic benchmark at ``data.root`` when the config carries generator knobs."""
+    if cfg.data.dataset != "synthetic" or cfg.data.synthetic is None:
+        return
+    from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 generates; the others wait for it
+        meta = Path(cfg.data.root) / "meta.json"
+        deadline = time.monotonic() + 1800
+        while not meta.is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank {os.environ['RANK']}: {meta} did not appear within 30 minutes")
+            time.sleep(2)
+        time.sleep(1)  # meta.json is written last; give the writer a moment to close it
+    write_synthetic_if_missing(cfg.data.root, SyntheticConfig.from_dict(dict(cfg.data.synthetic)),
+                               progress=progress)
+
+
+def build_train_set(cfg: RunConfig) -> Any:
+    from fsslab.data import build_dataset
+
+    ensure_synthetic(cfg)
+    return build_dataset(cfg.data.dataset, cfg.data.root, "train", cfg.data.fold, cfg.data.shot,
+                         **dataset_kwargs(cfg, "train"))
+
+
+def eval_dataset_factory(cfg: RunConfig, shot: int | None = None, support_label: str | None = None):
+    """``factory(seed, episodes)`` for ``evaluate`` plus (number of benchmark classes, the fold's novel classes)."""
+    from fsslab.data import build_dataset
+
+    ensure_synthetic(cfg)
+    shot = shot or cfg.eval.shot or cfg.data.shot
+    kwargs = dataset_kwargs(cfg, cfg.eval.split)
+    kwargs["support_label"] = support_label or cfg.eval.support_label or cfg.data.support_label
+
+    def factory(seed: int, episodes: int) -> Any:
+        return build_dataset(cfg.data.dataset, cfg.data.root, cfg.eval.split, cfg.data.fold, shot,
+                             episodes=episodes, seed=seed, **kwargs)
+
+    probe = factory(cfg.eval.seeds[0], 1)
+    benchmark = probe.benchmark
+    return factory, benchmark.n_classes, benchmark.novel_classes(cfg.data.fold)
+
+
+def build_run_model(cfg: RunConfig) -> nn.Module:
+    """Seeded ``build_model`` (same initial weights on every rank), optionally initialised from a checkpoint."""
+    from fsslab.engine.trainer import seed_everything
+    from fsslab.models import build_model, model_class
+
+    seed_everything(cfg.train.seed)
+    params = dict(cfg.model.params)
+    if "shot" in inspect.signature(model_class(cfg.model.name).__init__).parameters:
+        params.setdefault("shot", cfg.data.shot)  # so that `data.shot=5` is the only override a 5-shot run needs
+    model = build_model({"name": cfg.model.name, **params})
+    if cfg.model.init_checkpoint:
+        init_from_checkpoint(model, cfg.model.init_checkpoint, cfg.model.init_prefix)
+    return model
+
+
+def init_from_checkpoint(model: nn.Module, path: str | Path, prefix: str = "backbone.") -> int:
+    """Copy the checkpoint's ``prefix*`` tensors that the model has with the same shape; returns how many."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model.init_checkpoint {path} does not exist; train the run that writes it "
+                                "first (for the synthetic configs: `fsslab train synthetic/pspnet_base_tiny`)")
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    chosen = {k: v for k, v in state.items() if k.startswith(prefix) and k in own and own[k].shape == v.shape}
+    if not chosen:
+        raise ValueError(f"model.init_checkpoint {path}: no '{prefix}*' tensor matches the model's keys/shapes")
+    model.load_state_dict(chosen, strict=False)
+    wanted = [k for k in own if k.startswith(prefix) and not k.endswith("num_batches_tracked")]
+    print(f"initialised {len(chosen)}/{len(wanted)} '{prefix}*' tensors from {path}")
+    return len(chosen)
+
+
+def run_evaluation(cfg: RunConfig, model: nn.Module, seeds: list[int] | None = None, episodes: int | None = None,
+                   shot: int | None = None, support_label: str | None = None, progress: bool = True,
+                   device: torch.device | None = None) -> EvalResult:
+    """Evaluate ``model`` as ``cfg.eval`` says (seeds, episodes, shot, support label, amp)."""
+    factory, n_classes, novel = eval_dataset_factory(cfg, shot, support_label)
+    seeds = list(seeds or cfg.eval.seeds)
+    episodes = episodes or cfg.eval.episodes
+    settings = {"dataset": cfg.data.dataset, "fold": cfg.data.fold, "shot": shot or cfg.eval.shot or cfg.data.shot,
+                "support_label": support_label or cfg.eval.support_label or cfg.data.support_label,
+                "protocol": cfg.data.protocol, "val_size": cfg.data.val_size, "amp": cfg.eval.amp,
+                "model": cfg.model.name}
+    return evaluate(model, factory, seeds, episodes, n_classes, novel, cfg.eval.batch_size, cfg.eval.amp,
+                    device=device, workers=cfg.data.workers, progress=progress, settings=settings)
+
+
+def run_training(cfg: RunConfig, resume: bool | str = False, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Build data and model from ``cfg``, train (validating with the first eval seed), return the summary."""
+    from fsslab.engine import distributed
+    from fsslab.engine.trainer import Trainer
+
+    model = build_run_model(cfg)
+    train_set = build_train_set(cfg)
+
+    def validate(m: nn.Module) -> dict[str, Any]:
+        result = run_evaluation(cfg, m, seeds=cfg.eval.seeds[:1], progress=False)
+        return {"miou": result.miou_mean, "fbiou": result.fbiou_mean}
+
+    trainer = Trainer(cfg, model, train_set, evaluate_fn=validate if cfg.train.validate else None, out_dir=out_dir)
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        distributed.teardown_distributed()
+
+
+__all__ = [
+    "build_run_model",
+    "build_train_set",
+    "dataset_kwargs",
+    "ensure_synthetic",
+    "eval_dataset_factory",
+    "init_from_checkpoint",
+    "run_evaluation",
+    "run_training",
+]

@@ -1,0 +1,140 @@
+"""PSPNet (dilated ResNet + pyramid pooling), the base learner of BAM / AMFormer, trainable on base classes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fsslab.models.backbones import build_backbone
+from fsslab.models.base import FewShotModel, OptimizerSpec
+from fsslab.models.output import FSSOutput
+
+TRACE_KEYS = {
+    "layer4": "[B,C4,h,w] backbone output (output stride 8)",
+    "embedding": "[B,512,h,w] classifier features after conv3x3+BN, before ReLU (AMFormer's base feature)",
+    "base_logits": "[B,n_classes,h,w] class scores at feature resolution",
+}
+
+
+class PPMBranch(nn.Module):
+    """One pyramid level: average-pool to ``bin`` x ``bin``, 1x1 conv, BN, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, bin_size: int) -> None:
+        super().__init__()
+        self.bin_size = bin_size
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B,C,h,w] -> [B,C',bin,bin]
+        return F.relu(self.bn(self.conv(F.adaptive_avg_pool2d(x, self.bin_size))), inplace=True)
+
+
+class PPM(nn.Module):
+    """Pyramid pooling: the input concatenated with every branch upsampled back (bilinear, corners aligned).
+
+    Output channels: ``in_channels + len(bins) * branch_channels`` (2048 + 4*512 = 4096 for ResNet-50).
+    """
+
+    def __init__(self, in_channels: int, branch_channels: int, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(PPMBranch(in_channels, branch_channels, b) for b in bins)
+        self.out_channels = in_channels + len(bins) * branch_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        pooled = [F.interpolate(branch(x), size, mode="bilinear", align_corners=True) for branch in self.branches]
+        return torch.cat([x, *pooled], dim=1)
+
+
+class SegmentationHead(nn.Module):
+    """conv3x3 -> BN -> ReLU -> Dropout2d -> conv1x1; ``embed`` stops before the ReLU."""
+
+    def __init__(self, in_channels: int, mid_channels: int, n_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(mid_channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.out = nn.Conv2d(mid_channels, n_classes, 1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        # not in place: callers (AMFormer) keep using the pre-ReLU embedding
+        return self.out(self.dropout(F.relu(embedding)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.embed(x))
+
+
+class PSPNet(FewShotModel):
+    """PSPNet base learner (BAM ``model/PSPNet.py`` layout), a ``FewShotModel`` for stage-1 training.
+
+    ``forward(batch)`` reads ``batch["query_img"]`` and returns ``FSSOutput(logits=[B,n_classes,H,W])``
+    (background + base classes, **not** the usual 2 channels); ``loss`` is cross-entropy against
+    ``batch["query_base_mask"]`` (ignore 255). BAM's base learner has no auxiliary head, so by
+    default neither has this one (its state_dict maps 1:1 onto official PSPNet checkpoints);
+    ``aux_weight > 0`` adds the classic PSPNet layer3 head (conv3x3 -> 256, BN, ReLU, dropout, 1x1)
+    whose CE is added with that weight during training.
+    """
+
+    def __init__(self, backbone: str = "resnet50", n_classes: int = 16, pretrained: str | None = None,
+                 dilation: str = "pspnet", norm: str = "batch", bins: tuple[int, ...] = (1, 2, 3, 6),
+                 dropout: float = 0.1, aux_weight: float = 0.0, ignore_index: int = 255,
+                 head_lr_multiplier: float = 10.0) -> None:
+        super().__init__()
+        self.n_classes, self.aux_weight, self.ignore_index = n_classes, aux_weight, ignore_index
+        self.head_lr_multiplier = head_lr_multiplier
+        self.backbone = build_backbone(backbone, pretrained=pretrained, dilation=dilation, norm=norm)
+        feat_channels = self.backbone.out_channels["layer4"]
+        self.ppm = PPM(feat_channels, feat_channels // len(bins), tuple(bins))
+        self.head = SegmentationHead(self.ppm.out_channels, 512, n_classes, dropout)
+        self.aux_head = None
+        if aux_weight > 0:
+            self.aux_head = SegmentationHead(self.backbone.out_channels["layer3"], 256, n_classes, dropout)
+
+    def decode(self, layer4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """layer4 [B,C4,h,w] -> (embedding [B,512,h,w] pre-ReLU, class logits [B,n_classes,h,w])."""
+        embedding = self.head.embed(self.ppm(layer4))
+        return embedding, self.head.classify(embedding)
+
+    def forward(self, batch: dict[str, torch.Tensor], trace: bool = False) -> FSSOutput:
+        image = batch["query_img"]  # [B,3,H,W]
+        size = image.shape[-2:]
+        feats = self.backbone(image)
+        embedding, logits = self.decode(feats["layer4"])
+        out = FSSOutput(F.interpolate(logits, size, mode="bilinear", align_corners=True))
+        if self.training and self.aux_head is not None:
+            out.aux["aux_logits"] = F.interpolate(self.aux_head(feats["layer3"]), size, mode="bilinear",
+                                                  align_corners=True)
+        if trace:
+            out.trace = {"layer4": feats["layer4"].detach(), "embedding": embedding.detach(),
+                         "base_logits": logits.detach()}
+        return out
+
+    def loss(self, output: FSSOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``main``: CE(logits, query_base_mask); ``aux`` (with an aux head) weighted by ``aux_weight``."""
+        target = batch["query_base_mask"].long()  # [B,H,W]: 0 bg, 1..n_base, 255 ignore
+        losses = {"main": F.cross_entropy(output.logits.float(), target, ignore_index=self.ignore_index)}
+        total = losses["main"]
+        if "aux_logits" in output.aux:
+            losses["aux"] = F.cross_entropy(output.aux["aux_logits"].float(), target, ignore_index=self.ignore_index)
+            total = total + self.aux_weight * losses["aux"]
+        losses["total"] = total
+        return losses
+
+    def optimizer_specs(self, base_lr: float, weight_decay: float) -> list[OptimizerSpec]:
+        """BAM ``train_base.py``: SGD (momentum 0.9); backbone at the base lr, PPM and heads 10x."""
+        def trainable(module: nn.Module | None) -> list[nn.Parameter]:
+            return [] if module is None else [p for p in module.parameters() if p.requires_grad]
+
+        head_lr = base_lr * self.head_lr_multiplier
+        groups = [{"params": trainable(self.backbone), "lr": base_lr},
+                  {"params": trainable(self.ppm), "lr": head_lr},
+                  {"params": trainable(self.head) + trainable(self.aux_head), "lr": head_lr}]
+        return [OptimizerSpec("main", "sgd", [g for g in groups if g["params"]],
+                              options={"momentum": 0.9, "weight_decay": weight_decay})]
+
+
+__all__ = ["PPM", "TRACE_KEYS", "PSPNet", "SegmentationHead"]

@@ -1,0 +1,213 @@
+"""Training curves from the trainer's JSONL log and result charts (per-class IoU, model comparison)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from fsslab.viz.palette import series_colour
+
+_X_KEYS = ("iteration", "iter", "step", "global_step", "epoch")
+# AMFormer's adversarial objectives get their own panel: their scale and dynamics differ from the CE losses.
+_ADVERSARIAL_MARKERS = ("loss_g", "loss_d", "g_loss", "d_loss", "generator", "discriminator", "adv")
+_METRIC_MARKERS = ("miou", "fb_iou", "fbiou", "iou")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSONL log; a malformed line raises with the file and line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training log not found: {path}")
+    records = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+            if not isinstance(record, dict):
+                raise TypeError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return records
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"loss": {"total": 1}} -> {"loss/total": 1} so nested trainer records plot like flat ones."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, prefix=f"{name}/"))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _is_adversarial(key: str) -> bool:
+    low = key.lower()
+    return any(m in low for m in _ADVERSARIAL_MARKERS)
+
+
+def _is_metric(key: str) -> bool:
+    low = key.lower()
+    return any(m in low for m in _METRIC_MARKERS) and "loss" not in low
+
+
+def curve_series(records: Iterable[Mapping[str, Any]], keys: Sequence[str] | None = None,
+                 x_key: str | None = None) -> tuple[str, dict[str, tuple[list[float], list[float]]]]:
+    """(x_key, {key: (xs, ys)}) from log records; records lacking a key are skipped for that key only."""
+    flat = [_flatten(r) for r in records]
+    if not flat:
+        raise ValueError("no records to plot")
+    if x_key is None:
+        x_key = next((k for k in _X_KEYS if any(k in r for r in flat)), None) or "record"
+    numeric = sorted({k for r in flat for k, v in r.items() if _is_number(v) and k != x_key})
+    if keys is None:
+        keys = [k for k in numeric if "loss" in k.lower() or _is_metric(k)]
+    missing = [k for k in keys if k not in numeric]
+    if missing:
+        raise KeyError(f"keys {missing} not found in the log; numeric keys are {numeric}")
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for key in keys:
+        xs, ys = [], []
+        for i, r in enumerate(flat):
+            if _is_number(r.get(key)):
+                xs.append(float(r[x_key]) if _is_number(r.get(x_key)) else float(i))
+                ys.append(float(r[key]))
+        out[key] = (xs, ys)
+    return x_key, out
+
+
+def plot_training_curves(jsonl_path_or_records: str | Path | Iterable[Mapping[str, Any]],
+                         keys: Sequence[str] | None = None, x_key: str | None = None,
+                         smooth: int = 1, title: str = "Training curves") -> Figure:
+    """Loss (and metric) curves from a trainer JSONL log or a list of record dicts.
+
+    keys: which numeric entries to plot (nested records are flattened to "a/b"); default: every key with
+          "loss" in its name plus mIoU/FB-IoU metrics. Panels: losses; AMFormer's generator/discriminator
+          losses (keys such as loss_G, loss_D); evaluation metrics (if any).
+    smooth: moving-average window over the logged points (1 = raw).
+    """
+    if isinstance(jsonl_path_or_records, (str, Path)):
+        records = read_jsonl(jsonl_path_or_records)
+    else:
+        records = list(jsonl_path_or_records)
+    x_key, series = curve_series(records, keys, x_key)
+    groups = {"losses": [k for k in series if not _is_adversarial(k) and not _is_metric(k)],
+              "generator / discriminator losses": [k for k in series if _is_adversarial(k) and not _is_metric(k)],
+              "evaluation metrics": [k for k in series if _is_metric(k)]}
+    groups = {name: ks for name, ks in groups.items() if ks}
+    fig = Figure(figsize=(4.6 * len(groups), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    fig.suptitle(title)
+    for ax, (name, ks) in zip(axes, groups.items()):
+        for i, key in enumerate(ks):
+            xs, ys = series[key]
+            if smooth > 1 and len(ys) >= smooth:
+                ys = list(np.convolve(ys, np.ones(smooth) / smooth, mode="valid"))
+                xs = xs[smooth - 1:]
+            ax.plot(xs, ys, label=key, color=series_colour(i), marker="o" if len(xs) < 12 else None, ms=3)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel("metric" if name == "evaluation metrics" else "loss")
+        ax.set_title(name)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _per_class(entry: Mapping[str, Any]) -> dict[Any, float]:
+    for key in ("per_class_iou", "class_iou", "iou_per_class"):
+        if key in entry:
+            return {c: float(v) for c, v in entry[key].items()}
+    return {c: float(v) for c, v in entry.items() if _is_number(v) and (not isinstance(c, str) or c.isdigit())}
+
+
+def _mean_iou(entry: Mapping[str, Any], per_class: Mapping[Any, float]) -> float:
+    for key in ("miou", "mIoU", "mean_iou"):
+        if key in entry:
+            return float(entry[key])
+    return float(np.mean(list(per_class.values()))) if per_class else float("nan")
+
+
+def bar_miou(results: Mapping[str, Mapping[str, Any]],
+             class_names: Sequence[str] | Mapping[Any, str] | None = None,
+             title: str = "Per-class IoU") -> Figure:
+    """Grouped bars of per-class IoU for several models, plus their mean (mIoU) as the last group.
+
+    results: {model_name: {"per_class_iou": {class_id: iou}, "miou": ...}} or {model_name: {class_id: iou}}.
+    """
+    if not results:
+        raise ValueError("bar_miou got no results")
+    per_model = {name: _per_class(entry) for name, entry in results.items()}
+    classes = sorted({c for pc in per_model.values() for c in pc}, key=lambda c: int(c))
+    fig = Figure(figsize=(max(5.0, 0.55 * (len(classes) + 1) * max(1, len(results)) ** 0.5 + 2), 3.6),
+                 layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(classes) + 1, dtype=float)
+    width = 0.8 / len(results)
+    for i, (name, pc) in enumerate(per_model.items()):
+        values = [pc.get(c, float("nan")) for c in classes] + [_mean_iou(results[name], pc)]
+        ax.bar(x + (i - (len(results) - 1) / 2) * width, values, width, label=name, color=series_colour(i))
+    names = []
+    for c in classes:
+        if isinstance(class_names, Mapping):
+            names.append(str(class_names.get(c, class_names.get(int(c), c))))
+        elif class_names is not None and 1 <= int(c) <= len(class_names):
+            names.append(class_names[int(c) - 1])
+        else:
+            names.append(str(c))
+    ax.set_xticks(x, names + ["mean"], rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6
+                  else "center", fontsize=8)
+    ax.axvline(len(classes) - 0.5, color="0.5", lw=0.8, ls="--")
+    top = max((v for pc in per_model.values() for v in pc.values()), default=1.0)
+    ax.set_ylabel("IoU (%)" if top > 1.0 else "IoU")
+    ax.set_xlabel("novel class")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_results_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] | None = None,
+                       title: str = "Results", fmt: str = "{:.1f}") -> Figure:
+    """A rendered table: one row per model/setting, one column per metric (e.g. mIoU 1-shot, FB-IoU 1-shot).
+
+    rows: {row_label: {column: value}}; non-numeric values are shown as text; the best value of each numeric
+    column is set in bold.
+    """
+    if not rows:
+        raise ValueError("plot_results_table got no rows")
+    if columns is None:
+        columns = list(dict.fromkeys(c for r in rows.values() for c in r if c not in ("per_class_iou",)))
+    cells, best = [], {}
+    for c in columns:
+        vals = [r.get(c) for r in rows.values() if _is_number(r.get(c))]
+        best[c] = max(vals) if vals else None
+    for r in rows.values():
+        cells.append([fmt.format(r[c]) if _is_number(r.get(c)) else str(r.get(c, "–")) for c in columns])
+    fig = Figure(figsize=(1.6 + 1.3 * len(columns), 0.8 + 0.35 * (len(rows) + 1)), layout="constrained")
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.set_title(title)
+    table = ax.table(cellText=cells, rowLabels=list(rows), colLabels=list(columns), loc="center",
+                     cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    for j, c in enumerate(columns):
+        for i, r in enumerate(rows.values()):
+            if best[c] is not None and _is_number(r.get(c)) and float(r[c]) == best[c]:
+                table[i + 1, j].get_text().set_fontweight("bold")
+    return fig

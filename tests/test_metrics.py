@@ -1,0 +1,132 @@
+"""Metrics: class-wise mIoU and FB-IoU against hand-computed values and an independent numpy computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fsslab.engine.metrics import IoUAccumulator, logits_at_label_resolution
+
+
+def _numpy_reference(preds, targets, classes):
+    """Straightforward PROTOCOLS.md definition, written independently with numpy loops."""
+    inter, union = {}, {}
+    fb_inter, fb_union = np.zeros(2), np.zeros(2)
+    for pred, target, c in zip(preds, targets, classes):
+        valid = target != 255
+        for k in (0, 1):
+            i = np.logical_and(np.logical_and(pred == k, target == k), valid).sum()
+            u = np.logical_and(np.logical_or(pred == k, target == k), valid).sum()
+            fb_inter[k] += i
+            fb_union[k] += u
+            if k == 1:
+                inter[c] = inter.get(c, 0) + i
+                union[c] = union.get(c, 0) + u
+    ious = {c: inter[c] / union[c] if union[c] else 0.0 for c in inter}
+    return np.mean(list(ious.values())), np.mean(fb_inter / fb_union), ious
+
+
+def _accumulate(preds, targets, classes, num_classes=4):
+    acc = IoUAccumulator(num_classes)
+    acc.update(torch.as_tensor(np.stack(preds)), torch.as_tensor(np.stack(targets)), torch.as_tensor(classes))
+    return acc.summary()
+
+
+def test_hand_computed_values_with_ignore_and_empty_prediction():
+    # episode 1, class 1: pred fg 3 px, target fg 2 px, overlap 1, one ignored pixel where pred says fg
+    pred1 = np.array([[1, 1, 0], [0, 1, 0]])
+    tgt1 = np.array([[1, 0, 1], [0, 255, 0]])
+    # episode 2, class 2: empty prediction, target fg 2 px
+    pred2 = np.zeros((2, 3), int)
+    tgt2 = np.array([[0, 1, 1], [0, 0, 255]])
+    # episode 3, class 1 again: perfect on 1 fg px
+    pred3 = np.array([[0, 0, 0], [0, 0, 1]])
+    tgt3 = np.array([[0, 0, 0], [0, 0, 1]])
+    s = _accumulate([pred1, pred2, pred3], [tgt1, tgt2, tgt3], [1, 2, 1])
+    # class 1: I = 1 + 1 = 2, U = (fg pred∪tgt among valid: (0,0),(0,1),(0,2)) 3 + 1 = 4 → 0.5
+    # class 2: I = 0, U = 2 → 0
+    assert s["class_iou"] == {1: pytest.approx(0.5), 2: pytest.approx(0.0)}
+    assert s["miou"] == pytest.approx(0.25)
+    # background: ep1 valid bg pred {(0,2),(1,0),(1,2)} tgt {(0,1),(1,0),(1,2)}: I=2, U=4
+    # ep2 valid px 5: pred bg all 5, tgt bg 3 → I=3, U=5; ep3: I=5, U=5 → bg 10/14
+    # foreground: ep1 I=1 U=3, ep2 I=0 U=2, ep3 I=1 U=1 → fg 2/6
+    assert s["iou_background"] == pytest.approx(10 / 14)
+    assert s["iou_foreground"] == pytest.approx(2 / 6)
+    assert s["fbiou"] == pytest.approx((10 / 14 + 2 / 6) / 2)
+    assert s["class_episodes"] == {1: 2, 2: 1}
+
+
+def test_matches_independent_numpy_computation_on_random_episodes():
+    rng = np.random.default_rng(0)
+    preds, targets, classes = [], [], []
+    for e in range(40):
+        target = (rng.random((9, 7)) < rng.random()).astype(int)
+        target[rng.random((9, 7)) < 0.15] = 255
+        pred = (rng.random((9, 7)) < 0.5).astype(int) if e % 5 else np.zeros((9, 7), int)  # some empty
+        preds.append(pred), targets.append(target), classes.append(int(rng.integers(1, 5)))
+    miou, fbiou, ious = _numpy_reference(preds, targets, classes)
+    s = _accumulate(preds, targets, classes)
+    assert s["miou"] == pytest.approx(miou, abs=1e-12)
+    assert s["fbiou"] == pytest.approx(fbiou, abs=1e-12)
+    assert s["class_iou"] == {c: pytest.approx(v, abs=1e-12) for c, v in ious.items()}
+
+
+def test_class_wise_miou_is_not_the_mean_of_episode_ious():
+    # class 1: a big object predicted perfectly and a tiny one missed; per-episode mean would be 0.5
+    big_t = np.ones((4, 4), int)
+    small_t = np.zeros((4, 4), int)
+    small_t[0, 0] = 1
+    s = _accumulate([big_t, np.zeros((4, 4), int)], [big_t, small_t], [1, 1])
+    assert s["miou"] == pytest.approx(16 / 17)
+
+
+def test_order_and_batching_do_not_change_the_sums():
+    rng = np.random.default_rng(1)
+    preds = [rng.integers(0, 2, (5, 5)) for _ in range(6)]
+    targets = [rng.integers(0, 2, (5, 5)) for _ in range(6)]
+    classes = [1, 2, 3, 1, 2, 3]
+    one = _accumulate(preds, targets, classes)
+    acc = IoUAccumulator(4)
+    for i in reversed(range(6)):
+        acc.update(torch.as_tensor(preds[i])[None], torch.as_tensor(targets[i])[None], torch.tensor([classes[i]]))
+    assert acc.summary() == one
+
+
+def test_summary_over_the_folds_classes_reports_missing_ones():
+    acc = IoUAccumulator(4)
+    acc.update(torch.ones(1, 2, 2, dtype=torch.long), torch.ones(1, 2, 2, dtype=torch.long), torch.tensor([3]))
+    summary = acc.summary([1, 3])
+    assert summary["classes_without_episodes"] == [1] and summary["miou"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="outside 1..4"):
+        acc.update(torch.ones(1, 2, 2, dtype=torch.long), torch.ones(1, 2, 2, dtype=torch.long), torch.tensor([5]))
+
+
+def test_original_resolution_scoring_follows_ori_resize():
+    # 4x4 input whose logits say "foreground" in the left half; original label 3x2 (h=3, w=2) → L=3
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[0, 1, :, :2] = 1.0
+    logits[0, 0, :, 2:] = 1.0
+    canvas = torch.full((1, 6, 6), 255, dtype=torch.long)
+    canvas[0, :3, :2] = torch.tensor([[1, 0], [1, 0], [1, 1]])
+    batch = {"query_mask_ori": canvas, "query_ori_size": torch.tensor([[3, 2]])}
+    pred, target = logits_at_label_resolution(logits, batch)
+    assert pred.shape == target.shape == (1, 6, 6)
+    # resize 4 → 3 with align_corners: columns sample x = 0, 1.5, 3 → fg, tie(→ bg by argmax order), bg
+    expected = torch.nn.functional.interpolate(logits, size=(3, 3), mode="bilinear", align_corners=True).argmax(1)
+    assert torch.equal(pred[0, :3, :3], expected[0])
+    assert (target[0, 3:, :] == 255).all() and (target[0, :, 2:] == 255).all()
+    assert torch.equal(target[0, :3, :2], canvas[0, :3, :2])
+
+
+def test_batch_with_different_original_sizes():
+    logits = torch.randn(3, 2, 5, 5)
+    canvas = torch.full((3, 7, 7), 255, dtype=torch.long)
+    sizes = torch.tensor([[4, 7], [7, 3], [5, 5]])
+    for i, (h, w) in enumerate(sizes.tolist()):
+        canvas[i, :h, :w] = torch.randint(0, 2, (h, w))
+    pred, target = logits_at_label_resolution(logits, {"query_mask_ori": canvas, "query_ori_size": sizes})
+    for i, side in enumerate([7, 7, 5]):
+        single = torch.nn.functional.interpolate(logits[i:i + 1], size=(side, side), mode="bilinear",
+                                                 align_corners=True).argmax(1)[0]
+        assert torch.equal(pred[i, :side, :side], single)

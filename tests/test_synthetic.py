@@ -1,0 +1,190 @@
+"""The synthetic benchmark generator: determinism, layout, label values, coverage and idempotence."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from fsslab.data.synthetic import (
+    CLASS_NAMES,
+    IGNORE_LABEL,
+    MIN_AREA,
+    PALETTE,
+    SyntheticConfig,
+    boundary_band,
+    generate_synthetic,
+    render_sample,
+    write_synthetic_if_missing,
+)
+
+TINY = {"n_train": 40, "n_val": 12, "min_size": 96, "max_size": 112}
+
+
+def _labels(root, split):
+    lines = (root / "lists" / f"{split}.txt").read_text().splitlines()
+    return [cv2.imread(str(root / line.split()[1]), cv2.IMREAD_UNCHANGED) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "bench"
+    summary = generate_synthetic(root, SyntheticConfig(seed=3, **TINY), progress=False, workers=1)
+    return root, summary
+
+
+def test_layout_lists_and_meta(tiny_root):
+    root, summary = tiny_root
+    for split, n in (("train", 40), ("val", 12)):
+        lines = (root / "lists" / f"{split}.txt").read_text().splitlines()
+        assert len(lines) == n
+        for line in lines:
+            image_rel, label_rel = line.split()
+            assert image_rel.startswith("JPEGImages/") and image_rel.endswith(".jpg")
+            assert label_rel.startswith("SegmentationClassAug/") and label_rel.endswith(".png")
+            image = cv2.imread(str(root / image_rel))
+            label = cv2.imread(str(root / label_rel), cv2.IMREAD_UNCHANGED)
+            assert image.ndim == 3 and label.ndim == 2 and label.dtype == np.uint8
+            assert image.shape[:2] == label.shape and 96 <= min(label.shape) <= max(label.shape) <= 112
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["class_names"] == list(CLASS_NAMES) and len(set(CLASS_NAMES)) == 20
+    assert len(meta["palette"]) == 21 and len({tuple(c) for c in meta["palette"]}) == 21
+    assert meta["seed"] == 3 and SyntheticConfig.from_dict(meta["config"]) == SyntheticConfig(seed=3, **TINY)
+    assert meta["folds"]["1"] == [6, 7, 8, 9, 10]
+    assert not (root / ".synthetic_incomplete").exists()
+    # the summary's per-class counts agree with the labels on disk
+    qualifying = np.zeros(20, int)
+    for label in _labels(root, "val"):
+        hist = np.bincount(label.ravel(), minlength=256)[1:21]
+        qualifying += hist >= MIN_AREA
+    assert qualifying.tolist() == summary["class_counts"]["val"]["qualifying"]
+
+
+def test_label_values_and_boundary_bands(tiny_root):
+    root, _ = tiny_root
+    labels = _labels(root, "train")
+    values = set(np.unique(np.concatenate([lb.ravel() for lb in labels])).tolist())
+    assert values <= set(range(21)) | {IGNORE_LABEL}
+    assert IGNORE_LABEL in values and len(values - {0, IGNORE_LABEL}) >= 10
+    for label in labels:
+        objects = (label > 0) & (label < IGNORE_LABEL)
+        if objects.sum() > 200:
+            # every object is outlined: ignore pixels surround it, and they are thin (a band, not a fill)
+            assert (label == IGNORE_LABEL).any()
+            assert (label == IGNORE_LABEL).sum() < objects.sum()
+    # the band separates an object from its background: no object pixel touches a background pixel
+    label = labels[0]
+    fg = ((label > 0) & (label < IGNORE_LABEL)).astype(np.uint8)
+    grown = cv2.dilate(fg, np.ones((3, 3), np.uint8)).astype(bool)
+    assert not (grown & (label == 0)).any()
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path, tiny_root):
+    root, _ = tiny_root
+    again = tmp_path / "again"
+    generate_synthetic(again, SyntheticConfig(seed=3, **TINY), progress=False, workers=1)
+    for split in ("train", "val"):
+        names = (root / "lists" / f"{split}.txt").read_text()
+        assert names == (again / "lists" / f"{split}.txt").read_text()
+        for line in names.splitlines():
+            for rel in line.split():
+                assert (root / rel).read_bytes() == (again / rel).read_bytes(), rel
+    _image_a, label_a = render_sample(SyntheticConfig(seed=3, **TINY), "train", 0)
+    _image_b, label_b = render_sample(SyntheticConfig(seed=4, **TINY), "train", 0)
+    assert label_a.shape != label_b.shape or not np.array_equal(label_a, label_b)
+    # train and val draw from different streams even at the same index
+    assert not np.array_equal(render_sample(SyntheticConfig(seed=3, **TINY), "val", 0)[1], label_a)
+
+
+def test_workers_do_not_change_the_output(tmp_path):
+    config = SyntheticConfig(seed=5, n_train=70, n_val=0, min_size=64, max_size=64)
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    generate_synthetic(serial, config, progress=False, workers=1)
+    generate_synthetic(parallel, config, progress=False, workers=2)
+    for i in (0, 33, 69):
+        rel = f"SegmentationClassAug/train_{i:05d}.png"
+        assert (serial / rel).read_bytes() == (parallel / rel).read_bytes()
+
+
+def test_every_class_qualifies_in_both_splits_at_moderate_size():
+    # Class coverage under the 2x32x32 rule, computed in memory (no disk) on a mid-sized sample.
+    config = SyntheticConfig(seed=0)
+    for split, n in (("train", 200), ("val", 120)):
+        qualifying = np.zeros(20, int)
+        for i in range(n):
+            _, label = render_sample(config, split, i)
+            qualifying += np.bincount(label.ravel(), minlength=256)[1:21] >= MIN_AREA
+        assert qualifying.min() >= 2, (split, qualifying.tolist())
+
+
+def test_colour_does_not_identify_the_class():
+    # Mean object colour varies within a class far more than a prototype could exploit.
+    config = SyntheticConfig(seed=1)
+    colours: dict[int, list[np.ndarray]] = {}
+    for i in range(60):
+        image, label = render_sample(config, "train", i)
+        for c in np.unique(label):
+            if 0 < c < IGNORE_LABEL and (label == c).sum() > 300:
+                colours.setdefault(int(c), []).append(image[label == c].mean(0))
+    spreads = [np.std(np.stack(v), axis=0).mean() for v in colours.values() if len(v) >= 4]
+    assert spreads and np.median(spreads) > 25.0  # uint8 units
+
+
+def test_knobs_change_the_scenes():
+    base = {"seed": 2, "n_train": 1, "n_val": 0}
+    plain = SyntheticConfig(
+        **base, diversity=0.0, clutter=0.0, distractors=0, max_objects=1, outline_prob=0.0
+    )
+    images = [render_sample(plain, "train", i) for i in range(6)]
+    # diversity 0: one fixed object colour; clutter 0: no noise layers, so objects are nearly flat
+    for image, label in images:
+        inside = (label > 0) & (label < IGNORE_LABEL)
+        assert np.std(image[inside].astype(float), axis=0).mean() < 12.0
+    no_band = SyntheticConfig(**base, boundary_width=0)
+    assert IGNORE_LABEL not in render_sample(no_band, "train", 0)[1]
+    assert boundary_band(np.zeros((8, 8), np.uint8), 2).sum() == 0
+
+
+def test_config_validation_and_round_trip():
+    config = SyntheticConfig(seed=9, object_scale=[0.2, 0.5])
+    assert config.object_scale == (0.2, 0.5)
+    assert SyntheticConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="unknown SyntheticConfig keys.*colour"):
+        SyntheticConfig.from_dict({"colour": 1})
+    with pytest.raises(ValueError, match="diversity"):
+        SyntheticConfig(diversity=1.5)
+    with pytest.raises(ValueError, match="object_scale"):
+        SyntheticConfig(object_scale=(0.6, 0.2))
+    assert len(PALETTE) == 21
+
+
+def test_write_if_missing_is_idempotent_and_checks_the_config(tmp_path, tiny_root):
+    root, _ = tiny_root
+    start = time.perf_counter()
+    meta = write_synthetic_if_missing(root, SyntheticConfig(seed=3, **TINY))
+    assert time.perf_counter() - start < 0.5 and meta["seed"] == 3
+    with pytest.raises(ValueError, match="seed: on disk 3, requested 4"):
+        write_synthetic_if_missing(root, SyntheticConfig(seed=4, **TINY))
+    # an interrupted run (marker present, no meta.json) is regenerated
+    fresh = tmp_path / "fresh"
+    small = SyntheticConfig(seed=1, n_train=3, n_val=2, min_size=48, max_size=48)
+    fresh.mkdir()
+    (fresh / ".synthetic_incomplete").write_text("")
+    write_synthetic_if_missing(fresh, small)
+    assert (fresh / "meta.json").is_file() and len(
+        (fresh / "lists" / "val.txt").read_text().splitlines()
+    ) == 2
+    # a truncated list on disk is reported rather than trusted
+    (fresh / "lists" / "train.txt").write_text("")
+    with pytest.raises(ValueError, match="train.txt"):
+        write_synthetic_if_missing(fresh, small)
+
+
+def test_refuses_to_write_into_an_unrelated_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="not empty"):
+        generate_synthetic(tmp_path, SyntheticConfig(n_train=1, n_val=1), progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "precious"

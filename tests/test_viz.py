@@ -1,0 +1,450 @@
+"""fsslab.viz: every figure builds with labelled axes for 1 and 5 shots; explorers update without a browser."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from fsslab import viz
+from fsslab.viz import amformer as amv
+from fsslab.viz import ipmt as ipv
+from fsslab.viz.palette import FOREGROUND, IGNORE, denormalize, overlay_mask
+
+torch.set_num_threads(1)
+H = W = 32  # image size
+h = w = 8  # feature grid
+LAYERS = 3
+
+
+def make_batch(shots: int, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """An episode batch following the contract: a square object, a 255 boundary band, padding at the bottom."""
+    g = torch.Generator().manual_seed(seed)
+
+    def mask(n: int) -> torch.Tensor:
+        m = torch.zeros(n, H, W, dtype=torch.long)
+        for i in range(n):
+            y, x = torch.randint(4, 16, (2,), generator=g).tolist()
+            m[i, y - 1:y + 11, x - 1:x + 11] = 255
+            m[i, y:y + 10, x:x + 10] = 1
+        m[:, -3:] = 255  # padding rows
+        return m
+
+    return {"query_img": torch.randn(batch, 3, H, W, generator=g), "query_mask": mask(batch),
+            "support_imgs": torch.randn(batch, shots, 3, H, W, generator=g),
+            "support_masks": mask(batch * shots).view(batch, shots, H, W),
+            "class_id": torch.tensor([3, 7][:batch]), "episode_index": torch.arange(batch)}
+
+
+def make_ipmt_trace(shots: int, batch: int = 2, channels: int = 6) -> dict[str, torch.Tensor]:
+    """Shaped as fsslab.models.ipmt.network.TRACE_KEYS: per-layer entries layer-first [L,B,...]."""
+    g = torch.Generator().manual_seed(1)
+    heads, points = 2, 9
+    return {
+        "prior": torch.rand(batch, 1, h, w, generator=g),
+        "support_prototypes": torch.randn(LAYERS, batch, channels, generator=g),
+        "query_prototypes": torch.randn(LAYERS, batch, channels, generator=g),
+        "support_attention": torch.rand(LAYERS, batch, shots, h, w, generator=g),
+        "query_attention": torch.rand(LAYERS, batch, h, w, generator=g),
+        "query_layer_query_masks": torch.randn(LAYERS, batch, h, w, generator=g),
+        "query_layer_support_masks": torch.randn(LAYERS, batch, shots, h, w, generator=g),
+        "sampling_locations": torch.rand(LAYERS, batch, h * w, heads, 1, points, 2, generator=g),
+        "sampling_weights": torch.rand(LAYERS, batch, h * w, heads, 1, points, generator=g).softmax(-1),
+    }
+
+
+def make_amformer_trace(batch: int = 2, parts: int = 5, stages: int = 3, levels: int = 2) -> dict[str, torch.Tensor]:
+    """Shaped as the AMFormer trace (fsslab/models/amformer/network.py ``_trace``)."""
+    g = torch.Generator().manual_seed(2)
+    return {
+        "initial_prediction": torch.rand(batch, 1, h, w, generator=g) * 10,
+        "similarity": torch.rand(batch, 2, h, w, generator=g),
+        "meta_logits": torch.randn(batch, stages, 2, h, w, generator=g),
+        "refine_masks": (torch.rand(batch, stages - 1, h, w, generator=g) > 0.5).float(),
+        "ensemble_logits": torch.rand(batch, stages, 2, h, w, generator=g),
+        "mined_mask": torch.rand(batch, 1, h, w, generator=g),
+        "base_map": torch.rand(batch, 1, h, w, generator=g),
+        "gram_estimate": torch.rand(batch, generator=g),
+        "part_maps_real": torch.rand(batch, levels, parts, h, w, generator=g),
+        "part_maps_fake": torch.rand(batch, levels, parts, h, w, generator=g),
+        "d_score_real": torch.rand(batch, levels, generator=g),
+        "d_score_fake": torch.rand(batch, levels, generator=g),
+    }
+
+
+def assert_labelled(fig: Figure) -> None:
+    """Every visible axes carries a title or an axis label; the figure is not empty."""
+    visible = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+    assert visible, "figure has no visible axes"
+    for ax in visible:
+        assert ax.get_title() or ax.get_xlabel() or ax.get_ylabel(), f"unlabelled axes in {fig}"
+
+
+# ---------------------------------------------------------------- palette
+
+def test_denormalize_inverts_imagenet_normalisation():
+    rgb = torch.rand(3, 4, 5)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    out = denormalize((rgb - mean[:, None, None]) / std[:, None, None])
+    assert out.shape == (4, 5, 3)
+    np.testing.assert_allclose(out, rgb.permute(1, 2, 0).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[3,H,W\]"):
+        denormalize(torch.rand(4, 5))
+
+
+def test_overlay_draws_ignore_band_distinctly_from_object_and_background():
+    img = np.zeros((2, 3, 3), np.float32)
+    mask = torch.tensor([[0, 1, 255], [0, 1, 255]])
+    out = overlay_mask(img, mask, FOREGROUND, alpha=0.5)
+    np.testing.assert_allclose(out[0, 0], 0.0)  # background untouched
+    np.testing.assert_allclose(out[0, 1], 0.5 * np.array(FOREGROUND), atol=1e-6)
+    np.testing.assert_allclose(out[0, 2], 0.75 * np.array(IGNORE), atol=1e-6)
+    assert not np.allclose(out[0, 1], out[0, 2])
+    with pytest.raises(ValueError, match="does not match"):
+        overlay_mask(img, torch.zeros(3, 3), FOREGROUND)
+
+
+# ---------------------------------------------------------------- episodes
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_show_episode_batch_and_sample_with_weak_supports(shots):
+    batch = make_batch(shots)
+    weak = {"box": (batch["support_masks"] == 1).long(), "scribble": (batch["support_masks"] == 1).long()}
+    fig = viz.show_episode(batch, index=1, class_names=[f"c{i}" for i in range(1, 21)], weak_masks=weak)
+    assert_labelled(fig)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert f"support {shots} · scribble" in titles and "query + target mask" in titles
+    assert "c7" in fig._suptitle.get_text()
+    # one dataset sample (no batch dimension) works too, and the ignore band is rendered white
+    sample = {k: v[0] for k, v in batch.items()}
+    fig = viz.show_episode(sample)
+    query_ax = next(ax for ax in fig.axes if ax.get_title() == "query + target mask")
+    shown = np.asarray(query_ax.images[0].get_array())
+    band = (sample["query_mask"] == 255).numpy()
+    assert shown[band].mean() > 0.7 > shown[~band].mean()  # the ignore band is drawn white-ish
+
+
+def test_show_episode_rejects_weak_masks_of_wrong_shot_count():
+    batch = make_batch(5)
+    with pytest.raises(ValueError, match="K=5"):
+        viz.show_episode(batch, weak_masks={"box": torch.zeros(2, 3, H, W)})
+
+
+def test_class_statistics_grouped_by_protocol_and_fold():
+    folds = {0: [1, 2], 1: [3, 4]}
+    stats = {"PFENet": {1: 10, 2: 7, 3: 4, 4: 1}, "BAM": {1: 6, 2: 5, 3: 3, 4: 1}}
+    fig = viz.show_class_statistics(stats, class_names=["a", "b", "c", "d"], folds=folds)
+    assert_labelled(fig)
+    main, per_fold = fig.axes
+    assert [t.get_text() for t in main.get_xticklabels()] == ["a", "b", "c", "d"]
+    heights = [p.get_height() for p in per_fold.patches]
+    assert heights == [17, 5, 11, 4]  # PFENet fold 0/1, then BAM fold 0/1
+    assert_labelled(viz.show_class_statistics({1: 3, 2: 4}))
+
+
+def test_weak_supports_match_the_data_package_and_keep_the_ignore_band():
+    weak_mod = pytest.importorskip("fsslab.data.weak")
+    masks = make_batch(5)["support_masks"]  # [B,K,H,W]
+    weak = viz.weak_supports(masks, seed=4)
+    assert set(weak) == {"box", "scribble"} and weak["box"].shape == masks.shape
+    first = weak_mod.weak_label(masks[0, 0].numpy().astype(np.uint8), "scribble", seed=4)
+    np.testing.assert_array_equal(weak["scribble"][0, 0].numpy(), first)
+    assert bool(((weak["scribble"] == 1) <= (masks == 1)).all())  # scribbles lie inside the object
+    assert bool((weak["box"][masks == 255] == 255).all())
+
+
+def test_protocol_comparison_bars_follow_the_summaries():
+    from types import SimpleNamespace
+    summaries = [SimpleNamespace(fold=f, protocol=p, n_kept=n, n_listed=300, n_dropped_with_novel=0)
+                 for f, p, n in [(0, "pfenet", 230), (0, "bam", 129), (1, "pfenet", 240), (1, "bam", 120)]]
+    fig = viz.show_protocol_comparison(summaries)
+    assert_labelled(fig)
+    assert [p.get_height() for p in fig.axes[0].patches] == [230, 240, 129, 120]
+
+
+# ---------------------------------------------------------------- curves
+
+def test_training_curves_from_jsonl_with_adversarial_panel(tmp_path):
+    log = tmp_path / "log.jsonl"
+    records = [{"iteration": i, "loss": {"total": 1.0 / (i + 1), "loss_G": 0.5, "loss_D": 0.7}} for i in range(5)]
+    records.append({"iteration": 5, "split": "val", "miou": 0.4})
+    log.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    fig = viz.plot_training_curves(log)
+    assert_labelled(fig)
+    assert [ax.get_title() for ax in fig.axes] == ["losses", "generator / discriminator losses",
+                                                   "evaluation metrics"]
+    line = fig.axes[0].lines[0]
+    np.testing.assert_allclose(line.get_ydata(), [1.0 / (i + 1) for i in range(5)])
+    fig = viz.plot_training_curves(records, keys=["loss/total"], smooth=2)
+    assert len(fig.axes[0].lines[0].get_ydata()) == 4
+    with pytest.raises(KeyError, match="loss/nope"):
+        viz.plot_training_curves(records, keys=["loss/nope"])
+
+
+def test_training_log_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"iteration": 0}\n{oops\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        viz.plot_training_curves(bad)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        viz.read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_bar_miou_and_results_table():
+    results = {"baseline": {"per_class_iou": {1: 30.0, 2: 40.0}, "miou": 35.0},
+               "IPMT": {"per_class_iou": {1: 50.0, 2: 60.0}}}
+    fig = viz.bar_miou(results, class_names=["a", "b"])
+    assert_labelled(fig)
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == [30.0, 40.0, 35.0, 50.0, 60.0, 55.0]  # the IPMT mean is computed from its classes
+    assert ax.get_ylabel() == "IoU (%)"
+    table_fig = viz.plot_results_table({"baseline": {"mIoU": 35.0, "FB-IoU": 60.0}, "IPMT": {"mIoU": 55.0}})
+    assert table_fig.axes[0].get_title() == "Results"
+    cells = table_fig.axes[0].tables[0].get_celld()
+    assert cells[(2, 0)].get_text().get_text() == "55.0" and cells[(2, 1)].get_text().get_text() == "–"
+    assert cells[(2, 0)].get_text().get_fontweight() == "bold"
+
+
+# ---------------------------------------------------------------- IPMT
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_ipmt_figures(shots):
+    batch, trace = make_batch(shots), make_ipmt_trace(shots)
+    for fig in (viz.plot_prototype_activation(trace, batch, index=1, shot=shots - 1),
+                viz.plot_prototype_trajectory(trace, batch, index=1),
+                viz.plot_deformable_sampling(trace, batch, index=1, layer=1),
+                viz.plot_cross_attention(trace, batch, index=1, shot=shots - 1),
+                viz.plot_prior_mask(trace, batch, index=1),
+                viz.plot_ipmt_overview(trace, batch, layer=0, index=1, shot=shots - 1)):
+        assert_labelled(fig)
+    with pytest.raises(IndexError, match="shot"):
+        viz.prototype_activation(trace, 0, shot=shots)
+
+
+def test_prototype_trajectory_measures_motion_from_support_to_query():
+    support, query = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
+    steps = torch.linspace(0, 1, LAYERS)[:, None]
+    trace = {"query_prototypes": ((1 - steps) * support + steps * query)[:, None],
+             "support_only_prototype": support[None], "query_only_prototype": query[None]}
+    traj = viz.prototype_trajectory(trace)
+    assert traj["labels"] == ["layer 1", "layer 2", "layer 3"]
+    np.testing.assert_allclose(traj["cosine"]["support-only"], [1.0, 1 / np.sqrt(2), 0.0], atol=1e-6)
+    np.testing.assert_allclose(traj["cosine"]["query-only"], [0.0, 1 / np.sqrt(2), 1.0], atol=1e-6)
+    proj = traj["projection"]  # rows: support, query, layers; the layer path runs from one end to the other
+    assert proj.shape == (LAYERS + 2, 2)
+    np.testing.assert_allclose(proj[2], proj[0], atol=1e-5)
+    np.testing.assert_allclose(proj[-1], proj[1], atol=1e-5)
+
+
+def test_trajectory_uses_mining_layers_and_pooled_features():
+    batch = make_batch(5)
+    trace = make_ipmt_trace(5)
+    traj = viz.prototype_trajectory(trace, batch, index=1)  # the model's own trace: mined prototype reference
+    assert traj["labels"][:LAYERS] == [f"mine {i}" for i in range(1, LAYERS + 1)]
+    assert list(traj["cosine"]) == ["support-only"]
+    assert traj["cosine"]["support-only"][LAYERS - 1] == pytest.approx(1.0)  # the last mined one itself
+    feat = torch.zeros(2, 6, h, w)
+    feat[:, 0] = 1.0  # query features point along axis 0, supports along axis 1
+    sfeat = torch.zeros(2, 5, 6, h, w)
+    sfeat[:, :, 1] = 1.0
+    trace.update(query_feat=feat, support_feat=sfeat)
+    trace["query_prototypes"][-1, 0] = torch.tensor([0.0, 1, 0, 0, 0, 0])
+    traj = viz.prototype_trajectory(trace, batch)
+    assert traj["cosine"]["support-only"][-1] == pytest.approx(1.0)
+    assert traj["cosine"]["query-only"][-1] == pytest.approx(0.0)
+    del trace["support_prototypes"], trace["support_feat"]
+    trace.pop("query_feat")
+    with pytest.raises(KeyError, match="reference prototype"):
+        viz.prototype_trajectory(trace, batch)
+
+
+def test_pca_matches_torch_pca_lowrank_subspace():
+    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(0))
+    proj = viz.pca_2d(x)
+    _, s, _ = torch.pca_lowrank(x, q=2, center=True, niter=10)
+    np.testing.assert_allclose(proj.norm(dim=0), s, rtol=1e-4)
+
+
+def test_deformable_samples_are_placed_in_image_pixels():
+    trace = make_ipmt_trace(1)
+    trace["sampling_locations"][0, 0, 3 * w + 2] = 0.5  # every point of token (row 3, col 2) at the centre
+    (xy, wgt), = ipv.deformable_samples(trace, 0, 0, [(3, 2)], (H, W))
+    np.testing.assert_allclose(xy, np.full((18, 2), W / 2 - 0.5))
+    assert wgt.shape == (18,)  # 2 heads x 9 points
+    points = ipv.default_query_points(make_batch(1)["query_mask"][0], (h, w))
+    fg = torch.nn.functional.interpolate((make_batch(1)["query_mask"][:1] == 1).float()[None], size=(h, w))[0, 0]
+    assert fg[points[0]] == 1 and fg[points[1]] == 0
+
+
+def test_missing_trace_key_names_the_expected_entry():
+    trace = make_ipmt_trace(1)
+    del trace["query_attention"]
+    with pytest.raises(KeyError, match=r"query_cross_attention.*\[L,B,h,w\]"):
+        viz.plot_cross_attention(trace, make_batch(1))
+    assert_labelled(viz.plot_ipmt_overview(trace, make_batch(1)))  # the overview leaves that panel blank
+
+
+# ---------------------------------------------------------------- AMFormer
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_amformer_figures(shots):
+    batch, trace = make_batch(shots), make_amformer_trace()
+    assert list(amv.mask_evolution(trace, 0)) == ["initial", "mined", "refined 1", "refined 2", "final"]
+    assert float(amv.mask_evolution(trace, 0)["initial"].max()) <= 1.0
+    scores = viz.discriminator_scores(trace, 1)
+    assert set(scores) == {"ground truth", "G's mask"} and all(0 < v < 1 for v in scores.values())
+    for fig in (viz.plot_mask_evolution(trace, batch, 1), viz.plot_mining(trace, batch, 1),
+                viz.plot_part_attention(trace, batch, 1, kind="real"),
+                viz.plot_part_attention(trace, batch, 1, kind="fake", max_parts=3),
+                viz.plot_ensemble_effect(trace, batch, 1), viz.plot_discriminator_scores(scores)):
+        assert_labelled(fig)
+
+
+def test_part_diversity_is_one_for_identical_parts_and_zero_for_disjoint():
+    same = torch.ones(3, 4, 4)
+    assert viz.part_diversity(same) == pytest.approx(1.0)
+    disjoint = torch.eye(4).reshape(4, 2, 2)
+    assert viz.part_diversity(disjoint) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("kind", viz.PERTURBATIONS)
+def test_perturb_mask_is_deterministic_and_changes_the_mask(kind):
+    mask = torch.zeros(40, 40, dtype=torch.long)
+    mask[10:30, 12:28] = 1
+    mask[9, 12:28] = 255
+    a = viz.perturb_mask(mask, kind, 0.4, seed=3)
+    assert a.dtype == torch.long and set(a.unique().tolist()) <= {0, 1}
+    assert torch.equal(a, viz.perturb_mask(mask, kind, 0.4, seed=3))
+    assert amv.mask_iou(a, mask) < 0.9
+    assert torch.equal(viz.perturb_mask(mask, kind, 0.0), (mask == 1).long())
+    area, new_area = int((mask == 1).sum()), int(a.sum())
+    if kind == "erode" or kind == "holes":
+        assert new_area < area and not bool((a.bool() & (mask != 1)).any())  # only removes object pixels
+    elif kind == "dilate":
+        assert new_area > area and bool((a.bool() | (mask != 1)).all())  # keeps every object pixel
+    else:
+        assert new_area <= area
+
+
+def test_perturb_mask_validates_arguments():
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        viz.perturb_mask(torch.zeros(4, 4), "blur", 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        viz.perturb_mask(torch.zeros(4, 4), "erode", 2.0)
+
+
+def test_perturbation_scores_use_the_score_function():
+    mask = torch.zeros(20, 20, dtype=torch.long)
+    mask[5:15, 5:15] = 1
+    scores = viz.perturbation_scores(lambda m: float(m.sum()), mask, kinds=("erode", "dilate"), strengths=(0.5,))
+    assert scores["erode 0.5"] < 100 < scores["dilate 0.5"]
+
+
+# ---------------------------------------------------------------- widgets (no browser)
+
+def test_episode_explorer_updates_figure_when_slider_moves():
+    from fsslab.viz.widgets import episode_explorer
+    batch = make_batch(1, batch=2)
+    dataset = [{k: v[i] for k, v in batch.items()} for i in range(2)]
+    explorer = episode_explorer(dataset, weak_fn=lambda m, kind: (m == 1).long())
+    first = explorer.figure.axes[0].images[0].get_array().copy()
+    assert bytes(explorer.image.value).startswith(b"\x89PNG")
+    explorer.controls["episode"].value = 1
+    assert explorer.data["sample"] is dataset[1]
+    assert not np.allclose(explorer.figure.axes[0].images[0].get_array(), first)
+    rows_with_weak = len(explorer.figure.axes)
+    explorer.controls["weak"].value = False
+    assert len(explorer.figure.axes) < rows_with_weak and explorer.data["weak_masks"] is None
+
+
+def test_ipmt_explorer_layer_and_shot_controls():
+    from fsslab.viz.widgets import ipmt_explorer
+    calls = []
+
+    def run_fn(episode, shot):
+        calls.append((episode, shot))
+        trace = make_ipmt_trace(shot, batch=1)
+        trace["query_layer_query_masks"] = trace["query_layer_query_masks"] + 10.0 * episode
+        return make_batch(shot, batch=1, seed=episode), trace
+
+    explorer = ipmt_explorer(run_fn, n_episodes=3, shots=(1, 5))
+    assert explorer.data["layer"] == LAYERS - 1 and explorer.error is None
+    act_ax = next(ax for ax in explorer.figure.axes if ax.get_title() == "query activation")
+    before = act_ax.images[1].get_array().copy()
+    explorer.controls["layer"].value = 1
+    act_ax = next(ax for ax in explorer.figure.axes if ax.get_title() == "query activation")
+    assert explorer.data["layer"] == 0 and not np.allclose(act_ax.images[1].get_array(), before)
+    explorer.controls["shot"].value = 5
+    explorer.controls["support"].value = 5
+    assert explorer.data["batch"]["support_imgs"].shape[1] == 5 and explorer.data["support"] == 4
+    explorer.controls["layer"].value = 2
+    assert calls == [(0, 1), (0, 5)]  # moving the layer slider re-uses the cached run
+    explorer.controls["shot"].value = 1  # support 5 of a 1-shot episode is clamped, not an error
+    assert explorer.error is None and explorer.data["support"] == 0
+
+
+def test_mask_perturbation_analyser_scores_follow_controls():
+    from fsslab.viz.widgets import mask_perturbation_analyser
+    batch = make_batch(1, batch=2)
+    episodes = [{k: v[i] for k, v in batch.items()} for i in range(2)]
+
+    def score_fn(sample, mask):  # a stand-in "discriminator": IoU with the ground truth
+        return amv.mask_iou(mask, sample["query_mask"])
+
+    explorer = mask_perturbation_analyser(score_fn, episodes, predict_fn=lambda s: (s["query_mask"] == 1).long())
+    assert explorer.data["scores"]["ground truth"] == pytest.approx(1.0)
+    assert explorer.data["scores"]["prediction"] == pytest.approx(1.0)
+    explorer.controls["strength"].value = 0.0
+    key = "erode 0.00"
+    assert explorer.data["scores"][key] == pytest.approx(1.0)
+    explorer.controls["kind"].value = "dilate"
+    explorer.controls["strength"].value = 0.6
+    assert explorer.data["scores"]["dilate 0.60"] < 0.9
+    bars = explorer.figure.axes[-1].patches
+    assert bars[-1].get_height() == pytest.approx(explorer.data["scores"]["dilate 0.60"])
+
+
+# ---------------------------------------------------------------- the real models' traces
+
+def _tiny_batch(shots: int) -> dict[str, torch.Tensor]:
+    batch = make_batch(shots, batch=1)
+    batch["query_padding"] = batch["query_mask"] == 255
+    batch["support_padding"] = batch["support_masks"] == 255
+    batch["query_base_mask"] = batch["query_mask"].clone()
+    return batch
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_figures_read_the_real_ipmt_trace(shots):
+    ipmt = pytest.importorskip("fsslab.models.ipmt.network")
+    torch.manual_seed(0)
+    model = ipmt.IPMT(backbone="resnet_tiny", hidden_dim=16, num_layers=2).eval()
+    batch = _tiny_batch(shots)
+    with torch.no_grad():
+        trace = model(batch, trace=True).trace
+    assert_labelled(viz.plot_ipmt_overview(trace, batch, layer=0, shot=shots - 1))
+    assert_labelled(viz.plot_prototype_trajectory(trace, batch))
+    assert_labelled(viz.plot_cross_attention(trace, batch, shot=shots - 1))
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_figures_read_the_real_amformer_trace(shots):
+    amformer = pytest.importorskip("fsslab.models.amformer")
+    torch.manual_seed(0)
+    model = amformer.AMFormer(backbone="resnet_tiny", shot=shots, hidden_dim=16, transformer_dim=16, parts=4,
+                              part_heads=2).train()  # D's part maps and scores are traced in training mode
+    batch = _tiny_batch(shots)
+    with torch.no_grad():
+        trace = model(batch, trace=True).trace
+    for fig in (viz.plot_mask_evolution(trace, batch), viz.plot_mining(trace, batch),
+                viz.plot_part_attention(trace, batch), viz.plot_ensemble_effect(trace, batch)):
+        assert_labelled(fig)
+    assert set(viz.discriminator_scores(trace)) == {"ground truth", "G's mask"}
