@@ -153,6 +153,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message is the clearest
+            return _coerce(value, options[0], where)
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:

@@ -12,9 +12,9 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_toys import ToyEpisodes, ToyGD, ToyNet, toy_config  # noqa: E402
+from engine_toys import ToyEpisodes, ToyGD, ToyNet, toy_config
 
-from fsslab.engine.trainer import Trainer, seed_everything  # noqa: E402
+from fsslab.engine.trainer import Trainer, seed_everything
 
 TOLERANCE = 1e-6  # float32 all-reduce sums two half-batch gradients: reduction order differs in the last bits
 

@@ -125,7 +125,7 @@ def test_batch_with_different_original_sizes():
     sizes = torch.tensor([[4, 7], [7, 3], [5, 5]])
     for i, (h, w) in enumerate(sizes.tolist()):
         canvas[i, :h, :w] = torch.randint(0, 2, (h, w))
-    pred, target = logits_at_label_resolution(logits, {"query_mask_ori": canvas, "query_ori_size": sizes})
+    pred, _ = logits_at_label_resolution(logits, {"query_mask_ori": canvas, "query_ori_size": sizes})
     for i, side in enumerate([7, 7, 5]):
         single = torch.nn.functional.interpolate(logits[i:i + 1], size=(side, side), mode="bilinear",
                                                  align_corners=True).argmax(1)[0]

@@ -112,7 +112,7 @@ def test_workers_do_not_change_the_output(tmp_path):
 def test_every_class_qualifies_in_both_splits_at_moderate_size():
     # Class coverage under the 2x32x32 rule, computed in memory (no disk) on a mid-sized sample.
     config = SyntheticConfig(seed=0)
-    for split, n in (("train", 200), ("val", 120)):
+    for split, n in (("train", 150), ("val", 90)):
         qualifying = np.zeros(20, int)
         for i in range(n):
             _, label = render_sample(config, split, i)
@@ -159,6 +159,10 @@ def test_config_validation_and_round_trip():
     with pytest.raises(ValueError, match="object_scale"):
         SyntheticConfig(object_scale=(0.6, 0.2))
     assert len(PALETTE) == 21
+    hard = SyntheticConfig.preset("hard", seed=4)
+    assert hard.seed == 4 and hard.diversity == 1.0 and hard.distractors == 4
+    with pytest.raises(ValueError, match="unknown synthetic preset"):
+        SyntheticConfig.preset("medium")
 
 
 def test_write_if_missing_is_idempotent_and_checks_the_config(tmp_path, tiny_root):
@@ -181,6 +185,25 @@ def test_write_if_missing_is_idempotent_and_checks_the_config(tmp_path, tiny_roo
     (fresh / "lists" / "train.txt").write_text("")
     with pytest.raises(ValueError, match="train.txt"):
         write_synthetic_if_missing(fresh, small)
+
+
+def test_regenerating_clears_stale_samples_and_index_cache(tmp_path):
+    root = tmp_path / "bench"
+    generate_synthetic(
+        root, SyntheticConfig(seed=1, n_train=4, n_val=2, min_size=48, max_size=48), progress=False
+    )
+    (root / "fsslab_index").mkdir()
+    (root / "fsslab_index" / "scan_train_x.json").write_text("{}")
+    generate_synthetic(
+        root, SyntheticConfig(seed=2, n_train=2, n_val=2, min_size=48, max_size=48), progress=False
+    )
+    assert sorted(p.stem for p in (root / "SegmentationClassAug").iterdir()) == [
+        "train_00000",
+        "train_00001",
+        "val_00000",
+        "val_00001",
+    ]
+    assert not (root / "fsslab_index").exists()
 
 
 def test_refuses_to_write_into_an_unrelated_directory(tmp_path):

@@ -45,7 +45,8 @@ def masked_mining_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
     the reduction is contiguous; the [L,L] key mask of the reference is never materialised.
     """
     qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    scores_t = torch.matmul(kn, qn.transpose(-2, -1)) / temperature  # [B,h,Lk,Lq]
+    # 1/temperature folded into the [L,d] operand instead of dividing the [L,L] scores
+    scores_t = torch.matmul(kn, (qn * (1.0 / temperature)).transpose(-2, -1))  # [B,h,Lk,Lq]
     attn_t = scores_t.softmax(dim=-1)  # over queries
     keep = (key_mask != 0).to(v.dtype)[:, None, :, None]  # [B,1,Lk,1]
     out = torch.matmul(attn_t.transpose(-2, -1), v * keep)  # [B,h,Lq,d]

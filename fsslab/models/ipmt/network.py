@@ -8,6 +8,7 @@ from torch import nn
 
 from fsslab.models.backbones import build_backbone
 from fsslab.models.base import FewShotModel, OptimizerSpec
+from fsslab.models.ipmt.frozen_resnet import can_fold, folded_stage
 from fsslab.models.ipmt.loss import ipmt_losses
 from fsslab.models.ipmt.transformer import MASKED_LOGIT, IPMTransformer, mask_to_bias
 from fsslab.models.layers import masked_average_pool, prior_mask
@@ -111,12 +112,14 @@ class IPMT(FewShotModel):
     @torch.no_grad()
     def _backbone_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N,3,H,W] -> (cat[layer2, layer3] [N,C2+C3,h,w], layer4 [N,C4,h,w]); frozen, no graph."""
-        x = images
-        for stage in ("layer0", "layer1"):
-            x = self.backbone.forward_stage(stage, x)
-        layer2 = self.backbone.forward_stage("layer2", x)
-        layer3 = self.backbone.forward_stage("layer3", layer2)
-        layer4 = self.backbone.forward_stage("layer4", layer3)
+        if can_fold(self.backbone):  # frozen BN folded into the convs: same function, two passes fewer
+            def run(stage: str, x: torch.Tensor) -> torch.Tensor:
+                return folded_stage(self.backbone, stage, x)
+        else:
+            run = self.backbone.forward_stage
+        layer2 = run("layer2", run("layer1", run("layer0", images)))
+        layer3 = run("layer3", layer2)
+        layer4 = run("layer4", layer3)
         return torch.cat([layer2, layer3], dim=1), layer4
 
     def _query_ignore(self, batch: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,4 @@
+"""nbval collection for notebooks/: the student versions of the assignments are not run (their stubs raise
+NotImplementedError by design); their reference solutions in assignments/solutions/ are."""
+
+collect_ignore_glob = ["assignments/[0-9]*.ipynb", "**/.ipynb_checkpoints/*", "*.py"]
