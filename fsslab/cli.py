@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EPILOG = ("overrides: section.key=value (e.g. data.fold=2 data.shot=5 train.amp=bf16 model.params.hidden_dim=64);"
-          " values are parsed as YAML (ints, floats, true/false, null, [lists]); unknown keys are rejected")
+EPILOG = (
+    "overrides: section.key=value (e.g. data.fold=2 data.shot=5 train.amp=bf16 model.params.hidden_dim=64);"
+    " values are parsed as YAML (ints, floats, true/false, null, [lists]); unknown keys are rejected"
+)
 
 
 class CliError(Exception):
@@ -23,8 +25,10 @@ def _script_main(relative: str):
     """``main(argv)`` of a script of the source checkout (data_prep/, benchmarks/), loaded by path."""
     path = REPO_ROOT / relative
     if not path.is_file():
-        raise CliError(f"{relative} not found next to the fsslab package ({REPO_ROOT}); this command needs a "
-                       "source checkout of fsslab (git clone + pip install -e .)")
+        raise CliError(
+            f"{relative} not found next to the fsslab package ({REPO_ROOT}); this command needs a "
+            "source checkout of fsslab (git clone + pip install -e .)"
+        )
     spec = importlib.util.spec_from_file_location(f"_fsslab_script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -37,6 +41,7 @@ def _delegate(relative: str, prog: str):
     def run(args: argparse.Namespace) -> int:
         sys.argv[0] = prog  # the script's --help then names the fsslab command
         return int(_script_main(relative)(list(args.rest)) or 0)
+
     return run
 
 
@@ -81,8 +86,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=str))
         if cfg.expected.miou is not None and summary.get("best_metric") is not None:
-            print(f"validation mIoU {summary['best_metric']:.2f} (first eval seed); paper: {cfg.expected.miou} "
-                  f"({cfg.expected.source}, {cfg.expected.protocol} protocol). Run `fsslab eval` for all seeds.")
+            print(
+                f"validation mIoU {summary['best_metric']:.2f} (first eval seed); paper: {cfg.expected.miou} "
+                f"({cfg.expected.source}, {cfg.expected.protocol} protocol). Run `fsslab eval` for all seeds."
+            )
     return 0
 
 
@@ -98,14 +105,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.official:
         from fsslab.models import load_official
 
-        model = load_official(cfg.model.name, args.checkpoint, shot=cfg.eval.shot or cfg.data.shot)
+        if not args.checkpoint:
+            raise CliError("--official needs --checkpoint PATH (the official .pth file)")
+        layers = 101 if "101" in str(cfg.model.params.get("backbone", "")) else 50
+        extra = {"dataset": cfg.data.dataset} if cfg.model.name == "amformer" else {}  # sets n_base_classes
+        model = load_official(
+            cfg.model.name,
+            args.checkpoint,
+            shot=cfg.eval.shot or cfg.data.shot,
+            layers=layers,
+            reproduce_official=bool(cfg.model.params.get("reproduce_official", False)),
+            **extra,
+        )
     else:
         model = build_run_model(cfg)
         if args.checkpoint:
             model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
         elif info.is_main:
-            print("note: no --checkpoint: evaluating the model as built from the config (untrained parts stay "
-                  "at their initialisation)", file=sys.stderr)
+            print(
+                "note: no --checkpoint: evaluating the model as built from the config (untrained parts stay "
+                "at their initialisation)",
+                file=sys.stderr,
+            )
     model = model.to(info.device)
     with torch.no_grad():
         result = run_evaluation(cfg, model, progress=True, device=info.device)
@@ -114,8 +135,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(result.table())
     if cfg.expected.miou is not None:
-        print(f"paper: {cfg.expected.miou} mIoU ({cfg.expected.source}; {cfg.expected.protocol} protocol)"
-              + (f"; {cfg.expected.notes}" if cfg.expected.notes else ""))
+        print(
+            f"paper: {cfg.expected.miou} mIoU ({cfg.expected.source}; {cfg.expected.protocol} protocol)"
+            + (f"; {cfg.expected.notes}" if cfg.expected.notes else "")
+        )
     payload = {**result.to_dict(), "config": cfg.to_dict(), "checkpoint": args.checkpoint}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -139,13 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsslab", description="Few-shot semantic segmentation lab.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    data = commands.add_parser("data", help="prepare datasets (synthetic benchmark, PASCAL, COCO, fold lists)",
-                               description="Prepare datasets.")
+    data = commands.add_parser(
+        "data",
+        help="prepare datasets (synthetic benchmark, PASCAL, COCO, fold lists)",
+        description="Prepare datasets.",
+    )
     data_commands = data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
     synth = data_commands.add_parser(
-        "synth", help="generate the embedded synthetic benchmark", epilog="knobs: any SyntheticConfig field "
+        "synth",
+        help="generate the embedded synthetic benchmark",
+        epilog="knobs: any SyntheticConfig field "
         "as name=value, e.g. diversity=0.6 clutter=0.3 object_scale=[0.3,0.6] distractors=1",
-        description="Generate the synthetic benchmark (VOC layout + meta.json) deterministically from a seed.")
+        description="Generate the synthetic benchmark (VOC layout + meta.json) from a seed.",
+    )
     synth.add_argument("--root", required=True, help="output directory")
     synth.add_argument("--seed", type=int, default=None)
     synth.add_argument("--n-train", dest="n_train", type=int, default=None, help="training images")
@@ -155,48 +184,85 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("knobs", nargs="*", metavar="knob=value", help="generator knobs")
     synth.set_defaults(func=_cmd_synth)
     for name, script, text in [
-        ("lists", "data_prep/build_fold_lists.py", "build (and cache) the per-fold class index / base annotations"),
+        (
+            "lists",
+            "data_prep/build_fold_lists.py",
+            "build (and cache) the per-fold class index / base annotations",
+        ),
         ("pascal", "data_prep/prepare_pascal.py", "merge VOC 2012 + SBD into SegmentationClassAug labels"),
         ("coco", "data_prep/prepare_coco.py", "COCO 2014 instances -> semantic label PNGs (1..80)"),
     ]:
-        sub = data_commands.add_parser(name, help=text, add_help=False, prefix_chars="\0",
-                                       description=f"{text}; every argument goes to {script} (try --help).")
+        sub = data_commands.add_parser(
+            name,
+            help=text,
+            add_help=False,
+            prefix_chars="\0",
+            description=f"{text}; every argument goes to {script} (try --help).",
+        )
         sub.add_argument("rest", nargs=argparse.REMAINDER)
         sub.set_defaults(func=_delegate(script, f"fsslab data {name}"))
 
     def add_config_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("config", help="a YAML file or a shipped name such as synthetic/ipmt_tiny "
-                                        "(list them with `fsslab config --list`)")
+        sub.add_argument(
+            "config",
+            help="a YAML file or a shipped name such as synthetic/ipmt_tiny "
+            "(list them with `fsslab config --list`)",
+        )
         sub.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
 
-    train = commands.add_parser("train", help="train a model from a config", epilog=EPILOG,
-                                description="Train (single process, or every rank under torchrun).")
+    train = commands.add_parser(
+        "train",
+        help="train a model from a config",
+        epilog=EPILOG,
+        description="Train (single process, or every rank under torchrun).",
+    )
     add_config_args(train)
-    train.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                       help="continue from <out_dir>/latest.pt (or the given checkpoint)")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from <out_dir>/latest.pt (or the given checkpoint)",
+    )
     train.add_argument("--out", default=None, help="run directory (overrides train.out_dir)")
     train.set_defaults(func=_cmd_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint episodically", epilog=EPILOG,
-                                   description="Class-wise mIoU and FB-IoU over seeded episodes (mean ± std over "
-                                               "eval.seeds).")
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint episodically",
+        epilog=EPILOG,
+        description="Class-wise mIoU and FB-IoU over seeded episodes (mean ± std over eval.seeds).",
+    )
     add_config_args(evaluate)
     evaluate.add_argument("--checkpoint", default=None, help="fsslab checkpoint (best.pt/latest.pt)")
-    evaluate.add_argument("--official", action="store_true",
-                          help="the checkpoint is an official IPMT/AMFormer file (fsslab.models.load_official)")
+    evaluate.add_argument(
+        "--official",
+        action="store_true",
+        help="the checkpoint is an official IPMT/AMFormer file (fsslab.models.load_official); "
+        "model.params.reproduce_official=true also reproduces the official eval-time behaviour",
+    )
     evaluate.add_argument("--json", default=None, help="also write the results as JSON to this file")
     evaluate.set_defaults(func=_cmd_eval)
 
-    config = commands.add_parser("config", help="list shipped configs or print a resolved config", epilog=EPILOG,
-                                 description="Print the resolved config (after overrides), or --list.")
+    config = commands.add_parser(
+        "config",
+        help="list shipped configs or print a resolved config",
+        epilog=EPILOG,
+        description="Print the resolved config (after overrides), or --list.",
+    )
     config.add_argument("config", nargs="?", default=None)
     config.add_argument("overrides", nargs="*", metavar="section.key=value")
     config.add_argument("--list", action="store_true", help="list the shipped configs")
     config.set_defaults(func=_cmd_config)
 
-    bench = commands.add_parser("bench", help="model speed/memory benchmark (benchmarks/bench_models.py)",
-                                add_help=False, prefix_chars="\0",
-                                description="Runs benchmarks/bench_models.py with the given arguments (try --help).")
+    bench = commands.add_parser(
+        "bench",
+        help="model speed/memory benchmark (benchmarks/bench_models.py)",
+        add_help=False,
+        prefix_chars="\0",
+        description="Runs benchmarks/bench_models.py with the given arguments (try --help).",
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_delegate("benchmarks/bench_models.py", "fsslab bench"))
     return parser

@@ -54,6 +54,9 @@ class ModelConfig:
     # ``backbone.`` as the synthetic benchmark's stand-in for ImageNet weights); none matching is an error.
     init_checkpoint: str | None = None
     init_prefix: str = "backbone."
+    # A config whose run writes the file this model starts from (init_checkpoint or params.pretrained). It
+    # is trained first, on the same data root and fold, when its latest.pt is missing or unfinished.
+    prerequisite: str | None = None
 
 
 @dataclass
@@ -73,7 +76,9 @@ class TrainConfig:
     find_unused_parameters: bool = False
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     seed: int = 123
-    validate: bool = True  # evaluate (first eval seed) every eval_every iterations and at the end; keeps best.pt
+    validate: bool = (
+        True  # evaluate (first eval seed) every eval_every iterations and at the end; keeps best.pt
+    )
     log_every: int = 10
     image_every: int = 0  # iterations between TensorBoard image grids (0: never)
     ckpt_every: int = 500  # iterations between periodic checkpoints (latest.pt is also written then)
@@ -139,7 +144,11 @@ _CHOICES = {
     ("eval", "amp"): ("none", "bf16", "fp16"),
     ("eval", "support_label"): (None, "mask", "box", "scribble"),
 }
-_FREE_DICTS = {("data", "params"), ("data", "synthetic"), ("model", "params")}  # keys inside are validated by their consumer
+_FREE_DICTS = {
+    ("data", "params"),
+    ("data", "synthetic"),
+    ("model", "params"),
+}  # keys inside are validated by their consumer
 
 
 def _valid_keys(cls: type) -> list[str]:
@@ -221,8 +230,13 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
     return cls(**kwargs)
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
-             "expected": ExpectedConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "expected": ExpectedConfig,
+}
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
@@ -245,8 +259,10 @@ def _check_ranges(cfg: RunConfig) -> None:
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.data.fold >= 0, "data.fold must be >= 0"),
         (cfg.train.base_lr > 0, "train.base_lr must be > 0"),
-        (cfg.train.epochs is not None or cfg.train.iterations is not None,
-         "set train.epochs or train.iterations"),
+        (
+            cfg.train.epochs is not None or cfg.train.iterations is not None,
+            "set train.epochs or train.iterations",
+        ),
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
         (cfg.train.ckpt_every >= 1, "train.ckpt_every must be >= 1"),
         (cfg.eval.episodes >= 1, "eval.episodes must be >= 1"),
@@ -262,7 +278,9 @@ def _fill_placeholders(value: Any, names: dict[str, Any]) -> Any:
         try:
             return value.format(**names)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"{value!r}: unknown placeholder {exc}; valid: {sorted('{' + k + '}' for k in names)}")
+            raise ConfigError(
+                f"{value!r}: unknown placeholder {exc}; valid: {sorted('{' + k + '}' for k in names)}"
+            )
     if isinstance(value, dict):
         return {k: _fill_placeholders(v, names) for k, v in value.items()}
     if isinstance(value, list):
@@ -307,16 +325,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             continue
         section = path[0]
         if section not in _SECTIONS:
-            raise ConfigError(f"override {item!r}: unknown section {section!r}; valid sections: "
-                              f"{['name', *_SECTIONS]}")
+            raise ConfigError(
+                f"override {item!r}: unknown section {section!r}; valid sections: {['name', *_SECTIONS]}"
+            )
         cls = _SECTIONS[section]
         if len(path) < 2:
-            raise ConfigError(f"override {item!r} must name a key: {section}.<key>=value; valid keys: "
-                              f"{_valid_keys(cls)}")
+            raise ConfigError(
+                f"override {item!r} must name a key: {section}.<key>=value; valid keys: {_valid_keys(cls)}"
+            )
         key = path[1]
         if key not in _valid_keys(cls):
-            raise ConfigError(f"override {item!r}: unknown key {key!r} in section '{section}'; valid keys: "
-                              f"{_valid_keys(cls)}")
+            raise ConfigError(
+                f"override {item!r}: unknown key {key!r} in section '{section}'; valid keys: "
+                f"{_valid_keys(cls)}"
+            )
         node = raw.setdefault(section, {}) or {}
         raw[section] = node
         if len(path) == 2:
@@ -325,8 +347,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node[key] = dict(node.get(key) or {})
             node[key][path[2]] = parse_value(text)
         else:
-            raise ConfigError(f"override {item!r}: only {sorted('.'.join(p) for p in _FREE_DICTS)} "
-                              "take a third level")
+            raise ConfigError(
+                f"override {item!r}: only {sorted('.'.join(p) for p in _FREE_DICTS)} take a third level"
+            )
     return raw
 
 
@@ -337,8 +360,10 @@ def resolve_config_path(name: str | Path) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise ConfigError(f"config {str(name)!r} not found (looked at {[str(c) for c in candidates]}); "
-                      f"run `fsslab config --list` for the shipped configs")
+    raise ConfigError(
+        f"config {str(name)!r} not found (looked at {[str(c) for c in candidates]}); "
+        f"run `fsslab config --list` for the shipped configs"
+    )
 
 
 def load_config(name: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -45,8 +45,9 @@ class ToyGD(FewShotModel):
     def __init__(self):
         super().__init__()
         self.generator = ToyNet(dropout=0.0)
-        self.discriminator = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                           nn.Flatten(), nn.Linear(4, 1))
+        self.discriminator = nn.Sequential(
+            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1)
+        )
 
     def forward(self, batch, trace=False):
         out = self.generator(batch)
@@ -62,16 +63,26 @@ class ToyGD(FewShotModel):
         ce = F.cross_entropy(output.logits, batch["query_mask"], ignore_index=255)
         ones, zeros = torch.ones_like(output.aux["d_real"]), torch.zeros_like(output.aux["d_real"])
         g_adv = F.binary_cross_entropy_with_logits(output.aux["d_fake"], ones)
-        d = (F.binary_cross_entropy_with_logits(output.aux["d_real"], ones)
-             + F.binary_cross_entropy_with_logits(output.aux["d_fake_detached"], zeros))
+        d = F.binary_cross_entropy_with_logits(
+            output.aux["d_real"], ones
+        ) + F.binary_cross_entropy_with_logits(output.aux["d_fake_detached"], zeros)
         return {"total": ce + 0.1 * g_adv, "ce": ce, "g_adv": g_adv, "d": d}
 
     def optimizer_specs(self, base_lr, weight_decay):
         return [
-            OptimizerSpec("generator", "adamw", [{"params": list(self.generator.parameters()), "lr": base_lr}],
-                          objective="generator", options={"weight_decay": weight_decay}),
-            OptimizerSpec("discriminator", "adam", [{"params": list(self.discriminator.parameters()),
-                                                     "lr": base_lr}], objective="discriminator"),
+            OptimizerSpec(
+                "generator",
+                "adamw",
+                [{"params": list(self.generator.parameters()), "lr": base_lr}],
+                objective="generator",
+                options={"weight_decay": weight_decay},
+            ),
+            OptimizerSpec(
+                "discriminator",
+                "adam",
+                [{"params": list(self.discriminator.parameters()), "lr": base_lr}],
+                objective="discriminator",
+            ),
         ]
 
     def step_objectives(self, losses, iteration):
@@ -94,7 +105,7 @@ class ToyEpisodes(Dataset):
     def _image(self, g, class_id):
         mask = torch.zeros(SIZE, SIZE, dtype=torch.long)
         top, left = torch.randint(0, 4, (2,), generator=g).tolist()
-        mask[top:top + 4, left:left + 4] = 1
+        mask[top : top + 4, left : left + 4] = 1
         image = torch.randn(3, SIZE, SIZE, generator=g) * 0.5
         image[class_id % 3] += 2.0 * mask
         return image, mask
@@ -107,10 +118,12 @@ class ToyEpisodes(Dataset):
         if not self.evaluation:
             query = query + 0.1 * torch.randn(query.shape)  # "augmentation": global RNG
         sample = {
-            "query_img": query, "query_mask": query_mask,
+            "query_img": query,
+            "query_mask": query_mask,
             "support_imgs": torch.stack([s[0] for s in supports]),
             "support_masks": torch.stack([s[1] for s in supports]),
-            "class_id": torch.tensor(class_id), "episode_index": torch.tensor(index),
+            "class_id": torch.tensor(class_id),
+            "episode_index": torch.tensor(index),
         }
         if self.evaluation:
             label = query_mask[:6, :5].clone()
@@ -122,9 +135,23 @@ class ToyEpisodes(Dataset):
 
 
 def toy_config(out_dir: str | Path, **train) -> RunConfig:
-    options = {"iterations": 6, "base_lr": 0.05, "weight_decay": 1e-4, "log_every": 1, "ckpt_every": 3,
-               "tensorboard": False, "progress": False, "out_dir": str(out_dir), "seed": 7, "device": "cpu"}
+    options = {
+        "iterations": 6,
+        "base_lr": 0.05,
+        "weight_decay": 1e-4,
+        "log_every": 1,
+        "ckpt_every": 3,
+        "tensorboard": False,
+        "progress": False,
+        "out_dir": str(out_dir),
+        "seed": 7,
+        "device": "cpu",
+    }
     options.update(train)
     batch = options.pop("batch_size", 2)
-    return RunConfig(name="toy", data=DataConfig(dataset="synthetic", batch_size=batch, workers=0),
-                     train=TrainConfig(**options), eval=EvalConfig(episodes=6, seeds=[1, 2]))
+    return RunConfig(
+        name="toy",
+        data=DataConfig(dataset="synthetic", batch_size=batch, workers=0),
+        train=TrainConfig(**options),
+        eval=EvalConfig(episodes=6, seeds=[1, 2]),
+    )

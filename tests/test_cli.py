@@ -14,8 +14,11 @@ from fsslab.cli import REPO_ROOT, main
 from fsslab.engine.runlog import read_jsonl
 
 COMMANDS = [[], ["data"], ["data", "synth"], ["train"], ["eval"], ["config"]]
-DELEGATED = {"lists": "data_prep/build_fold_lists.py", "pascal": "data_prep/prepare_pascal.py",
-             "coco": "data_prep/prepare_coco.py"}
+DELEGATED = {
+    "lists": "data_prep/build_fold_lists.py",
+    "pascal": "data_prep/prepare_pascal.py",
+    "coco": "data_prep/prepare_coco.py",
+}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "fsslab")
@@ -74,14 +77,41 @@ class _Benchmark:
         return [1, 2, 3]
 
 
-def test_train_resume_eval_end_to_end(tmp_path, monkeypatch, capsys):
-    def fake_build_dataset(name, root, split, fold, shot, episodes=12, seed=0, **kwargs):
-        dataset = ToyEpisodes(12 if split == "train" else episodes, shot, evaluation=split != "train", seed=seed)
-        dataset.benchmark = _Benchmark()
-        return dataset
+def _fake_build_dataset(name, root, split, fold, shot, episodes=12, seed=0, **kwargs):
+    dataset = ToyEpisodes(12 if split == "train" else episodes, shot, evaluation=split != "train", seed=seed)
+    dataset.benchmark = _Benchmark()
+    return dataset
 
+
+@pytest.fixture
+def toy_world(monkeypatch):
     monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "engine_toys:ToyNet")
-    monkeypatch.setattr(fsslab.data, "build_dataset", fake_build_dataset)
+    monkeypatch.setattr(fsslab.data, "build_dataset", _fake_build_dataset)
+
+
+def test_prerequisite_is_trained_first_once(tmp_path, toy_world, capsys):
+    common = "data: {dataset: synthetic, root: unused, batch_size: 2, workers: 0}\n"
+    train = "log_every: 1, tensorboard: false, progress: false, device: cpu, validate: false"
+    (tmp_path / "stage1.yaml").write_text(
+        common
+        + f"model: {{name: toy}}\ntrain: {{iterations: 2, {train}, out_dir: '{tmp_path}/s1_{{fold}}'}}\n"
+    )
+    (tmp_path / "stage2.yaml").write_text(
+        common + f"model: {{name: toy, init_checkpoint: '{tmp_path}/s1_{{fold}}/latest.pt', "
+        f"init_prefix: encoder., prerequisite: '{tmp_path}/stage1.yaml'}}\n"
+        f"train: {{iterations: 1, {train}, out_dir: '{tmp_path}/s2'}}\n"
+    )
+    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1"]) == 0
+    stage1 = tmp_path / "s1_1" / "latest.pt"
+    assert torch.load(stage1, weights_only=True)["iteration"] == 2
+    out = capsys.readouterr().out
+    assert "training the prerequisite" in out and "initialised 2/2 'encoder.*' tensors" in out
+    stamp = stage1.stat().st_mtime_ns
+    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1"]) == 0
+    assert stage1.stat().st_mtime_ns == stamp and "training the prerequisite" not in capsys.readouterr().out
+
+
+def test_train_resume_eval_end_to_end(tmp_path, toy_world, capsys):
     config = tmp_path / "toy.yaml"
     config.write_text(f"""
 name: toy

@@ -20,10 +20,19 @@ def test_override_values_are_typed():
     assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("1e-4") == 1e-4
     assert parse_value("true") is True and parse_value("null") is None
     assert parse_value("[1, 2]") == [1, 2] and parse_value("data/synthetic") == "data/synthetic"
-    cfg = load_config("synthetic/ipmt_tiny", ["data.fold=2", "data.shot=5", "train.base_lr=1e-3",
-                                              "train.channels_last=true", "train.grad_clip=null",
-                                              "eval.seeds=[4,5]", "model.params.hidden_dim=32",
-                                              "train.epochs=3"])
+    cfg = load_config(
+        "synthetic/ipmt_tiny",
+        [
+            "data.fold=2",
+            "data.shot=5",
+            "train.base_lr=1e-3",
+            "train.channels_last=true",
+            "train.grad_clip=null",
+            "eval.seeds=[4,5]",
+            "model.params.hidden_dim=32",
+            "train.epochs=3",
+        ],
+    )
     assert (cfg.data.fold, cfg.data.shot, cfg.train.base_lr) == (2, 5, 1e-3)
     assert cfg.train.channels_last is True and cfg.train.grad_clip is None and cfg.eval.seeds == [4, 5]
     assert cfg.model.params["hidden_dim"] == 32 and cfg.train.epochs == 3
@@ -36,11 +45,14 @@ def test_placeholders_follow_overrides():
     assert cfg.model.init_checkpoint == "runs/synthetic/pspnet_base_tiny_fold3/latest.pt"
 
 
-@pytest.mark.parametrize("override, valid", [
-    ("train.lrr=0.1", "base_lr"),
-    ("data.folds=1", "fold"),
-    ("modl.name=ipmt", "expected"),
-])
+@pytest.mark.parametrize(
+    "override, valid",
+    [
+        ("train.lrr=0.1", "base_lr"),
+        ("data.folds=1", "fold"),
+        ("modl.name=ipmt", "expected"),
+    ],
+)
 def test_unknown_keys_are_rejected_with_the_valid_ones(override, valid):
     with pytest.raises(ConfigError) as info:
         load_config("synthetic/ipmt_tiny", [override])
@@ -56,14 +68,17 @@ def test_unknown_key_in_a_yaml_file_is_rejected(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("override, problem", [
-    ("train.epochs=abc", "expected an integer"),
-    ("train.amp=fp8", "not one of"),
-    ("data.shot=0", "data.shot must be >= 1"),
-    ("train.channels_last=maybe", "true/false"),
-    ("train.base_lr", "section.key=value"),
-    ("train.out_dir={nope}/x", "placeholder"),
-])
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        ("train.epochs=abc", "expected an integer"),
+        ("train.amp=fp8", "not one of"),
+        ("data.shot=0", "data.shot must be >= 1"),
+        ("train.channels_last=maybe", "true/false"),
+        ("train.base_lr", "section.key=value"),
+        ("train.out_dir={nope}/x", "placeholder"),
+    ],
+)
 def test_bad_values_are_clear_errors(override, problem):
     with pytest.raises(ConfigError, match=problem):
         load_config("synthetic/ipmt_tiny", [override])

@@ -89,17 +89,23 @@ def test_order_and_batching_do_not_change_the_sums():
     one = _accumulate(preds, targets, classes)
     acc = IoUAccumulator(4)
     for i in reversed(range(6)):
-        acc.update(torch.as_tensor(preds[i])[None], torch.as_tensor(targets[i])[None], torch.tensor([classes[i]]))
+        acc.update(
+            torch.as_tensor(preds[i])[None], torch.as_tensor(targets[i])[None], torch.tensor([classes[i]])
+        )
     assert acc.summary() == one
 
 
 def test_summary_over_the_folds_classes_reports_missing_ones():
     acc = IoUAccumulator(4)
-    acc.update(torch.ones(1, 2, 2, dtype=torch.long), torch.ones(1, 2, 2, dtype=torch.long), torch.tensor([3]))
+    acc.update(
+        torch.ones(1, 2, 2, dtype=torch.long), torch.ones(1, 2, 2, dtype=torch.long), torch.tensor([3])
+    )
     summary = acc.summary([1, 3])
     assert summary["classes_without_episodes"] == [1] and summary["miou"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="outside 1..4"):
-        acc.update(torch.ones(1, 2, 2, dtype=torch.long), torch.ones(1, 2, 2, dtype=torch.long), torch.tensor([5]))
+        acc.update(
+            torch.ones(1, 2, 2, dtype=torch.long), torch.ones(1, 2, 2, dtype=torch.long), torch.tensor([5])
+        )
 
 
 def test_original_resolution_scoring_follows_ori_resize():
@@ -113,7 +119,9 @@ def test_original_resolution_scoring_follows_ori_resize():
     pred, target = logits_at_label_resolution(logits, batch)
     assert pred.shape == target.shape == (1, 6, 6)
     # resize 4 → 3 with align_corners: columns sample x = 0, 1.5, 3 → fg, tie(→ bg by argmax order), bg
-    expected = torch.nn.functional.interpolate(logits, size=(3, 3), mode="bilinear", align_corners=True).argmax(1)
+    expected = torch.nn.functional.interpolate(
+        logits, size=(3, 3), mode="bilinear", align_corners=True
+    ).argmax(1)
     assert torch.equal(pred[0, :3, :3], expected[0])
     assert (target[0, 3:, :] == 255).all() and (target[0, :, 2:] == 255).all()
     assert torch.equal(target[0, :3, :2], canvas[0, :3, :2])
@@ -127,6 +135,7 @@ def test_batch_with_different_original_sizes():
         canvas[i, :h, :w] = torch.randint(0, 2, (h, w))
     pred, _ = logits_at_label_resolution(logits, {"query_mask_ori": canvas, "query_ori_size": sizes})
     for i, side in enumerate([7, 7, 5]):
-        single = torch.nn.functional.interpolate(logits[i:i + 1], size=(side, side), mode="bilinear",
-                                                 align_corners=True).argmax(1)[0]
+        single = torch.nn.functional.interpolate(
+            logits[i : i + 1], size=(side, side), mode="bilinear", align_corners=True
+        ).argmax(1)[0]
         assert torch.equal(pred[i, :side, :side], single)

@@ -121,8 +121,10 @@ def test_gd_alternation_updates_exactly_the_intended_parameters(tmp_path):
     def snapshot(module):
         return [p.detach().clone() for p in module.parameters()]
 
-    for iteration, moved, still in [(0, model.generator, model.discriminator),
-                                    (1, model.discriminator, model.generator)]:
+    for iteration, moved, still in [
+        (0, model.generator, model.discriminator),
+        (1, model.discriminator, model.generator),
+    ]:
         trainer.iteration = iteration
         trainer.set_learning_rates(iteration)
         before_moved, before_still = snapshot(moved), snapshot(still)
@@ -214,3 +216,32 @@ def test_evaluation_is_deterministic_and_reports_mean_over_seeds():
     assert first.miou_mean == pytest.approx(np.mean(mious)) and first.miou_std == pytest.approx(np.std(mious))
     assert len(set(mious)) > 1  # different seeds → different episodes
     assert "mean" in first.table() and first.to_dict()["per_seed"][0]["seed"] == 1
+
+
+def test_out_of_memory_stops_with_advice(tmp_path):
+    trainer = _trainer(tmp_path)
+
+    def oom(batch):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    trainer.train_step = oom
+    with pytest.raises(TrainingStopped, match=r"(?s)iteration 0: out of memory.*data.batch_size \(now 2\)"):
+        trainer.fit()
+
+
+def test_image_grid_shows_query_prediction_and_truth():
+    from fsslab.engine.runlog import episode_grid
+
+    batch = next(iter(torch.utils.data.DataLoader(ToyEpisodes(3), batch_size=3)))
+    grid = episode_grid(batch, torch.randn(3, 2, 8, 8), max_items=2)
+    assert grid.shape == (3, 16, 24) and 0 <= float(grid.min()) and float(grid.max()) <= 1
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_and_channels_last_train(tmp_path, amp):
+    trainer = _trainer(tmp_path, amp=amp, channels_last=True, iterations=2, grad_clip=1.0)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit()
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
+    assert all(np.isfinite(loss) for _, loss in _losses(tmp_path))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))

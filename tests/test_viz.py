@@ -1,4 +1,4 @@
-"""fsslab.viz: every figure builds with labelled axes for 1 and 5 shots; explorers update without a browser."""
+"""fsslab.viz figures: every figure builds with labelled axes for 1 and 5 shots and shows the right data."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
+from viz_fixtures import LAYERS, H, W, assert_labelled, h, make_amformer_trace, make_batch, make_ipmt_trace, w
 
 from fsslab import viz
 from fsslab.viz import amformer as amv
@@ -19,72 +19,6 @@ from fsslab.viz import ipmt as ipv
 from fsslab.viz.palette import FOREGROUND, IGNORE, denormalize, overlay_mask
 
 torch.set_num_threads(1)
-H = W = 32  # image size
-h = w = 8  # feature grid
-LAYERS = 3
-
-
-def make_batch(shots: int, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
-    """An episode batch following the contract: a square object, a 255 boundary band, padding at the bottom."""
-    g = torch.Generator().manual_seed(seed)
-
-    def mask(n: int) -> torch.Tensor:
-        m = torch.zeros(n, H, W, dtype=torch.long)
-        for i in range(n):
-            y, x = torch.randint(4, 16, (2,), generator=g).tolist()
-            m[i, y - 1:y + 11, x - 1:x + 11] = 255
-            m[i, y:y + 10, x:x + 10] = 1
-        m[:, -3:] = 255  # padding rows
-        return m
-
-    return {"query_img": torch.randn(batch, 3, H, W, generator=g), "query_mask": mask(batch),
-            "support_imgs": torch.randn(batch, shots, 3, H, W, generator=g),
-            "support_masks": mask(batch * shots).view(batch, shots, H, W),
-            "class_id": torch.tensor([3, 7][:batch]), "episode_index": torch.arange(batch)}
-
-
-def make_ipmt_trace(shots: int, batch: int = 2, channels: int = 6) -> dict[str, torch.Tensor]:
-    """Shaped as fsslab.models.ipmt.network.TRACE_KEYS: per-layer entries layer-first [L,B,...]."""
-    g = torch.Generator().manual_seed(1)
-    heads, points = 2, 9
-    return {
-        "prior": torch.rand(batch, 1, h, w, generator=g),
-        "support_prototypes": torch.randn(LAYERS, batch, channels, generator=g),
-        "query_prototypes": torch.randn(LAYERS, batch, channels, generator=g),
-        "support_attention": torch.rand(LAYERS, batch, shots, h, w, generator=g),
-        "query_attention": torch.rand(LAYERS, batch, h, w, generator=g),
-        "query_layer_query_masks": torch.randn(LAYERS, batch, h, w, generator=g),
-        "query_layer_support_masks": torch.randn(LAYERS, batch, shots, h, w, generator=g),
-        "sampling_locations": torch.rand(LAYERS, batch, h * w, heads, 1, points, 2, generator=g),
-        "sampling_weights": torch.rand(LAYERS, batch, h * w, heads, 1, points, generator=g).softmax(-1),
-    }
-
-
-def make_amformer_trace(batch: int = 2, parts: int = 5, stages: int = 3, levels: int = 2) -> dict[str, torch.Tensor]:
-    """Shaped as the AMFormer trace (fsslab/models/amformer/network.py ``_trace``)."""
-    g = torch.Generator().manual_seed(2)
-    return {
-        "initial_prediction": torch.rand(batch, 1, h, w, generator=g) * 10,
-        "similarity": torch.rand(batch, 2, h, w, generator=g),
-        "meta_logits": torch.randn(batch, stages, 2, h, w, generator=g),
-        "refine_masks": (torch.rand(batch, stages - 1, h, w, generator=g) > 0.5).float(),
-        "ensemble_logits": torch.rand(batch, stages, 2, h, w, generator=g),
-        "mined_mask": torch.rand(batch, 1, h, w, generator=g),
-        "base_map": torch.rand(batch, 1, h, w, generator=g),
-        "gram_estimate": torch.rand(batch, generator=g),
-        "part_maps_real": torch.rand(batch, levels, parts, h, w, generator=g),
-        "part_maps_fake": torch.rand(batch, levels, parts, h, w, generator=g),
-        "d_score_real": torch.rand(batch, levels, generator=g),
-        "d_score_fake": torch.rand(batch, levels, generator=g),
-    }
-
-
-def assert_labelled(fig: Figure) -> None:
-    """Every visible axes carries a title or an axis label; the figure is not empty."""
-    visible = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
-    assert visible, "figure has no visible axes"
-    for ax in visible:
-        assert ax.get_title() or ax.get_xlabel() or ax.get_ylabel(), f"unlabelled axes in {fig}"
 
 
 # ---------------------------------------------------------------- palette
@@ -188,6 +122,30 @@ def test_training_curves_from_jsonl_with_adversarial_panel(tmp_path):
         viz.plot_training_curves(records, keys=["loss/nope"])
 
 
+def test_training_curves_read_the_trainers_log(tmp_path):
+    runlog = pytest.importorskip("fsslab.engine.runlog")
+    logger = runlog.RunLogger(tmp_path, tensorboard=False)
+    for i in range(4):  # the records Trainer._log / Trainer._evaluate write for AMFormer
+        logger.record({"iteration": i, "epoch": 0, "loss": {"total": 1.0 - 0.1 * i, "adversarial_g": 0.7,
+                                                           "adversarial_d": 0.6, "diversity": 0.2},
+                       "lr": {"generator": 0.01}, "episodes_per_s": 5.0})
+    logger.record({"iteration": 4, "eval": {"miou": 40.0, "fbiou": 60.0}})
+    fig = viz.plot_training_curves(tmp_path / "log.jsonl")
+    panels = {ax.get_title(): [line.get_label() for line in ax.lines] for ax in fig.axes}
+    assert panels == {"losses": ["loss/total"],
+                      "generator / discriminator losses": ["loss/adversarial_d", "loss/adversarial_g",
+                                                           "loss/diversity"],
+                      "evaluation metrics": ["eval/fbiou", "eval/miou"]}
+
+
+def test_bar_miou_reads_eval_results():
+    evaluate = pytest.importorskip("fsslab.engine.evaluate")
+    result = evaluate.EvalResult(seeds=[0], per_seed=[], miou_mean=50.0, miou_std=0.0, fbiou_mean=60.0,
+                                 fbiou_std=0.0, class_iou_mean={1: 40.0, 2: 60.0}, episodes_per_seed=10)
+    fig = viz.bar_miou({"IPMT": result}, class_names=["a", "b"])
+    assert [p.get_height() for p in fig.axes[0].patches] == [40.0, 60.0, 50.0]
+
+
 def test_training_log_errors_name_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"iteration": 0}\n{oops\n')
@@ -227,6 +185,11 @@ def test_ipmt_figures(shots):
         assert_labelled(fig)
     with pytest.raises(IndexError, match="shot"):
         viz.prototype_activation(trace, 0, shot=shots)
+    act = viz.prototype_activation(trace, 1, shot=shots - 1)
+    assert set(act) == {"query", "query (mined)", "support"} and act["support"].shape == (LAYERS, h, w)
+    torch.testing.assert_close(act["support"], trace["query_layer_support_masks"][:, 1, shots - 1].sigmoid())
+    titles = [ax.get_title() for ax in viz.plot_prototype_activation(trace, batch, 1, shot=shots - 1).axes]
+    assert titles[0] == "query · mining 1" and titles[-1] == f"support {shots} · layer {LAYERS}"
 
 
 def test_prototype_trajectory_measures_motion_from_support_to_query():
@@ -346,105 +309,3 @@ def test_perturbation_scores_use_the_score_function():
     mask[5:15, 5:15] = 1
     scores = viz.perturbation_scores(lambda m: float(m.sum()), mask, kinds=("erode", "dilate"), strengths=(0.5,))
     assert scores["erode 0.5"] < 100 < scores["dilate 0.5"]
-
-
-# ---------------------------------------------------------------- widgets (no browser)
-
-def test_episode_explorer_updates_figure_when_slider_moves():
-    from fsslab.viz.widgets import episode_explorer
-    batch = make_batch(1, batch=2)
-    dataset = [{k: v[i] for k, v in batch.items()} for i in range(2)]
-    explorer = episode_explorer(dataset, weak_fn=lambda m, kind: (m == 1).long())
-    first = explorer.figure.axes[0].images[0].get_array().copy()
-    assert bytes(explorer.image.value).startswith(b"\x89PNG")
-    explorer.controls["episode"].value = 1
-    assert explorer.data["sample"] is dataset[1]
-    assert not np.allclose(explorer.figure.axes[0].images[0].get_array(), first)
-    rows_with_weak = len(explorer.figure.axes)
-    explorer.controls["weak"].value = False
-    assert len(explorer.figure.axes) < rows_with_weak and explorer.data["weak_masks"] is None
-
-
-def test_ipmt_explorer_layer_and_shot_controls():
-    from fsslab.viz.widgets import ipmt_explorer
-    calls = []
-
-    def run_fn(episode, shot):
-        calls.append((episode, shot))
-        trace = make_ipmt_trace(shot, batch=1)
-        trace["query_layer_query_masks"] = trace["query_layer_query_masks"] + 10.0 * episode
-        return make_batch(shot, batch=1, seed=episode), trace
-
-    explorer = ipmt_explorer(run_fn, n_episodes=3, shots=(1, 5))
-    assert explorer.data["layer"] == LAYERS - 1 and explorer.error is None
-    act_ax = next(ax for ax in explorer.figure.axes if ax.get_title() == "query activation")
-    before = act_ax.images[1].get_array().copy()
-    explorer.controls["layer"].value = 1
-    act_ax = next(ax for ax in explorer.figure.axes if ax.get_title() == "query activation")
-    assert explorer.data["layer"] == 0 and not np.allclose(act_ax.images[1].get_array(), before)
-    explorer.controls["shot"].value = 5
-    explorer.controls["support"].value = 5
-    assert explorer.data["batch"]["support_imgs"].shape[1] == 5 and explorer.data["support"] == 4
-    explorer.controls["layer"].value = 2
-    assert calls == [(0, 1), (0, 5)]  # moving the layer slider re-uses the cached run
-    explorer.controls["shot"].value = 1  # support 5 of a 1-shot episode is clamped, not an error
-    assert explorer.error is None and explorer.data["support"] == 0
-
-
-def test_mask_perturbation_analyser_scores_follow_controls():
-    from fsslab.viz.widgets import mask_perturbation_analyser
-    batch = make_batch(1, batch=2)
-    episodes = [{k: v[i] for k, v in batch.items()} for i in range(2)]
-
-    def score_fn(sample, mask):  # a stand-in "discriminator": IoU with the ground truth
-        return amv.mask_iou(mask, sample["query_mask"])
-
-    explorer = mask_perturbation_analyser(score_fn, episodes, predict_fn=lambda s: (s["query_mask"] == 1).long())
-    assert explorer.data["scores"]["ground truth"] == pytest.approx(1.0)
-    assert explorer.data["scores"]["prediction"] == pytest.approx(1.0)
-    explorer.controls["strength"].value = 0.0
-    key = "erode 0.00"
-    assert explorer.data["scores"][key] == pytest.approx(1.0)
-    explorer.controls["kind"].value = "dilate"
-    explorer.controls["strength"].value = 0.6
-    assert explorer.data["scores"]["dilate 0.60"] < 0.9
-    bars = explorer.figure.axes[-1].patches
-    assert bars[-1].get_height() == pytest.approx(explorer.data["scores"]["dilate 0.60"])
-
-
-# ---------------------------------------------------------------- the real models' traces
-
-def _tiny_batch(shots: int) -> dict[str, torch.Tensor]:
-    batch = make_batch(shots, batch=1)
-    batch["query_padding"] = batch["query_mask"] == 255
-    batch["support_padding"] = batch["support_masks"] == 255
-    batch["query_base_mask"] = batch["query_mask"].clone()
-    return batch
-
-
-@pytest.mark.parametrize("shots", [1, 5])
-def test_figures_read_the_real_ipmt_trace(shots):
-    ipmt = pytest.importorskip("fsslab.models.ipmt.network")
-    torch.manual_seed(0)
-    model = ipmt.IPMT(backbone="resnet_tiny", hidden_dim=16, num_layers=2).eval()
-    batch = _tiny_batch(shots)
-    with torch.no_grad():
-        trace = model(batch, trace=True).trace
-    assert_labelled(viz.plot_ipmt_overview(trace, batch, layer=0, shot=shots - 1))
-    assert_labelled(viz.plot_prototype_trajectory(trace, batch))
-    assert_labelled(viz.plot_cross_attention(trace, batch, shot=shots - 1))
-
-
-@pytest.mark.parametrize("shots", [1, 5])
-def test_figures_read_the_real_amformer_trace(shots):
-    amformer = pytest.importorskip("fsslab.models.amformer")
-    torch.manual_seed(0)
-    model = amformer.AMFormer(backbone="resnet_tiny", shot=shots, hidden_dim=16, transformer_dim=16, parts=4,
-                              part_heads=2).train()  # D's part maps and scores are traced in training mode
-    batch = _tiny_batch(shots)
-    with torch.no_grad():
-        trace = model(batch, trace=True).trace
-    for fig in (viz.plot_mask_evolution(trace, batch), viz.plot_mining(trace, batch),
-                viz.plot_part_attention(trace, batch), viz.plot_ensemble_effect(trace, batch)):
-        assert_labelled(fig)
-    assert set(viz.discriminator_scores(trace)) == {"ground truth", "G's mask"}

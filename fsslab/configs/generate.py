@@ -30,19 +30,45 @@ IMAGENET = {"r50": "initmodel/resnet50_v2.pth", "r101": "initmodel/resnet101_v2.
 
 # Paper values (ResNet-50, mean mIoU % over the 4 folds), PROTOCOLS.md "Reference results".
 PAPER = {
-    ("ipmt", "pascal", 1): 66.8, ("ipmt", "pascal", 5): 68.2, ("ipmt", "coco", 1): 43.0, ("ipmt", "coco", 5): 47.5,
-    ("amformer", "pascal", 1): 70.1, ("amformer", "pascal", 5): 73.2,
-    ("amformer", "coco", 1): 51.0, ("amformer", "coco", 5): 57.3,
+    ("ipmt", "pascal", 1): 66.8,
+    ("ipmt", "pascal", 5): 68.2,
+    ("ipmt", "coco", 1): 43.0,
+    ("ipmt", "coco", 5): 47.5,
+    ("amformer", "pascal", 1): 70.1,
+    ("amformer", "pascal", 5): 73.2,
+    ("amformer", "coco", 1): 51.0,
+    ("amformer", "coco", 5): 57.3,
 }
 SOURCES = {"ipmt": "IPMT (NeurIPS'22) Table 1", "amformer": "AMFormer (NeurIPS'23) Table 1"}
 
 
-def _data(dataset: str, fold: int, shot: int, protocol: str, size: int, scale: tuple[float, float],
-          batch: int, **extra: Any) -> dict[str, Any]:
-    return {"dataset": dataset, "root": ROOTS[dataset], "fold": fold, "shot": shot, "protocol": protocol,
-            "size": size, "val_size": size, "coco_split": "interleaved", "scale_min": scale[0],
-            "scale_max": scale[1], "rotate_min": -10.0, "rotate_max": 10.0, "workers": 8, "batch_size": batch,
-            **extra}
+def _data(
+    dataset: str,
+    fold: int,
+    shot: int,
+    protocol: str,
+    size: int,
+    scale: tuple[float, float],
+    batch: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "dataset": dataset,
+        "root": ROOTS[dataset],
+        "fold": fold,
+        "shot": shot,
+        "protocol": protocol,
+        "size": size,
+        "val_size": size,
+        "coco_split": "interleaved",
+        "scale_min": scale[0],
+        "scale_max": scale[1],
+        "rotate_min": -10.0,
+        "rotate_max": 10.0,
+        "workers": 8,
+        "batch_size": batch,
+        **extra,
+    }
 
 
 def _expected(model: str, dataset: str, shot: int, backbone: str, protocol: str, notes: list[str]) -> dict:
@@ -51,8 +77,13 @@ def _expected(model: str, dataset: str, shot: int, backbone: str, protocol: str,
         notes = [*notes, "no paper value for this backbone in PROTOCOLS.md"]
     else:
         notes = [*notes, "the paper value is the 4-fold mean: compare the mean of folds 0-3, not one fold"]
-    return {"miou": value, "fbiou": None, "protocol": protocol,
-            "source": SOURCES[model] if value is not None else None, "notes": "; ".join(notes)}
+    return {
+        "miou": value,
+        "fbiou": None,
+        "protocol": protocol,
+        "source": SOURCES[model] if value is not None else None,
+        "notes": "; ".join(notes),
+    }
 
 
 def ipmt_config(dataset: str, backbone: str, fold: int, shot: int) -> dict[str, Any]:
@@ -61,25 +92,48 @@ def ipmt_config(dataset: str, backbone: str, fold: int, shot: int) -> dict[str, 
     epochs, episodes, scale = 200, 1000, (0.9, 1.1)
     if dataset == "coco":  # the IPMT release ships only the PASCAL config
         epochs, episodes, scale = 50, 5000, (0.8, 1.25)
-        notes.append("IPMT ships no COCO config: epochs 50 and scale 0.8-1.25 are fsslab's assumption; "
-                     "5000 test episodes as IPMT's train.py uses for COCO")
+        notes.append(
+            "IPMT ships no COCO config: epochs 50 and scale 0.8-1.25 are fsslab's assumption; "
+            "5000 test episodes as IPMT's train.py uses for COCO"
+        )
     return {
         "name": f"ipmt_{backbone}_{dataset}_fold{fold}_{shot}shot",
         "data": _data(dataset, fold, shot, "pfenet", 473, scale, 4),
-        "model": {"name": "ipmt", "params": {"backbone": BACKBONES[backbone], "pretrained": IMAGENET[backbone]}},
-        "train": {"epochs": epochs, "base_lr": 0.0025, "weight_decay": 1e-4, "power": 0.9, "seed": 123,
-                  "amp": "none", "log_every": 50, "ckpt_every": 2000, "eval_every": 5000,
-                  "out_dir": f"runs/{{dataset}}/ipmt_{backbone}_fold{{fold}}_{{shot}}shot"},
+        "model": {
+            "name": "ipmt",
+            "params": {"backbone": BACKBONES[backbone], "pretrained": IMAGENET[backbone]},
+        },
+        "train": {
+            "epochs": epochs,
+            "base_lr": 0.0025,
+            "weight_decay": 1e-4,
+            "power": 0.9,
+            "seed": 123,
+            "amp": "none",
+            "log_every": 50,
+            "image_every": 1000,
+            "ckpt_every": 2000,
+            "eval_every": 5000,
+            "out_dir": f"runs/{{dataset}}/ipmt_{backbone}_fold{{fold}}_{{shot}}shot",
+        },
         "eval": {"episodes": episodes, "seeds": [123, 234, 345, 456, 567], "batch_size": 1},
-        "expected": _expected("ipmt", dataset, shot, backbone, "pfenet",
-                              notes + ["IPMT reports seed 123 only; fsslab reports the mean over 5 seeds"]),
+        "expected": _expected(
+            "ipmt",
+            dataset,
+            shot,
+            backbone,
+            "pfenet",
+            notes + ["IPMT reports seed 123 only; fsslab reports the mean over 5 seeds"],
+        ),
     }
 
 
 def amformer_config(dataset: str, backbone: str, fold: int, shot: int) -> dict[str, Any]:
     """AMFormer (AMNet configs): AdamW wd 0.01, heads 10×, D with Adam, BAM lists, resize augmentation."""
-    notes = ["BAM training lists (images with novel-class pixels removed)",
-             "stage 1 first: the PSPNet base learner of the same fold and backbone"]
+    notes = [
+        "BAM training lists (images with novel-class pixels removed)",
+        "stage 1 first: the PSPNet base learner of the same fold and backbone",
+    ]
     if dataset == "pascal":
         # (shot, backbone) -> (batch, lr, epochs): AMNet's pascal_split0{,_5}_resnet{50,101}_manet.yaml
         settings = {(1, "r50"): (8, 2e-4, 300), (5, "r50"): (4, 1e-4, 200), (1, "r101"): (16, 3e-4, 300)}
@@ -92,14 +146,31 @@ def amformer_config(dataset: str, backbone: str, fold: int, shot: int) -> dict[s
         notes.append("COCO: 5000 test episodes (AMNet's train.py validates on 1000)")
     return {
         "name": f"amformer_{backbone}_{dataset}_fold{fold}_{shot}shot",
-        "data": _data(dataset, fold, shot, "bam", size, scale, batch,
-                      params={"augmentation": {"final": "resize"}}),
-        "model": {"name": "amformer", "params": {
-            "backbone": BACKBONES[backbone], "n_base_classes": N_BASE[dataset],
-            "pretrained": f"runs/{{dataset}}/pspnet_base_{backbone}_fold{{fold}}/latest.pt"}},
-        "train": {"epochs": epochs, "base_lr": lr, "weight_decay": 0.01, "power": 0.9, "seed": 321,
-                  "amp": "none", "log_every": 50, "ckpt_every": 2000, "eval_every": 5000,
-                  "out_dir": f"runs/{{dataset}}/amformer_{backbone}_fold{{fold}}_{{shot}}shot"},
+        "data": _data(
+            dataset, fold, shot, "bam", size, scale, batch, params={"augmentation": {"final": "resize"}}
+        ),
+        "model": {
+            "name": "amformer",
+            "params": {
+                "backbone": BACKBONES[backbone],
+                "n_base_classes": N_BASE[dataset],
+                "pretrained": f"runs/{{dataset}}/pspnet_base_{backbone}_fold{{fold}}/latest.pt",
+            },
+            "prerequisite": f"{dataset}/pspnet_base_{backbone}_fold{fold}",
+        },
+        "train": {
+            "epochs": epochs,
+            "base_lr": lr,
+            "weight_decay": 0.01,
+            "power": 0.9,
+            "seed": 321,
+            "amp": "none",
+            "log_every": 50,
+            "image_every": 1000,
+            "ckpt_every": 2000,
+            "eval_every": 5000,
+            "out_dir": f"runs/{{dataset}}/amformer_{backbone}_fold{{fold}}_{{shot}}shot",
+        },
         "eval": {"episodes": episodes, "seeds": [321, 432, 543, 654, 765], "batch_size": 1},
         "expected": _expected("amformer", dataset, shot, backbone, "bam", notes),
     }
@@ -111,15 +182,34 @@ def pspnet_base_config(dataset: str, backbone: str, fold: int) -> dict[str, Any]
     return {
         "name": f"pspnet_base_{backbone}_{dataset}_fold{fold}",
         "data": _data(dataset, fold, 1, "bam", 417, (0.5, 2.0), 12),
-        "model": {"name": "pspnet", "params": {"backbone": BACKBONES[backbone], "pretrained": IMAGENET[backbone],
-                                               "n_classes": N_BASE[dataset] + 1}},
-        "train": {"epochs": epochs, "base_lr": 2.5e-4, "weight_decay": 1e-4, "power": 0.9, "seed": 321,
-                  "validate": False, "log_every": 50, "ckpt_every": 2000,
-                  "out_dir": f"runs/{{dataset}}/pspnet_base_{backbone}_fold{{fold}}"},
+        "model": {
+            "name": "pspnet",
+            "params": {
+                "backbone": BACKBONES[backbone],
+                "pretrained": IMAGENET[backbone],
+                "n_classes": N_BASE[dataset] + 1,
+            },
+        },
+        "train": {
+            "epochs": epochs,
+            "base_lr": 2.5e-4,
+            "weight_decay": 1e-4,
+            "power": 0.9,
+            "seed": 321,
+            "validate": False,
+            "log_every": 50,
+            "image_every": 1000,
+            "ckpt_every": 2000,
+            "out_dir": f"runs/{{dataset}}/pspnet_base_{backbone}_fold{{fold}}",
+        },
         "eval": {"episodes": 1000, "seeds": [321]},
-        "expected": {"miou": None, "protocol": "bam", "source": None,
-                     "notes": "stage 1 of AMFormer (base classes only); no few-shot number to reproduce; "
-                              "BAM trains with batch 12 on 4 GPUs (3 per GPU)"},
+        "expected": {
+            "miou": None,
+            "protocol": "bam",
+            "source": None,
+            "notes": "stage 1 of AMFormer (base classes only); no few-shot number to reproduce; "
+            "BAM trains with batch 12 on 4 GPUs (3 per GPU)",
+        },
     }
 
 
@@ -129,7 +219,9 @@ def all_configs() -> dict[str, dict[str, Any]]:
     for dataset in ("pascal", "coco"):
         for backbone in BACKBONES:
             for fold in FOLDS:
-                out[f"{dataset}/pspnet_base_{backbone}_fold{fold}.yaml"] = pspnet_base_config(dataset, backbone, fold)
+                out[f"{dataset}/pspnet_base_{backbone}_fold{fold}.yaml"] = pspnet_base_config(
+                    dataset, backbone, fold
+                )
                 for shot in SHOTS:
                     stem = f"{backbone}_fold{fold}_{shot}shot"
                     out[f"{dataset}/ipmt_{stem}.yaml"] = ipmt_config(dataset, backbone, fold, shot)
@@ -143,7 +235,9 @@ def render(config: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check that the committed files are current")
+    parser.add_argument(
+        "--check", action="store_true", help="only check that the committed files are current"
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="output directory (default: fsslab/configs)")
     args = parser.parse_args(argv)
     stale = []
@@ -157,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     if stale:
-        print(f"{len(stale)} generated config(s) out of date, e.g. {stale[:3]}; run python -m fsslab.configs.generate")
+        print(
+            f"{len(stale)} generated config(s) out of date, e.g. {stale[:3]}; "
+            "run python -m fsslab.configs.generate"
+        )
         return 1
     print(f"{len(all_configs())} configs {'checked' if args.check else 'written'} under {args.out}")
     return 0

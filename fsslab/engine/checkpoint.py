@@ -59,14 +59,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or pickling arbitrary objects
-        raise CheckpointError(f"checkpoint {path} could not be read safely ({type(exc).__name__}: {exc}); "
-                              "it may be truncated or not a torch file") from None
+        raise CheckpointError(
+            f"checkpoint {path} could not be read safely ({type(exc).__name__}: {exc}); "
+            "it may be truncated or not a torch file"
+        ) from None
     if not isinstance(data, dict) or "model" not in data:
-        raise CheckpointError(f"checkpoint {path} is not an fsslab checkpoint (no 'model' entry); "
-                              "official IPMT/AMFormer files load with fsslab.models.load_official")
+        raise CheckpointError(
+            f"checkpoint {path} is not an fsslab checkpoint (no 'model' entry); "
+            "official IPMT/AMFormer files load with fsslab.models.load_official"
+        )
     if data.get("format", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format {data['format']}, newer than this fsslab "
-                              f"({FORMAT_VERSION}); upgrade fsslab")
+        raise CheckpointError(
+            f"checkpoint {path} has format {data['format']}, newer than this fsslab "
+            f"({FORMAT_VERSION}); upgrade fsslab"
+        )
     return data
 
 
@@ -76,8 +82,13 @@ def capture_rng_state() -> dict[str, Any]:
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -90,8 +101,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     nps = state["numpy"]
-    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
-                         nps["gauss"]))
+    np.random.set_state(
+        (nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["gauss"])
+    )
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

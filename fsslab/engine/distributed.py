@@ -45,7 +45,7 @@ def is_main_process() -> bool:
 
 
 def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto": CUDA (this rank's GPU) when available, else CPU; "cuda" fails clearly without a GPU."""
+    """ "auto": CUDA (this rank's GPU) when available, else CPU; "cuda" fails clearly without a GPU."""
     if preference not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {preference!r}")
     if preference == "cuda" and not torch.cuda.is_available():
@@ -68,8 +68,9 @@ def setup_distributed(device_preference: str = "auto") -> DistInfo:
     device = select_device(device_preference, local_rank)
     if world_size > 1 and not is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=timedelta(minutes=30))
+        dist.init_process_group(
+            backend=backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30)
+        )
     if is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
@@ -115,7 +116,7 @@ def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
     flat /= get_world_size()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 

@@ -37,12 +37,21 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (class ids as strings)."""
         return {
-            "miou": self.miou_mean, "miou_std": self.miou_std, "fbiou": self.fbiou_mean,
-            "fbiou_std": self.fbiou_std, "seeds": self.seeds, "episodes_per_seed": self.episodes_per_seed,
+            "miou": self.miou_mean,
+            "miou_std": self.miou_std,
+            "fbiou": self.fbiou_mean,
+            "fbiou_std": self.fbiou_std,
+            "seeds": self.seeds,
+            "episodes_per_seed": self.episodes_per_seed,
             "class_iou": {str(k): v for k, v in self.class_iou_mean.items()},
-            "per_seed": [{**r, "class_iou": {str(k): v for k, v in r["class_iou"].items()},
-                          "class_episodes": {str(k): v for k, v in r["class_episodes"].items()}}
-                         for r in self.per_seed],
+            "per_seed": [
+                {
+                    **r,
+                    "class_iou": {str(k): v for k, v in r["class_iou"].items()},
+                    "class_episodes": {str(k): v for k, v in r["class_episodes"].items()},
+                }
+                for r in self.per_seed
+            ],
             "settings": self.settings,
         }
 
@@ -56,8 +65,10 @@ class EvalResult:
             lines.append(f"{r['seed']:>8} {r['miou']:>8.2f} {r['fbiou']:>8.2f} {r['episodes']:>9}")
         lines.append(f"{'mean':>8} {self.miou_mean:>8.2f} {self.fbiou_mean:>8.2f}")
         lines.append(f"{'std':>8} {self.miou_std:>8.2f} {self.fbiou_std:>8.2f}")
-        lines.append("class IoU (mean over seeds): " + ", ".join(
-            f"{c}: {v:.2f}" for c, v in sorted(self.class_iou_mean.items())))
+        lines.append(
+            "class IoU (mean over seeds): "
+            + ", ".join(f"{c}: {v:.2f}" for c, v in sorted(self.class_iou_mean.items()))
+        )
         missing = sorted({c for r in self.per_seed for c in r["classes_without_episodes"]})
         if missing:
             lines.append(f"warning: classes without episodes (not in mIoU): {missing}")
@@ -69,19 +80,35 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate_seed(model: nn.Module, dataset: Dataset, episodes: int, num_classes: int,
-                  class_ids: list[int] | None = None, batch_size: int = 1, amp: str = "none",
-                  device: torch.device | None = None, workers: int = 0, progress: bool = False,
-                  desc: str = "eval") -> dict[str, Any]:
+def evaluate_seed(
+    model: nn.Module,
+    dataset: Dataset,
+    episodes: int,
+    num_classes: int,
+    class_ids: list[int] | None = None,
+    batch_size: int = 1,
+    amp: str = "none",
+    device: torch.device | None = None,
+    workers: int = 0,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, Any]:
     """Metrics over the first ``episodes`` episodes of ``dataset`` (sharded over ranks, summed exactly)."""
     model = _unwrap(model)
     device = device or next(model.parameters()).device
     if len(dataset) < episodes:  # type: ignore[arg-type]
-        raise ValueError(f"the evaluation dataset has {len(dataset)} episodes, fewer than the {episodes} requested")  # type: ignore[arg-type]
+        raise ValueError(
+            f"the evaluation dataset has {len(dataset)} episodes, fewer than the {episodes} requested"
+        )  # type: ignore[arg-type]
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     shard = Subset(dataset, list(range(rank, episodes, world)))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(0),
+    )
     accumulator = IoUAccumulator(num_classes)
     dtype = _AMP_DTYPES.get(amp)
     was_training = model.training
@@ -99,10 +126,20 @@ def evaluate_seed(model: nn.Module, dataset: Dataset, episodes: int, num_classes
     return accumulator.summary(class_ids)
 
 
-def evaluate(model: nn.Module, dataset_factory: Callable[[int, int], Dataset], seeds: list[int],
-             episodes: int, num_classes: int, class_ids: list[int] | None = None, batch_size: int = 1,
-             amp: str = "none", device: torch.device | None = None, workers: int = 0, progress: bool = False,
-             settings: dict[str, Any] | None = None) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    dataset_factory: Callable[[int, int], Dataset],
+    seeds: list[int],
+    episodes: int,
+    num_classes: int,
+    class_ids: list[int] | None = None,
+    batch_size: int = 1,
+    amp: str = "none",
+    device: torch.device | None = None,
+    workers: int = 0,
+    progress: bool = False,
+    settings: dict[str, Any] | None = None,
+) -> EvalResult:
     """Evaluate on ``episodes`` episodes for each seed; report mean and population std over seeds.
 
     ``dataset_factory(seed, episodes)`` returns the evaluation dataset whose episode list is drawn from
@@ -116,24 +153,48 @@ def evaluate(model: nn.Module, dataset_factory: Callable[[int, int], Dataset], s
             random.seed(seed)
             np.random.seed(seed)
             torch.manual_seed(seed)
-            summary = evaluate_seed(model, dataset_factory(seed, episodes), episodes, num_classes, class_ids,
-                                    batch_size, amp, device, workers, progress, desc=f"eval seed {seed}")
-            per_seed.append({
-                "seed": seed, "miou": 100 * summary["miou"], "fbiou": 100 * summary["fbiou"],
-                "episodes": summary["episodes"],
-                "class_iou": {c: 100 * v for c, v in summary["class_iou"].items()},
-                "class_episodes": summary["class_episodes"],
-                "classes_without_episodes": summary["classes_without_episodes"],
-            })
+            summary = evaluate_seed(
+                model,
+                dataset_factory(seed, episodes),
+                episodes,
+                num_classes,
+                class_ids,
+                batch_size,
+                amp,
+                device,
+                workers,
+                progress,
+                desc=f"eval seed {seed}",
+            )
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "miou": 100 * summary["miou"],
+                    "fbiou": 100 * summary["fbiou"],
+                    "episodes": summary["episodes"],
+                    "class_iou": {c: 100 * v for c, v in summary["class_iou"].items()},
+                    "class_episodes": summary["class_episodes"],
+                    "classes_without_episodes": summary["classes_without_episodes"],
+                }
+            )
     random.setstate(py_state)
     np.random.set_state(np_state)
     mious, fbious = [r["miou"] for r in per_seed], [r["fbiou"] for r in per_seed]
     classes = sorted({c for r in per_seed for c in r["class_iou"]})
-    class_mean = {c: statistics.fmean(r["class_iou"][c] for r in per_seed if c in r["class_iou"]) for c in classes}
+    class_mean = {
+        c: statistics.fmean(r["class_iou"][c] for r in per_seed if c in r["class_iou"]) for c in classes
+    }
     return EvalResult(
-        seeds=list(seeds), per_seed=per_seed, miou_mean=statistics.fmean(mious),
-        miou_std=statistics.pstdev(mious), fbiou_mean=statistics.fmean(fbious), fbiou_std=statistics.pstdev(fbious),
-        class_iou_mean=class_mean, episodes_per_seed=episodes, settings=dict(settings or {}))
+        seeds=list(seeds),
+        per_seed=per_seed,
+        miou_mean=statistics.fmean(mious),
+        miou_std=statistics.pstdev(mious),
+        fbiou_mean=statistics.fmean(fbious),
+        fbiou_std=statistics.pstdev(fbious),
+        class_iou_mean=class_mean,
+        episodes_per_seed=episodes,
+        settings=dict(settings or {}),
+    )
 
 
 __all__ = ["EvalResult", "evaluate", "evaluate_seed"]

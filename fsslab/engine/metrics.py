@@ -27,8 +27,9 @@ def intersection_union(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.
     return torch.stack(inter, 1), torch.stack(union, 1)
 
 
-def logits_at_label_resolution(logits: torch.Tensor, batch: dict[str, torch.Tensor]
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
+def logits_at_label_resolution(
+    logits: torch.Tensor, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictions and labels at the label's original resolution (PFENet ``ori_resize``).
 
     logits [B,2,S,S] on the padded square input; ``query_mask_ori`` [B,C,C] is the original label padded
@@ -40,14 +41,18 @@ def logits_at_label_resolution(logits: torch.Tensor, batch: dict[str, torch.Tens
     if "query_mask_ori" not in batch:
         target = batch["query_mask"].to(logits.device)
         if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=True)
+            logits = F.interpolate(
+                logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=True
+            )
         return logits.argmax(1), target
     label = batch["query_mask_ori"].to(logits.device)  # [B,C,C]
     sizes = batch["query_ori_size"].to(logits.device)  # [B,2]
     canvas = label.shape[-1]
     longer = sizes.max(dim=1).values  # [B]
     if canvas < int(longer.max()):
-        raise ValueError(f"query_mask_ori canvas {canvas} is smaller than the original size {int(longer.max())}")
+        raise ValueError(
+            f"query_mask_ori canvas {canvas} is smaller than the original size {int(longer.max())}"
+        )
     pred = torch.zeros_like(label)
     target = torch.full_like(label, IGNORE_INDEX)
     # Group the batch by L so that each distinct size is one vectorised interpolate call.
@@ -88,13 +93,16 @@ class IoUAccumulator:
         self.fb_union += union.sum(0)
 
     def state(self) -> torch.Tensor:
-        return torch.cat([self.class_inter, self.class_union, self.class_episodes, self.fb_inter, self.fb_union])
+        return torch.cat(
+            [self.class_inter, self.class_union, self.class_episodes, self.fb_inter, self.fb_union]
+        )
 
     def load_state(self, flat: torch.Tensor) -> None:
         n = self.num_classes + 1
         parts = torch.split(flat.double().cpu(), [n, n, n, 2, 2])
         self.class_inter, self.class_union, self.class_episodes, self.fb_inter, self.fb_union = (
-            p.clone() for p in parts)
+            p.clone() for p in parts
+        )
 
     def all_reduce(self) -> None:
         """Sum the accumulators of every rank (no-op outside torch.distributed)."""

@@ -66,8 +66,11 @@ class RunLogger:
         """Drop JSONL records logged after ``iteration`` (steps redone after a resume)."""
         if not (self.enabled and self.jsonl.exists()):
             return
-        kept = [line for line in self.jsonl.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        kept = [
+            line
+            for line in self.jsonl.read_text().splitlines()
+            if line.strip() and json.loads(line).get("iteration", 0) <= iteration
+        ]
         self.jsonl.write_text("".join(line + "\n" for line in kept))
 
     def record(self, record: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""From a RunConfig to datasets, a model, a Trainer run and an evaluation (what the CLI and notebooks call)."""
+"""From a RunConfig to datasets, a model, a training run and an evaluation (used by CLI and notebooks)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,19 @@ def dataset_kwargs(cfg: RunConfig, split: str) -> dict[str, Any]:
     """Keyword arguments of ``fsslab.data.build_dataset`` for ``split`` ("train" or an evaluation split)."""
     data = cfg.data
     training = split == "train"
-    kwargs: dict[str, Any] = {"size": data.size if training else data.val_size, "protocol": data.protocol,
-                              "support_label": data.support_label}
+    kwargs: dict[str, Any] = {
+        "size": data.size if training else data.val_size,
+        "protocol": data.protocol,
+        "support_label": data.support_label,
+    }
     if data.dataset == "coco":
         kwargs["folds"] = data.coco_split
     extra = dict(data.params)
     if training:
-        augmentation = {"scale": (data.scale_min, data.scale_max), "rotate": (data.rotate_min, data.rotate_max)}
+        augmentation = {
+            "scale": (data.scale_min, data.scale_max),
+            "rotate": (data.rotate_min, data.rotate_max),
+        }
         augmentation.update(extra.pop("augmentation", None) or {})
         kwargs["augmentation"] = augmentation
     else:
@@ -49,20 +55,22 @@ def ensure_synthetic(cfg: RunConfig, progress: bool = True) -> None:
                 raise TimeoutError(f"rank {os.environ['RANK']}: {meta} did not appear within 30 minutes")
             time.sleep(2)
         time.sleep(1)  # meta.json is written last; give the writer a moment to close it
-    write_synthetic_if_missing(cfg.data.root, SyntheticConfig.from_dict(dict(cfg.data.synthetic)),
-                               progress=progress)
+    write_synthetic_if_missing(
+        cfg.data.root, SyntheticConfig.from_dict(dict(cfg.data.synthetic)), progress=progress
+    )
 
 
 def build_train_set(cfg: RunConfig) -> Any:
     from fsslab.data import build_dataset
 
     ensure_synthetic(cfg)
-    return build_dataset(cfg.data.dataset, cfg.data.root, "train", cfg.data.fold, cfg.data.shot,
-                         **dataset_kwargs(cfg, "train"))
+    return build_dataset(
+        cfg.data.dataset, cfg.data.root, "train", cfg.data.fold, cfg.data.shot, **dataset_kwargs(cfg, "train")
+    )
 
 
 def eval_dataset_factory(cfg: RunConfig, shot: int | None = None, support_label: str | None = None):
-    """``factory(seed, episodes)`` for ``evaluate`` plus (number of benchmark classes, the fold's novel classes)."""
+    """``factory(seed, episodes)`` for ``evaluate``, the benchmark's class count, the fold's novel classes."""
     from fsslab.data import build_dataset
 
     ensure_synthetic(cfg)
@@ -71,8 +79,16 @@ def eval_dataset_factory(cfg: RunConfig, shot: int | None = None, support_label:
     kwargs["support_label"] = support_label or cfg.eval.support_label or cfg.data.support_label
 
     def factory(seed: int, episodes: int) -> Any:
-        return build_dataset(cfg.data.dataset, cfg.data.root, cfg.eval.split, cfg.data.fold, shot,
-                             episodes=episodes, seed=seed, **kwargs)
+        return build_dataset(
+            cfg.data.dataset,
+            cfg.data.root,
+            cfg.eval.split,
+            cfg.data.fold,
+            shot,
+            episodes=episodes,
+            seed=seed,
+            **kwargs,
+        )
 
     probe = factory(cfg.eval.seeds[0], 1)
     benchmark = probe.benchmark
@@ -80,14 +96,16 @@ def eval_dataset_factory(cfg: RunConfig, shot: int | None = None, support_label:
 
 
 def build_run_model(cfg: RunConfig) -> nn.Module:
-    """Seeded ``build_model`` (same initial weights on every rank), optionally initialised from a checkpoint."""
+    """Seeded ``build_model`` (same initial weights on every rank), optionally initialised from a file."""
     from fsslab.engine.trainer import seed_everything
     from fsslab.models import build_model, model_class
 
     seed_everything(cfg.train.seed)
     params = dict(cfg.model.params)
     if "shot" in inspect.signature(model_class(cfg.model.name).__init__).parameters:
-        params.setdefault("shot", cfg.data.shot)  # so that `data.shot=5` is the only override a 5-shot run needs
+        params.setdefault(
+            "shot", cfg.data.shot
+        )  # so that `data.shot=5` is the only override a 5-shot run needs
     model = build_model({"name": cfg.model.name, **params})
     if cfg.model.init_checkpoint:
         init_from_checkpoint(model, cfg.model.init_checkpoint, cfg.model.init_prefix)
@@ -97,39 +115,101 @@ def build_run_model(cfg: RunConfig) -> nn.Module:
 def init_from_checkpoint(model: nn.Module, path: str | Path, prefix: str = "backbone.") -> int:
     """Copy the checkpoint's ``prefix*`` tensors that the model has with the same shape; returns how many."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"model.init_checkpoint {path} does not exist; train the run that writes it "
-                                "first (for the synthetic configs: `fsslab train synthetic/pspnet_base_tiny`)")
+        raise FileNotFoundError(
+            f"model.init_checkpoint {path} does not exist; train the run that writes it "
+            "first (for the synthetic configs: `fsslab train synthetic/pspnet_base_tiny`)"
+        )
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
     chosen = {k: v for k, v in state.items() if k.startswith(prefix) and k in own and own[k].shape == v.shape}
     if not chosen:
-        raise ValueError(f"model.init_checkpoint {path}: no '{prefix}*' tensor matches the model's keys/shapes")
+        raise ValueError(
+            f"model.init_checkpoint {path}: no '{prefix}*' tensor matches the model's keys/shapes"
+        )
     model.load_state_dict(chosen, strict=False)
     wanted = [k for k in own if k.startswith(prefix) and not k.endswith("num_batches_tracked")]
-    print(f"initialised {len(chosen)}/{len(wanted)} '{prefix}*' tensors from {path}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"initialised {len(chosen)}/{len(wanted)} '{prefix}*' tensors from {path}")
     return len(chosen)
 
 
-def run_evaluation(cfg: RunConfig, model: nn.Module, seeds: list[int] | None = None, episodes: int | None = None,
-                   shot: int | None = None, support_label: str | None = None, progress: bool = True,
-                   device: torch.device | None = None) -> EvalResult:
+def run_evaluation(
+    cfg: RunConfig,
+    model: nn.Module,
+    seeds: list[int] | None = None,
+    episodes: int | None = None,
+    shot: int | None = None,
+    support_label: str | None = None,
+    progress: bool = True,
+    device: torch.device | None = None,
+) -> EvalResult:
     """Evaluate ``model`` as ``cfg.eval`` says (seeds, episodes, shot, support label, amp)."""
     factory, n_classes, novel = eval_dataset_factory(cfg, shot, support_label)
     seeds = list(seeds or cfg.eval.seeds)
     episodes = episodes or cfg.eval.episodes
-    settings = {"dataset": cfg.data.dataset, "fold": cfg.data.fold, "shot": shot or cfg.eval.shot or cfg.data.shot,
-                "support_label": support_label or cfg.eval.support_label or cfg.data.support_label,
-                "protocol": cfg.data.protocol, "val_size": cfg.data.val_size, "amp": cfg.eval.amp,
-                "model": cfg.model.name}
-    return evaluate(model, factory, seeds, episodes, n_classes, novel, cfg.eval.batch_size, cfg.eval.amp,
-                    device=device, workers=cfg.data.workers, progress=progress, settings=settings)
+    settings = {
+        "dataset": cfg.data.dataset,
+        "fold": cfg.data.fold,
+        "shot": shot or cfg.eval.shot or cfg.data.shot,
+        "support_label": support_label or cfg.eval.support_label or cfg.data.support_label,
+        "protocol": cfg.data.protocol,
+        "val_size": cfg.data.val_size,
+        "amp": cfg.eval.amp,
+        "model": cfg.model.name,
+    }
+    return evaluate(
+        model,
+        factory,
+        seeds,
+        episodes,
+        n_classes,
+        novel,
+        cfg.eval.batch_size,
+        cfg.eval.amp,
+        device=device,
+        workers=cfg.data.workers,
+        progress=progress,
+        settings=settings,
+    )
 
 
-def run_training(cfg: RunConfig, resume: bool | str = False, out_dir: str | Path | None = None) -> dict[str, Any]:
+def train_prerequisite(cfg: RunConfig) -> None:
+    """Train ``cfg.model.prerequisite`` (same data root, fold and generator knobs) unless already done."""
+    if not cfg.model.prerequisite:
+        return
+    import yaml
+
+    from fsslab.config import load_config
+
+    def flow(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+    overrides = [
+        f"data.fold={cfg.data.fold}",
+        f"data.root={flow(cfg.data.root)}",
+        f"data.synthetic={flow(cfg.data.synthetic)}",
+        f"train.device={cfg.train.device}",
+    ]
+    pre = load_config(cfg.model.prerequisite, overrides)
+    latest = Path(pre.train.out_dir) / "latest.pt"
+    done = latest.is_file() and (
+        pre.train.iterations is None or load_checkpoint(latest)["iteration"] >= pre.train.iterations
+    )
+    if done:
+        return
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"training the prerequisite {cfg.model.prerequisite} first (writes {latest})")
+    run_training(pre, resume=latest.is_file())
+
+
+def run_training(
+    cfg: RunConfig, resume: bool | str = False, out_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Build data and model from ``cfg``, train (validating with the first eval seed), return the summary."""
     from fsslab.engine import distributed
     from fsslab.engine.trainer import Trainer
 
+    train_prerequisite(cfg)
     model = build_run_model(cfg)
     train_set = build_train_set(cfg)
 
@@ -137,7 +217,9 @@ def run_training(cfg: RunConfig, resume: bool | str = False, out_dir: str | Path
         result = run_evaluation(cfg, m, seeds=cfg.eval.seeds[:1], progress=False)
         return {"miou": result.miou_mean, "fbiou": result.fbiou_mean}
 
-    trainer = Trainer(cfg, model, train_set, evaluate_fn=validate if cfg.train.validate else None, out_dir=out_dir)
+    trainer = Trainer(
+        cfg, model, train_set, evaluate_fn=validate if cfg.train.validate else None, out_dir=out_dir
+    )
     try:
         return trainer.fit(resume=resume)
     finally:
@@ -153,4 +235,5 @@ __all__ = [
     "init_from_checkpoint",
     "run_evaluation",
     "run_training",
+    "train_prerequisite",
 ]

@@ -53,8 +53,16 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     a global batch is dropped (as the references' ``drop_last=True``).
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1, start_batch: int = 0):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ):
         self.num_items, self.batch_size = num_items, batch_size
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.start_batch = start_batch
@@ -65,12 +73,16 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         return max(self.batches_per_epoch - self.start_batch, 0)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch])
-                                                      .generate_state(1)[0]))
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        )
         order = torch.randperm(self.num_items, generator=generator).tolist()
         for b in range(self.start_batch, self.batches_per_epoch):
             first = b * self.global_batch + self.rank * self.batch_size
-            yield [(order[p], episode_seed(self.seed, self.epoch, p)) for p in range(first, first + self.batch_size)]
+            yield [
+                (order[p], episode_seed(self.seed, self.epoch, p))
+                for p in range(first, first + self.batch_size)
+            ]
 
 
 __all__ = ["EpochBatchSampler", "SeededEpisodes", "episode_seed"]

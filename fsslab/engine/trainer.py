@@ -6,7 +6,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,11 @@ import fsslab
 from fsslab.config import RunConfig
 from fsslab.engine import checkpoint as ckpt
 from fsslab.engine import distributed as dist_utils
+from fsslab.engine.optim import BuiltOptimizer, build_optimizers, poly_factor
 from fsslab.engine.runlog import RunLogger, episode_grid
 from fsslab.engine.sampling import EpochBatchSampler, SeededEpisodes
 
-_OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-WARMUP_START = 0.001  # the references' warm-up starts every group at 0.1% of its lr
 
 
 class TrainingStopped(RuntimeError):
@@ -35,62 +33,16 @@ class TrainingStopped(RuntimeError):
         super().__init__(f"training stopped at iteration {iteration}: {what}\n  what to change: {advice}")
 
 
-@dataclass
-class BuiltOptimizer:
-    """A torch optimiser with the objective it descends and the parameters it owns."""
-
-    name: str
-    objective: str
-    optimizer: torch.optim.Optimizer
-    params: list[nn.Parameter]
-
-
-def poly_factor(iteration: int, total: int, power: float, warmup: int = 0) -> float:
-    """lr multiplier at 0-based ``iteration``: reference poly ``(1 - (it+1)/total)^power`` after warm-up."""
-    current = iteration + 1
-    if warmup > 0 and current < warmup:
-        return WARMUP_START + (1 - WARMUP_START) * current / warmup
-    return max(1.0 - current / total, 0.0) ** power
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def build_optimizers(model: nn.Module, base_lr: float, weight_decay: float) -> list[BuiltOptimizer]:
-    """Optimisers from ``model.optimizer_specs``; each group remembers its initial lr (``base_lr``)."""
-    built, owner = [], {}
-    for spec in model.optimizer_specs(base_lr, weight_decay):
-        if spec.kind not in _OPTIMIZERS:
-            raise ValueError(f"optimiser {spec.name!r}: unknown kind {spec.kind!r}; valid: {sorted(_OPTIMIZERS)}")
-        groups, params = [], []
-        for group in spec.param_groups:
-            group = dict(group)
-            group["params"] = [p for p in group["params"] if p.requires_grad]
-            if not group["params"]:
-                continue
-            for p in group["params"]:
-                if id(p) in owner:
-                    raise ValueError(f"a parameter of shape {tuple(p.shape)} is in both optimisers "
-                                     f"{owner[id(p)]!r} and {spec.name!r}")
-                owner[id(p)] = spec.name
-            group.setdefault("lr", base_lr)
-            group["base_lr"] = group["lr"]
-            group.setdefault("poly", True)  # a group with poly=False keeps its lr constant
-            groups.append(group)
-            params += group["params"]
-        if groups:
-            optimizer = _OPTIMIZERS[spec.kind](groups, **spec.options)
-            built.append(BuiltOptimizer(spec.name, spec.objective, optimizer, params))
-    if not built:
-        raise ValueError("the model has no trainable parameters in its optimizer_specs")
-    return built
-
-
 def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
-    out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    out = {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
     if channels_last and out["query_img"].dim() == 4:
         out["query_img"] = out["query_img"].contiguous(memory_format=torch.channels_last)
     return out
@@ -98,7 +50,8 @@ def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool)
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
+    )
 
 
 class Trainer:
@@ -111,9 +64,14 @@ class Trainer:
     DDP's reducer expects one backward over a fixed parameter set per forward, which G/D alternation breaks.
     """
 
-    def __init__(self, cfg: RunConfig, model: nn.Module, train_set: Dataset,
-                 evaluate_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
-                 out_dir: str | Path | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: nn.Module,
+        train_set: Dataset,
+        evaluate_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
+        out_dir: str | Path | None = None,
+    ):
         self.cfg, tc = cfg, cfg.train
         self.dist = dist_utils.setup_distributed(tc.device)
         self.device = self.dist.device
@@ -127,24 +85,31 @@ class Trainer:
         self.amp_dtype = _AMP_DTYPES.get(tc.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.amp == "fp16")
         objectives = {o.objective for o in self.optimizers}
-        self.grad_sync = tc.grad_sync if tc.grad_sync != "auto" else ("ddp" if len(objectives) == 1 else "manual")
+        self.grad_sync = (
+            tc.grad_sync if tc.grad_sync != "auto" else ("ddp" if len(objectives) == 1 else "manual")
+        )
         self.net: nn.Module = self.model
         if self.dist.distributed and self.grad_sync == "ddp":
             self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=tc.find_unused_parameters)
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=tc.find_unused_parameters,
+            )
         elif self.dist.distributed:
             dist_utils.broadcast_module(self.model)
         world = self.dist.world_size
         if cfg.data.batch_size % world:
-            raise ValueError(f"data.batch_size={cfg.data.batch_size} (global) is not divisible by the "
-                             f"{world} ranks")
+            raise ValueError(
+                f"data.batch_size={cfg.data.batch_size} (global) is not divisible by the {world} ranks"
+            )
         self.batch_per_rank = cfg.data.batch_size // world
         self.train_set = train_set
         self.iters_per_epoch = len(train_set) // cfg.data.batch_size  # type: ignore[arg-type]
         if self.iters_per_epoch == 0:
-            raise ValueError(f"the training set has {len(train_set)} episodes, fewer than one global batch "  # type: ignore[arg-type]
-                             f"({cfg.data.batch_size})")
+            raise ValueError(
+                f"the training set has {len(train_set)} episodes, fewer than one global batch "  # type: ignore[arg-type]
+                f"({cfg.data.batch_size})"
+            )
         self.total_iters = tc.iterations or (tc.epochs or 1) * self.iters_per_epoch
         self.iteration = 0
         self.best_metric: float | None = None
@@ -166,16 +131,19 @@ class Trainer:
         """Forward, losses, and a step of exactly the optimisers whose objective the model names."""
         it, tc = self.iteration, self.cfg.train
         batch = _to_device(batch, self.device, tc.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             output = self.net(batch)
             losses = self.model.loss(output, batch)
         objectives = self.model.step_objectives(losses, it)
         known = {o.objective for o in self.optimizers}
         unknown = sorted(set(objectives) - known)
         if unknown:
-            raise ValueError(f"step_objectives returned {unknown}, which no optimiser descends; "
-                             f"objectives of the optimisers: {sorted(known)}")
+            raise ValueError(
+                f"step_objectives returned {unknown}, which no optimiser descends; "
+                f"objectives of the optimisers: {sorted(known)}"
+            )
         self._check_finite({**losses, **{f"objective:{k}": v for k, v in objectives.items()}})
         active = [o for o in self.optimizers if o.objective in objectives]
         for built in active:
@@ -184,14 +152,18 @@ class Trainer:
             (loss,) = objectives.values()
             self.scaler.scale(loss).backward()
         else:
-            if self.grad_sync == "ddp" and self.dist.distributed:
+            if len(objectives) > 1 and self.grad_sync == "ddp" and self.dist.distributed:
                 raise ValueError("several objectives in one iteration need train.grad_sync=manual under DDP")
             # Each objective writes gradients only into the parameters of its own optimisers.
             names = list(objectives)
             for i, name in enumerate(names):
                 params = [p for o in active if o.objective == name for p in o.params]
-                grads = torch.autograd.grad(self.scaler.scale(objectives[name]), params,
-                                            retain_graph=i < len(names) - 1, allow_unused=True)
+                grads = torch.autograd.grad(
+                    self.scaler.scale(objectives[name]),
+                    params,
+                    retain_graph=i < len(names) - 1,
+                    allow_unused=True,
+                )
                 for p, g in zip(params, grads):
                     p.grad = g
         if self.grad_sync == "manual":
@@ -213,9 +185,11 @@ class Trainer:
         lrs = {b.name: b.optimizer.param_groups[0]["lr"] for b in self.optimizers}
         raise TrainingStopped(
             f"non-finite loss {bad} (epoch {self.iteration // self.iters_per_epoch}, lr {lrs}, "
-            f"amp={self.cfg.train.amp})", self.iteration,
-            "lower train.base_lr, set train.grad_clip (e.g. 1.0), use train.amp=bf16 or none instead of fp16, "
-            f"or check the data; resume from {self.out_dir / 'latest.pt'} with --resume after the change")
+            f"amp={self.cfg.train.amp})",
+            self.iteration,
+            "lower train.base_lr, set train.grad_clip (e.g. 1.0), use train.amp=bf16 or none instead of "
+            f"fp16, or check the data; then --resume from {self.out_dir / 'latest.pt'}",
+        )
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -226,13 +200,19 @@ class Trainer:
             rng = {"ranks": gathered}
         model_state = self.model.state_dict()
         return {
-            "format": ckpt.FORMAT_VERSION, "fsslab_version": fsslab.__version__,
-            "iteration": self.iteration, "epoch": self.iteration // self.iters_per_epoch,
+            "format": ckpt.FORMAT_VERSION,
+            "fsslab_version": fsslab.__version__,
+            "iteration": self.iteration,
+            "epoch": self.iteration // self.iters_per_epoch,
             "model": model_state,
             "state_dict": model_state,  # same tensors (stored once): readable as an official-style file
             "optimizers": {b.name: b.optimizer.state_dict() for b in self.optimizers},
-            "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.dist.world_size,
-            "config": self.cfg.to_dict(), "best_metric": self.best_metric, "metrics": self.last_eval,
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "world_size": self.dist.world_size,
+            "config": self.cfg.to_dict(),
+            "best_metric": self.best_metric,
+            "metrics": self.last_eval,
         }
 
     def save(self, name: str, state: dict[str, Any] | None = None) -> Path | None:
@@ -248,14 +228,16 @@ class Trainer:
         ckpt.atomic_save(state, self.out_dir / f"iter_{self.iteration:07d}.pt")
         ckpt.atomic_save(state, self.out_dir / "latest.pt")
         periodic = sorted(self.out_dir.glob("iter_*.pt"))
-        for old in periodic[:max(len(periodic) - self.cfg.train.keep_checkpoints, 0)]:
+        for old in periodic[: max(len(periodic) - self.cfg.train.keep_checkpoints, 0)]:
             old.unlink()
 
     def resume(self, path: str | Path | None = None) -> int:
         """Load model, optimisers, scaler, iteration, best metric and RNG states; returns the iteration."""
         path = Path(path) if path else self.out_dir / "latest.pt"
         if not path.is_file():
-            raise ckpt.CheckpointError(f"--resume: no checkpoint at {path} (nothing to resume in {path.parent})")
+            raise ckpt.CheckpointError(
+                f"--resume: no checkpoint at {path} (nothing to resume in {path.parent})"
+            )
         state = ckpt.load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
         missing = sorted({b.name for b in self.optimizers} - set(state["optimizers"]))
@@ -268,20 +250,34 @@ class Trainer:
         self.last_eval = state.get("metrics") or {}
         rng = state["rng"]
         if "ranks" in rng:
-            rng = rng["ranks"][self.dist.rank] if len(rng["ranks"]) == self.dist.world_size else rng["ranks"][0]
+            rng = (
+                rng["ranks"][self.dist.rank] if len(rng["ranks"]) == self.dist.world_size else rng["ranks"][0]
+            )
         ckpt.restore_rng_state(rng)
         self.logger.truncate_after(self.iteration)
         return self.iteration
 
     # ----------------------------------------------------------------------------------------- loop
     def _loader(self, epoch: int, start_batch: int) -> DataLoader:
-        sampler = EpochBatchSampler(len(self.train_set), self.batch_per_rank, self.cfg.train.seed, epoch,  # type: ignore[arg-type]
-                                    self.dist.rank, self.dist.world_size, start_batch)
+        sampler = EpochBatchSampler(
+            len(self.train_set),
+            self.batch_per_rank,
+            self.cfg.train.seed,
+            epoch,  # type: ignore[arg-type]
+            self.dist.rank,
+            self.dist.world_size,
+            start_batch,
+        )
         workers = self.cfg.data.workers
         # An explicit generator keeps the DataLoader from drawing on the global torch RNG (resume parity).
-        return DataLoader(SeededEpisodes(self.train_set), batch_sampler=sampler, num_workers=workers,
-                          pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(0),
-                          persistent_workers=False)
+        return DataLoader(
+            SeededEpisodes(self.train_set),
+            batch_sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(0),
+            persistent_workers=False,
+        )
 
     def fit(self, resume: bool | str | Path = False) -> dict[str, Any]:
         """Train to ``total_iters`` (continuing from ``latest.pt`` or a given checkpoint when ``resume``)."""
@@ -293,8 +289,13 @@ class Trainer:
             (self.out_dir / "config.yaml").write_text(self.cfg.to_yaml())
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_iters, initial=self.iteration, dynamic_ncols=True, desc=self.cfg.name,
-                   disable=not (self.dist.is_main and tc.progress))
+        bar = tqdm(
+            total=self.total_iters,
+            initial=self.iteration,
+            dynamic_ncols=True,
+            desc=self.cfg.name,
+            disable=not (self.dist.is_main and tc.progress),
+        )
         self.model.train()
         window_start, window_iters = time.perf_counter(), 0
         losses: dict[str, torch.Tensor] = {}
@@ -310,9 +311,11 @@ class Trainer:
                     except Exception as exc:
                         if _is_oom(exc):
                             raise TrainingStopped(
-                                f"out of memory on {self.device} ({type(exc).__name__})", self.iteration,
+                                f"out of memory on {self.device} ({type(exc).__name__})",
+                                self.iteration,
                                 f"lower data.batch_size (now {self.cfg.data.batch_size}) or data.size "
-                                f"(now {self.cfg.data.size}), use train.amp=bf16, or add GPUs") from None
+                                f"(now {self.cfg.data.size}), use train.amp=bf16, or add GPUs",
+                            ) from None
                         raise
                     self.iteration += 1
                     window_iters += 1
@@ -323,8 +326,14 @@ class Trainer:
                         self._log(epoch, losses, lrs, rate, bar)
                         window_start, window_iters = time.perf_counter(), 0
                     if tc.image_every and self.iteration % tc.image_every == 0 and self.dist.is_main:
-                        self.logger.image("train/query_pred_gt", episode_grid(batch, output.logits), self.iteration)
-                    if tc.eval_every and self.iteration % tc.eval_every == 0 and self.iteration < self.total_iters:
+                        self.logger.image(
+                            "train/query_pred_gt", episode_grid(batch, output.logits), self.iteration
+                        )
+                    if (
+                        tc.eval_every
+                        and self.iteration % tc.eval_every == 0
+                        and self.iteration < self.total_iters
+                    ):
                         self._evaluate()
                     if self.iteration % tc.ckpt_every == 0 and self.iteration < self.total_iters:
                         self._save_periodic()
@@ -334,19 +343,33 @@ class Trainer:
         finally:
             bar.close()
             self.logger.close()
-        return {"iteration": self.iteration, "losses": {k: float(v) for k, v in losses.items()},
-                "best_metric": self.best_metric, "metrics": self.last_eval, "out_dir": str(self.out_dir)}
+        return {
+            "iteration": self.iteration,
+            "losses": {k: float(v) for k, v in losses.items()},
+            "best_metric": self.best_metric,
+            "metrics": self.last_eval,
+            "out_dir": str(self.out_dir),
+        }
 
-    def _log(self, epoch: int, losses: dict[str, torch.Tensor], lrs: dict[str, float], rate: float,
-             bar: Any) -> None:
+    def _log(
+        self, epoch: int, losses: dict[str, torch.Tensor], lrs: dict[str, float], rate: float, bar: Any
+    ) -> None:
         names = sorted(losses)
         values = dist_utils.all_reduce_mean(torch.stack([losses[k].float().reshape(()) for k in names]))
         mean_losses = dict(zip(names, values.tolist()))
-        record = {"iteration": self.iteration, "epoch": epoch, "loss": mean_losses, "lr": lrs,
-                  "episodes_per_s": rate}
+        record = {
+            "iteration": self.iteration,
+            "epoch": epoch,
+            "loss": mean_losses,
+            "lr": lrs,
+            "episodes_per_s": rate,
+        }
         self.logger.record(record)
-        bar.set_postfix(loss=f"{mean_losses.get('total', float('nan')):.4f}",
-                        lr=f"{next(iter(lrs.values())):.2e}", eps=f"{rate:.1f}/s")
+        bar.set_postfix(
+            loss=f"{mean_losses.get('total', float('nan')):.4f}",
+            lr=f"{next(iter(lrs.values())):.2e}",
+            eps=f"{rate:.1f}/s",
+        )
 
     def _evaluate(self) -> None:
         metrics = self.evaluate_fn(self.model) if self.evaluate_fn is not None else {}
@@ -354,12 +377,27 @@ class Trainer:
         if not metrics:
             return
         self.last_eval = metrics
-        self.logger.record({"iteration": self.iteration, "eval": {k: v for k, v in metrics.items()
-                                                                   if isinstance(v, (int, float))}})
+        self.logger.record(
+            {
+                "iteration": self.iteration,
+                "eval": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            }
+        )
         score = metrics.get("miou")
-        if score is not None and math.isfinite(score) and (self.best_metric is None or score > self.best_metric):
+        if (
+            score is not None
+            and math.isfinite(score)
+            and (self.best_metric is None or score > self.best_metric)
+        ):
             self.best_metric = float(score)
             self.save("best.pt")
 
 
-__all__ = ["BuiltOptimizer", "Trainer", "TrainingStopped", "build_optimizers", "poly_factor", "seed_everything"]
+__all__ = [
+    "BuiltOptimizer",
+    "Trainer",
+    "TrainingStopped",
+    "build_optimizers",
+    "poly_factor",
+    "seed_everything",
+]

@@ -15,7 +15,7 @@ from fsslab.viz.palette import series_colour
 
 _X_KEYS = ("iteration", "iter", "step", "global_step", "epoch")
 # AMFormer's adversarial objectives get their own panel: their scale and dynamics differ from the CE losses.
-_ADVERSARIAL_MARKERS = ("loss_g", "loss_d", "g_loss", "d_loss", "generator", "discriminator", "adv")
+_ADVERSARIAL_MARKERS = ("loss_g", "loss_d", "g_loss", "d_loss", "generator", "discriminator", "adv", "diversity")
 _METRIC_MARKERS = ("miou", "fb_iou", "fbiou", "iou")
 
 
@@ -128,6 +128,11 @@ def plot_training_curves(jsonl_path_or_records: str | Path | Iterable[Mapping[st
     return fig
 
 
+def _as_entry(entry: Any) -> Mapping[str, Any]:
+    """An ``fsslab.engine.evaluate.EvalResult`` (anything with ``to_dict``) or a mapping."""
+    return entry.to_dict() if hasattr(entry, "to_dict") else entry
+
+
 def _per_class(entry: Mapping[str, Any]) -> dict[Any, float]:
     for key in ("per_class_iou", "class_iou", "iou_per_class"):
         if key in entry:
@@ -147,10 +152,12 @@ def bar_miou(results: Mapping[str, Mapping[str, Any]],
              title: str = "Per-class IoU") -> Figure:
     """Grouped bars of per-class IoU for several models, plus their mean (mIoU) as the last group.
 
-    results: {model_name: {"per_class_iou": {class_id: iou}, "miou": ...}} or {model_name: {class_id: iou}}.
+    results: {model_name: EvalResult} (``fsslab.engine.evaluate``), {model_name: {"class_iou": {class_id: iou},
+             "miou": ...}} or {model_name: {class_id: iou}}.
     """
     if not results:
         raise ValueError("bar_miou got no results")
+    results = {name: _as_entry(entry) for name, entry in results.items()}
     per_model = {name: _per_class(entry) for name, entry in results.items()}
     classes = sorted({c for pc in per_model.values() for c in pc}, key=lambda c: int(c))
     fig = Figure(figsize=(max(5.0, 0.55 * (len(classes) + 1) * max(1, len(results)) ** 0.5 + 2), 3.6),

@@ -43,9 +43,13 @@ def _check_layer(layer: int, n: int) -> int:
 
 
 def prototype_activation(trace: Mapping[str, Any], index: int = 0, shot: int = 0) -> dict[str, torch.Tensor]:
-    """Per-layer foreground probabilities: {"query": [L,h,w], "support": [L,h,w] of ``shot``}."""
-    query = _get(trace, "query_masks", index).float().sigmoid()  # [L,h,w] logits
-    out = {"query": query}
+    """Per-layer foreground probabilities [L,h,w]: "query" (query layers), "support" (support ``shot``, query
+    layers) and, when traced, "query (mined)": the query as seen by the support-mined prototypes, before any
+    query update — the gap between it and "query" is what the query layers recover."""
+    out = {"query": _get(trace, "query_masks", index).float().sigmoid()}  # logits -> probabilities
+    mined = _get(trace, "mined_query_masks", index, required=False)
+    if mined is not None:
+        out["query (mined)"] = mined.float().sigmoid()
     support = _get(trace, "support_masks", index, required=False)
     if support is not None:
         if support.dim() == 3:  # [L,h,w]: single shot without a K dimension
@@ -58,19 +62,23 @@ def prototype_activation(trace: Mapping[str, Any], index: int = 0, shot: int = 0
 
 def plot_prototype_activation(trace: Mapping[str, Any], batch_or_sample: Mapping[str, Any], index: int = 0,
                               shot: int = 0, layers: Sequence[int] | None = None) -> Figure:
-    """Rows: the prototype's activation of the query and of support ``shot``; one column per layer."""
+    """Rows: the prototype's activation of the query (support-mined prototypes, if traced, then query layers)
+    and of support ``shot``; one column per layer."""
     sample = select_sample(batch_or_sample, index)
     act = prototype_activation(trace, index, shot)
     n = act["query"].shape[0]
     layers = list(range(n)) if layers is None else [_check_layer(li, n) for li in layers]
-    rows = [("query", sample["query_img"], act["query"])]
+    rows = []
+    if "query (mined)" in act:
+        rows.append(("query · mining", sample["query_img"], act["query (mined)"]))
+    rows.append(("query · layer", sample["query_img"], act["query"]))
     if "support" in act:
-        rows.append((f"support {shot + 1}", sample["support_imgs"][shot], act["support"]))
+        rows.append((f"support {shot + 1} · layer", sample["support_imgs"][shot], act["support"]))
     fig, axes = new_figure(len(rows), len(layers), title="Prototype activation per layer (foreground prob.)")
     for r, (name, img, maps) in enumerate(rows):
         for c, li in enumerate(layers):
             if li < maps.shape[0]:
-                heat_over_image(axes[r, c], img, maps[li], f"{name} · layer {li + 1}")
+                heat_over_image(axes[r, c], img, maps[li], f"{name} {li + 1}")
             else:
                 blank_axes(axes[r, c])
     return fig

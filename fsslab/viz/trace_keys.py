@@ -16,6 +16,8 @@ IPMT_TRACE: dict[str, tuple[tuple[str, ...], str, int]] = {
     "mined_prototypes": (("support_prototypes",), "[L,B,C] prototype after each support mining layer", 1),
     "query_masks": (("query_layer_query_masks", "query_mask_logits"),
                     "[L,B,h,w] query mask logits of each query layer's prototype", 1),
+    "mined_query_masks": (("support_layer_query_masks",),
+                          "[L,B,h,w] query mask logits of each support-mined prototype (before any query update)", 1),
     "support_masks": (("query_layer_support_masks", "support_mask_logits"),
                       "[L,B,K,h,w] support mask logits of each query layer's prototype", 1),
     "prior_mask": (("prior", "prior_mask"), "[B,1,h,w] training-free prior in [0,1]", 0),

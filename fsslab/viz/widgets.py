@@ -101,6 +101,28 @@ def episode_explorer(dataset: Sequence[Mapping[str, Any]], class_names: Sequence
     return FigureExplorer(controls, draw, dpi)
 
 
+def trace_runner(model: torch.nn.Module, datasets: Mapping[int, Sequence[Mapping[str, Any]]]
+                 ) -> Callable[[int, int], tuple[dict[str, torch.Tensor], Mapping[str, Any]]]:
+    """``run_fn`` for ``ipmt_explorer``: episode ``i`` of ``datasets[shot]`` as a batch of one, run through
+    ``model(batch, trace=True)`` in eval mode without gradients. Returns (batch, trace)."""
+
+    def run(episode: int, shot: int) -> tuple[dict[str, torch.Tensor], Mapping[str, Any]]:
+        if shot not in datasets:
+            raise KeyError(f"no dataset for {shot} shot(s); available: {sorted(datasets)}")
+        sample = datasets[shot][episode]
+        batch = {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        model.eval()
+        with torch.no_grad():
+            output = model(batch, trace=True)
+        if output.trace is None:
+            raise ValueError(f"{type(model).__name__} returned no trace")
+        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, output.trace
+
+    return run
+
+
 def ipmt_explorer(run_fn: Callable[[int, int], tuple[Mapping[str, Any], Mapping[str, Any]]], n_episodes: int,
                   shots: Sequence[int] = (1, 5), dpi: int = 80) -> FigureExplorer:
     """IPMT explorer: episode, layer and shot sliders over ``plot_ipmt_overview``.

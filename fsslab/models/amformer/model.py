@@ -47,8 +47,7 @@ class AMFormer(AMFormerNetwork):
     mining_heads, sr_ratios, mlp_ratio: G (64, (2,4,8), 2, (4,2,1), 4); parts, part_heads: D (14, 4);
     kshot_hidden: width of the K-shot reweighting (yaml ``kshot_trans_dim`` = 2); aux_weight1 weighs
     the attention distillation, aux_weight2 the base-learner CE (yaml, both 1.0); freeze_bn keeps
-    every BatchNorm in eval during training (yaml ``fix_bn: True``); channels_last runs the frozen
-    base learner in NHWC memory format (faster convs; same values up to float rounding).
+    every BatchNorm in eval during training (yaml ``fix_bn: True``).
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: str | None = None, n_base_classes: int = 15,
@@ -58,11 +57,10 @@ class AMFormer(AMFormerNetwork):
                  kshot_hidden: int = 2, aux_weight1: float = 1.0, aux_weight2: float = 1.0,
                  adversarial_weight: float = 0.1, adversarial_period: int = 5, adversarial_max_loss: float = 11.0,
                  diversity_weight: float = 0.01, head_lr_multiplier: float = 10.0, freeze_bn: bool = True,
-                 train_part_queries: bool = False, reproduce_official: bool = False,
-                 channels_last: bool = True) -> None:
+                 train_part_queries: bool = False, reproduce_official: bool = False) -> None:
         super().__init__(backbone, pretrained, n_base_classes, shot, hidden_dim, transformer_dim,
                          tuple(transformer_heads), mining_heads, tuple(sr_ratios), mlp_ratio, parts, part_heads,
-                         kshot_hidden, train_part_queries, reproduce_official, channels_last)
+                         kshot_hidden, train_part_queries, reproduce_official)
         self.aux_weight1, self.aux_weight2 = aux_weight1, aux_weight2
         self.adversarial_weight, self.adversarial_period = adversarial_weight, adversarial_period
         self.adversarial_max_loss, self.diversity_weight = adversarial_max_loss, diversity_weight

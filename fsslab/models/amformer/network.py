@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsslab.models.amformer.discriminator import PartDiscriminator, adversarial_branch
+from fsslab.models.amformer.fast_head import pyramid_embedding
 from fsslab.models.amformer.transformer import ObjectMiningTransformer
 from fsslab.models.layers import masked_average_pool, prior_mask
 from fsslab.models.output import FSSOutput
@@ -84,16 +85,14 @@ class AMFormerNetwork(nn.Module):
     def __init__(self, backbone: str, pretrained: str | None, n_base_classes: int, shot: int, hidden_dim: int,
                  transformer_dim: int, transformer_heads: tuple[int, ...], mining_heads: int,
                  sr_ratios: tuple[int, ...], mlp_ratio: int, parts: int, part_heads: int, kshot_hidden: int,
-                 train_part_queries: bool, reproduce_official: bool, channels_last: bool = True) -> None:
+                 train_part_queries: bool, reproduce_official: bool) -> None:
         super().__init__()
-        self.shot, self.reproduce_official, self.channels_last = shot, reproduce_official, channels_last
+        self.shot, self.reproduce_official = shot, reproduce_official
         self.base_learner = PSPNet(backbone, n_classes=n_base_classes + 1, norm="batch")
         if pretrained is not None:
             from fsslab.models.amformer.official import load_pspnet_weights
             load_pspnet_weights(self.base_learner, pretrained)
         self.base_learner.requires_grad_(False)
-        if channels_last:  # NHWC convs: ~1.4x faster dilated 3x3 convs on CPU (oneDNN), tensor cores on GPU
-            self.base_learner.to(memory_format=torch.channels_last)
         chans = self.base_learner.backbone.out_channels
         feat_dim = chans["layer2"] + chans["layer3"]
         self.reduce_query = nn.Sequential(nn.Conv2d(feat_dim, hidden_dim, 1, bias=False), nn.ReLU(inplace=True),
@@ -120,12 +119,17 @@ class AMFormerNetwork(nn.Module):
     # ------------------------------------------------------------------ features
     @torch.no_grad()
     def base_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Frozen backbone + PPM + embedding on [N,3,H,W]: layer2, layer3, layer4, embedding."""
+        """Frozen backbone + PPM + embedding on [N,3,H,W]: layer2, layer3, layer4, embedding.
+
+        Follows the model's memory format (``model.to(memory_format=torch.channels_last)``); the
+        embedding skips convolving the upsampled pyramid maps (``fast_head``, same values).
+        """
         psp = self.base_learner
-        if self.channels_last:
+        first_conv = next(m for m in psp.backbone.modules() if isinstance(m, nn.Conv2d))
+        if first_conv.weight.is_contiguous(memory_format=torch.channels_last):
             images = images.contiguous(memory_format=torch.channels_last)
         feats = psp.backbone(images)
-        feats["embedding"] = psp.head.embed(psp.ppm(feats["layer4"]))
+        feats["embedding"] = pyramid_embedding(psp.ppm, psp.head, feats["layer4"])
         return feats
 
     def base_logits(self, embedding: torch.Tensor) -> torch.Tensor:
