@@ -65,9 +65,13 @@ class EvalResult:
             lines.append(f"{r['seed']:>8} {r['miou']:>8.2f} {r['fbiou']:>8.2f} {r['episodes']:>9}")
         lines.append(f"{'mean':>8} {self.miou_mean:>8.2f} {self.fbiou_mean:>8.2f}")
         lines.append(f"{'std':>8} {self.miou_std:>8.2f} {self.fbiou_std:>8.2f}")
+        names = self.settings.get("class_names", {})
         lines.append(
             "class IoU (mean over seeds): "
-            + ", ".join(f"{c}: {v:.2f}" for c, v in sorted(self.class_iou_mean.items()))
+            + ", ".join(
+                f"{c} {names.get(c, '')}: {v:.2f}".replace(" :", ":")
+                for c, v in sorted(self.class_iou_mean.items())
+            )
         )
         missing = sorted({c for r in self.per_seed for c in r["classes_without_episodes"]})
         if missing:
@@ -148,7 +152,8 @@ def evaluate(
     """
     py_state, np_state = random.getstate(), np.random.get_state()
     per_seed = []
-    with torch.random.fork_rng(devices=[]):
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda_devices):  # CPU and CUDA RNGs restored afterwards
         for seed in seeds:
             random.seed(seed)
             np.random.seed(seed)

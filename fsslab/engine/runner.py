@@ -70,7 +70,7 @@ def build_train_set(cfg: RunConfig) -> Any:
 
 
 def eval_dataset_factory(cfg: RunConfig, shot: int | None = None, support_label: str | None = None):
-    """``factory(seed, episodes)`` for ``evaluate``, the benchmark's class count, the fold's novel classes."""
+    """``factory(seed, episodes)`` for ``evaluate`` and the benchmark (classes, folds, names)."""
     from fsslab.data import build_dataset
 
     ensure_synthetic(cfg)
@@ -91,8 +91,7 @@ def eval_dataset_factory(cfg: RunConfig, shot: int | None = None, support_label:
         )
 
     probe = factory(cfg.eval.seeds[0], 1)
-    benchmark = probe.benchmark
-    return factory, benchmark.n_classes, benchmark.novel_classes(cfg.data.fold)
+    return factory, probe.benchmark
 
 
 def build_run_model(cfg: RunConfig) -> nn.Module:
@@ -144,7 +143,8 @@ def run_evaluation(
     device: torch.device | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` as ``cfg.eval`` says (seeds, episodes, shot, support label, amp)."""
-    factory, n_classes, novel = eval_dataset_factory(cfg, shot, support_label)
+    factory, benchmark = eval_dataset_factory(cfg, shot, support_label)
+    n_classes, novel = benchmark.n_classes, benchmark.novel_classes(cfg.data.fold)
     seeds = list(seeds or cfg.eval.seeds)
     episodes = episodes or cfg.eval.episodes
     settings = {
@@ -156,6 +156,9 @@ def run_evaluation(
         "val_size": cfg.data.val_size,
         "amp": cfg.eval.amp,
         "model": cfg.model.name,
+        "class_names": {c: benchmark.class_name(c) for c in novel}
+        if hasattr(benchmark, "class_name")
+        else {},
     }
     return evaluate(
         model,

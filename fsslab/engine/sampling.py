@@ -36,7 +36,7 @@ class SeededEpisodes(Dataset):
         with torch.random.fork_rng(devices=[]):
             random.seed(seed)
             np.random.seed(seed)
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU only: CUDA RNG (dropout) stays untouched
             try:
                 return self.dataset[index]
             finally:
