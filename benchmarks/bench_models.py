@@ -140,16 +140,19 @@ def run_one(name: str, setting: str, shots: int, size: int, device: torch.device
         sum(v.float() for v in objectives.values()).backward()
 
     model.train(mode == "train")
-    times = []
+    times, cpu_times = [], []
     with PeakMemory(device) as memory:
         for index in range(args.warmup + args.repeats):
             _sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             _sync(device)
             if index >= args.warmup:
                 times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "peak_mib": memory.peak_mib,
+                cpu_times.append(time.process_time() - cpu_start)
+    # process CPU time (all threads) is far less sensitive than wall time to other jobs on a shared machine
+    return {"median_s": statistics.median(times), "min_s": min(times), "cpu_s": statistics.median(cpu_times),
+            "peak_mib": memory.peak_mib,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "batch_size": batch_size,
             "model_cfg": {k: v for k, v in cfg.items() if k != "name"}}
 
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results: list[dict[str, Any]] = []
     header = (f"{'model':9} {'setting':7} {'dev':4} {'prec':4} {'size':>4} {'K':>2} {'mode':7} "
-              f"{'median s':>9} {'min s':>8} {'peak MiB':>9}  note")
+              f"{'median s':>9} {'min s':>8} {'cpu s':>8} {'peak MiB':>9}  note")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, channels_last={args.channels_last}")
     print(header)
     print("-" * len(header))
@@ -271,6 +274,7 @@ def _print_row(row: dict[str, Any]) -> None:
     fmt = (lambda v, w, p: f"{v:>{w}.{p}f}" if isinstance(v, float) else f"{'-':>{w}}")
     print(f"{row['model']:9} {row['setting']:7} {row['device']:4} {row['precision']:4} {row['size']:>4} "
           f"{row['shots']:>2} {row['mode']:7} {fmt(row.get('median_s'), 9, 3)} {fmt(row.get('min_s'), 8, 3)} "
+          f"{fmt(row.get('cpu_s'), 8, 3)} "
           f"{fmt(row.get('peak_mib'), 9, 1)}  {row['note']}", flush=True)
 
 

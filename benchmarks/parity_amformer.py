@@ -7,7 +7,8 @@ Builds the official AMFormer with the harness's deterministic weights, loads the
 fsslab's AMFormer (``official_to_fsslab``), runs the harness's seeded 473x473 1-shot episode and
 prints the max abs differences of ``final_out``, ``meta_out`` and ``base_out`` and the eval-forward
 times of: official fp32, fsslab fp32, fsslab fp32 channels_last, fsslab bf16 autocast + channels_last
-(rounds interleaved so that machine load hits every variant alike; median reported). ``--memory``
+(rounds interleaved so that machine load hits every variant alike; median wall and process-CPU
+time reported). ``--memory``
 measures each variant's peak RSS increase during one forward in a fresh subprocess.
 """
 
@@ -41,16 +42,15 @@ def _harness():
 def build(variant: str, shot: int = 1):
     """(callable running one eval forward, inputs) for a variant."""
     R = _harness()
-    official = R.build_official_amformer(shot=shot, seed=0)
+    reference = R.build_official_amformer(shot=shot, seed=0)
     d = R.make_inputs(shot=shot, seed=0)
     if variant == "official":
-        return (lambda: R.run_amformer(official, d["x"], d["s_x"], d["s_y"], d["y"], d["y"], d["cat_idx"])), d
+        return (lambda: R.run_amformer(reference, d["x"], d["s_x"], d["s_y"], d["y"], d["y"], d["cat_idx"])), d
     from fsslab.models.amformer.official import build_reference_model, official_to_fsslab
 
     model = build_reference_model(shot=shot)
-    model.load_state_dict(official_to_fsslab(official.state_dict()), strict=True)
+    model.load_state_dict(official_to_fsslab(reference.state_dict()), strict=True)
     model.eval()
-    del official
     batch = {"query_img": d["x"], "support_imgs": d["s_x"], "support_masks": d["s_y"]}
     channels_last = variant != "fsslab_fp32"
     if channels_last:
@@ -102,18 +102,21 @@ def main() -> None:
     print("max abs diff vs official (final_out, meta_out, base_out):")
     for v in VARIANTS[1:]:
         diffs = [(mine - theirs).abs().max().item() for mine, theirs in zip(outs[v], ref)]
-        print(f"  {v:28s} " + "  ".join(f"{d:.3e}" for d in diffs))
-    times = {v: [] for v in VARIANTS}
+        print(f"  {v:28s} " + "  ".join(f"{d:.3e}" for d in diffs), flush=True)
+    wall = {v: [] for v in VARIANTS}
+    cpu = {v: [] for v in VARIANTS}  # process CPU time: robust when other jobs share the cores
     for _ in range(a.rounds):
         for v in VARIANTS:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             runs[v]()
-            times[v].append(time.perf_counter() - t0)
-    base = statistics.median(times["official"])
+            wall[v].append(time.perf_counter() - t0)
+            cpu[v].append(time.process_time() - c0)
     print(f"eval forward, 473x473, 1 shot, {a.threads} threads, median of {a.rounds} interleaved rounds:")
-    for v in VARIANTS:
-        med = statistics.median(times[v])
-        print(f"  {v:28s} {med:7.3f} s  ratio {med / base:5.2f}  runs {[round(t, 2) for t in times[v]]}")
+    for name, times in (("wall", wall), ("cpu", cpu)):
+        base = statistics.median(times["official"])
+        for v in VARIANTS:
+            med = statistics.median(times[v])
+            print(f"  {name:4s} {v:28s} {med:7.3f} s  ratio {med / base:5.2f}  runs {[round(t, 2) for t in times[v]]}")
     if a.memory:
         print("peak RSS increase during one forward (fresh subprocess each):")
         for v in VARIANTS:

@@ -8,7 +8,7 @@ Needs the verification harness (outside the repository) and a git copy of the of
 For each shot count it builds the official model with the harness's deterministic weights, saves an
 official-format checkpoint, loads it with ``load_official("ipmt", ..., reproduce_official=True)``, and
 compares eval logits on the harness episode (and its empty-support variant). Timings interleave the
-official fp32 forward with fsslab fp32, fsslab channels_last and fsslab bf16 autocast (+channels_last)
+official fp32 forward with fsslab NCHW fp32, fsslab channels_last fp32 (the default) and bf16 autocast
 and report medians and ratios to the official time; peak memory (RSS high-water mark of one forward,
 after the model and inputs exist) is measured in a fresh child process per variant.
 """
@@ -29,7 +29,9 @@ import torch
 
 from fsslab.models import load_official
 
-VARIANTS = ("official", "fsslab_fp32", "fsslab_channels_last", "fsslab_bf16")
+# fsslab_nchw: IPMT(channels_last=False), plain NCHW activations; fsslab_channels_last: the default
+# (channels_last activations); fsslab_bf16: the default under bf16 autocast. Weights stay as loaded.
+VARIANTS = ("official", "fsslab_nchw", "fsslab_channels_last", "fsslab_bf16")
 
 
 def _harness(path: str):
@@ -38,29 +40,27 @@ def _harness(path: str):
     if not (Path(path) / "official_ref.py").is_file():
         raise SystemExit(f"no official_ref.py in {path!r} (pass --harness)")
     sys.path.insert(0, str(Path(path).resolve()))
-    import official_ref  # noqa: PLC0415  (outside the repository, imported only here)
+    import official_ref  # outside the repository: imported only here, at run time
 
     return official_ref
 
 
-def _batch(inputs: dict, channels_last: bool = False) -> dict[str, torch.Tensor]:
+def _batch(inputs: dict) -> dict[str, torch.Tensor]:
     """Official (x, s_x, s_y, y) -> fsslab batch; the 473x473 harness episode has no padding."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return {"query_img": inputs["x"].contiguous(memory_format=fmt), "support_imgs": inputs["s_x"],
+    return {"query_img": inputs["x"], "support_imgs": inputs["s_x"],
             "support_masks": inputs["s_y"], "query_mask": inputs["y"],
             "query_padding": torch.zeros_like(inputs["y"], dtype=torch.bool)}
 
 
 def _runner(variant: str, ref, official_model, model):
-    """A zero-argument callable running one eval forward of ``variant`` on ``inputs``."""
+    """A callable running one eval forward of ``variant`` on the official ``inputs``."""
     if variant == "official":
         return lambda inputs: ref.run_ipmt(official_model, inputs["x"], inputs["s_x"], inputs["s_y"], inputs["y"])
-    if variant == "fsslab_fp32":
-        return lambda inputs: model(_batch(inputs)).logits
 
     def run(inputs):
+        model.channels_last = variant != "fsslab_nchw"
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "fsslab_bf16"):
-            return model(_batch(inputs, channels_last=True)).logits.float()
+            return model(_batch(inputs)).logits.float()
     return run
 
 
@@ -81,8 +81,6 @@ def child(args) -> None:
         official_model = ref.load_official_checkpoint(ref.build_official_ipmt(shot=args.shot), args.ckpt)
     else:
         model = load_official("ipmt", args.ckpt, shot=args.shot, reproduce_official=True)
-        if args.child != "fsslab_fp32":
-            model = model.to(memory_format=torch.channels_last)
     run = _runner(args.child, ref, official_model, model)
     with torch.no_grad():
         run(inputs)
@@ -128,11 +126,10 @@ def main() -> None:
                 row["diff"][f"{name}/fp32"] = (model(_batch(inputs)).logits - expected).abs().max().item()
                 row["diff"][f"{name}/default_mode"] = (default_model(_batch(inputs)).logits
                                                        - expected).abs().max().item()
-            model_cl = model.to(memory_format=torch.channels_last)  # in place: same parameters
             inputs = ref.make_inputs(shot=shot, seed=0)
             expected = ref.run_ipmt(official_model, inputs["x"], inputs["s_x"], inputs["s_y"], inputs["y"])
-            for variant in ("fsslab_channels_last", "fsslab_bf16"):
-                got = _runner(variant, ref, official_model, model_cl)(inputs)
+            for variant in VARIANTS[1:]:
+                got = _runner(variant, ref, official_model, model)(inputs)  # also warms caches up
                 row["diff"][f"episode/{variant}"] = (got - expected).abs().max().item()
             for key, value in row["diff"].items():
                 print(f"  max |logits - official| {key:<34} {value:.3e}")
@@ -141,13 +138,11 @@ def main() -> None:
             cpu_times: dict[str, list[float]] = {v: [] for v in VARIANTS}
             for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
                 for variant in VARIANTS:
-                    net = model_cl if variant != "fsslab_fp32" else model.to(memory_format=torch.contiguous_format)
-                    run = _runner(variant, ref, official_model, net)
+                    run = _runner(variant, ref, official_model, model)
                     start, start_cpu = time.perf_counter(), time.process_time()
                     run(inputs)
                     times[variant].append(time.perf_counter() - start)
                     cpu_times[variant].append(time.process_time() - start_cpu)
-                model.to(memory_format=torch.channels_last)
         # wall time is what users wait for; process (CPU) time is steadier on a shared machine
         for label, series in (("wall", times), ("cpu", cpu_times)):
             medians = {v: min(t) if args.best else statistics.median(t) for v, t in series.items()}

@@ -2,4 +2,4 @@
 
 from fsslab.models.amformer.model import TRACE_KEYS, AMFormer
 
-__all__ = ["AMFormer", "TRACE_KEYS"]
+__all__ = ["TRACE_KEYS", "AMFormer"]

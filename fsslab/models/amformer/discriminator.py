@@ -44,7 +44,7 @@ class PartAttention(nn.Module):
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens: [B,L,C] already multiplied by the mask; mask: [B,L] in [0,1]."""
-        b, n_tokens, c = tokens.shape
+        b, _, c = tokens.shape
         queries = self.part_queries.unsqueeze(0).expand(b, -1, -1)  # [B,N,C]
         n_parts, d = queries.shape[1], c // self.heads
 

@@ -23,7 +23,7 @@ TRACE_KEYS: dict[str, str] = {
     "base_logits": "[B,n_base+1,h,w]: frozen base learner (PSPNet) logits for the query",
     "base_map": "[B,1,h,w]: base learner's probability of any base class (background evidence)",
     "gram_distance": "[B,K]: ||Gram(query layer2) - Gram(support layer2)||_F / C per shot",
-    "shot_weights": "[B,K]: softmax shot weights of the Gram distances (ones for K=1)",
+    "shot_weights": "[B,K]: softmax shot weights of the Gram distances (1/K for a model built with shot=1)",
     "gram_estimate": "[B]: weighted Gram distance that enters the ensemble",
     "gram_fusion_weight": "[2]: ensemble weights (meta probability, Gram estimate), shared by bg and fg",
     "learner_fusion_weight": "[2]: ensemble weights (meta background, base_map) of the final background",
@@ -164,7 +164,7 @@ class AMFormer(AMFormerNetwork):
             return {"discriminator": losses["adversarial_d"] + self.diversity_weight * losses["diversity"]}
         if iteration % self.adversarial_period != self.adversarial_period - 1:
             return {"generator": losses["total"] + 1e-9 * losses["adversarial_g"]}
-        if float(losses["adversarial_g"]) <= self.adversarial_max_loss:
+        if float(losses["adversarial_g"].detach()) <= self.adversarial_max_loss:
             return {"generator": losses["total"] + self.adversarial_weight * losses["adversarial_g"]}
         return {}
 

@@ -57,10 +57,15 @@ def up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
-    """[N,C,h,w] -> [N,C,C] channel-cosine Gram matrix (eps 1e-7 as the reference)."""
-    flat = feat.flatten(2).float()
-    norm = flat.norm(dim=2, keepdim=True)  # [N,C,1]
-    return torch.bmm(flat, flat.transpose(1, 2)) / (norm * norm.transpose(1, 2) + 1e-7)
+    """[N,C,h,w] -> [N,C,C] channel-cosine Gram matrix (eps 1e-7 as the reference), always in fp32.
+
+    The Gram distance is one scalar per episode that shifts every ensemble output: under autocast
+    it is kept in fp32 (bf16 would round cosines near 1 to 3 digits).
+    """
+    with torch.autocast(feat.device.type, enabled=False):
+        flat = feat.flatten(2).float()
+        norm = flat.norm(dim=2, keepdim=True)  # [N,C,1]
+        return torch.bmm(flat, flat.transpose(1, 2)) / (norm * norm.transpose(1, 2) + 1e-7)
 
 
 def foreground_similarity(query: torch.Tensor, support: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
@@ -139,9 +144,9 @@ class AMFormerNetwork(nn.Module):
             return head.out(F.dropout2d(F.relu(embedding), head.dropout.p, training=self.training))
 
     def shot_weights(self, distance: torch.Tensor) -> torch.Tensor:
-        """[B,K] per-shot Gram distances -> [B,K] weights (softmax over shots; ones for K=1)."""
-        if self.shot_reweight is None:
-            return torch.ones_like(distance)
+        """[B,K] per-shot Gram distances -> [B,K] weights (softmax over shots; 1/K without reweighting)."""
+        if self.shot_reweight is None:  # a 1-shot model given K supports averages them
+            return torch.full_like(distance, 1.0 / distance.shape[1])
         ranked, order = distance.sort(dim=1)
         weight = self.shot_reweight(ranked[:, :, None, None])[:, :, 0, 0]  # in sorted order
         if not self.reproduce_official:  # back to shot order (BAM); official AMFormer leaves it sorted

@@ -15,13 +15,35 @@ def can_fold(backbone: nn.Module) -> bool:
         isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
 
 
-def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> torch.Tensor:
-    """norm(conv(x)) as one convolution: weight * scale, bias = shift (saves two passes over the activation)."""
+def _folded(conv: nn.Conv2d, norm: FrozenBatchNorm2d, channels_last: bool,
+            dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight * scale, shift) in the layout / dtype the convolution will use, cached on the conv until
+    any of its tensors changes (in-place updates bump ``_version``, new tensors change ``data_ptr``)."""
+    if torch.compiler.is_compiling():  # traced graphs fold the constants themselves; no Python-side cache
+        scale, shift = norm.scale_and_shift()
+        return (conv.weight * scale.view(-1, 1, 1, 1)).to(dtype), shift.to(dtype)
+    tensors = (conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    state = tuple((t.data_ptr(), t._version) for t in tensors)
+    cache = conv.__dict__.setdefault("_fsslab_folded", {})  # plain attribute: not in state_dict
+    cached = cache.get((channels_last, dtype))
+    if cached is not None and cached[0] == state:
+        return cached[1]
     scale, shift = norm.scale_and_shift()
     weight = conv.weight * scale.view(-1, 1, 1, 1)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if channels_last:
         weight = weight.contiguous(memory_format=torch.channels_last)
-    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation)
+    folded = (weight.to(dtype), shift.to(dtype))
+    cache[(channels_last, dtype)] = (state, folded)
+    return folded
+
+
+def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> torch.Tensor:
+    """norm(conv(x)) as one convolution: weight * scale, bias = shift (saves two passes over the activation)."""
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else conv.weight.dtype
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    weight, shift = _folded(conv, norm, channels_last, dtype)
+    return F.conv2d(x.to(dtype), weight, shift, conv.stride, conv.padding, conv.dilation)
 
 
 def _block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,7 @@ class IPMT(FewShotModel):
                 ResNet with FrozenBN and torchvision-style dilation (output stride 8); fully frozen as
                 in the reference (``train_backbone=False``).
     hidden_dim: reduced feature / token width (384 in the paper).
+    channels_last: run the convolutions on channels_last activations (default; same results).
     reproduce_official: read the query label's 255 cells (as the official eval does) and use its
                 int64 initial-mask bias; for parity checks only -- it leaks the label at test time.
     """
@@ -85,8 +86,9 @@ class IPMT(FewShotModel):
                  dropout: float = 0.1, reproduce_official: bool = False,
                  dice_weights: tuple[float, float] = (0.7, 0.3), bce_weights: tuple[float, float] = (0.3, 0.7),
                  aux_weight: float = 1.0, sgd_lr_multiplier: float = 15.0, transformer_lr: float = 1e-4,
-                 transformer_weight_decay: float = 1e-2) -> None:
+                 transformer_weight_decay: float = 1e-2, channels_last: bool = True) -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.shot = shot  # informative only: the forward takes K from the batch
         self.hidden_dim, self.reproduce_official = hidden_dim, reproduce_official
         self.dice_weights, self.bce_weights, self.aux_weight = tuple(dice_weights), tuple(bce_weights), aux_weight
@@ -152,10 +154,11 @@ class IPMT(FewShotModel):
         query_img, support_imgs, support_masks = batch["query_img"], batch["support_imgs"], batch["support_masks"]
         b, k = support_imgs.shape[:2]
         height, width = query_img.shape[-2:]
-        channels_last = query_img.is_contiguous(memory_format=torch.channels_last) and not query_img.is_contiguous()
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        # channels_last end to end: faster convs / pooling on CPU (oneDNN) and GPU, and the [B,C,h,w] maps
+        # then share memory with the transformer's [B,h*w,C] tokens (no copies between the two)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
 
-        query_mid, query_high = self._backbone_features(query_img)
+        query_mid, query_high = self._backbone_features(query_img.contiguous(memory_format=fmt))
         support_mid, support_high = self._backbone_features(
             support_imgs.flatten(0, 1).contiguous(memory_format=fmt))
         size = tuple(query_mid.shape[-2:])

@@ -164,4 +164,4 @@ def fsslab_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["build_reference_model", "official_to_fsslab", "fsslab_to_official"]
+__all__ = ["build_reference_model", "fsslab_to_official", "official_to_fsslab"]
