@@ -15,12 +15,14 @@ measures each variant's peak RSS increase during one forward in a fresh subproce
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,21 +41,23 @@ def _harness():
     return official_ref
 
 
-def build(variant: str, shot: int = 1):
-    """(callable running one eval forward, inputs) for a variant."""
+def official_runner(shot: int = 1):
+    """(callable running the official eval forward, the official model, harness inputs)."""
     R = _harness()
     reference = R.build_official_amformer(shot=shot, seed=0)
     d = R.make_inputs(shot=shot, seed=0)
-    if variant == "official":
-        return (lambda: R.run_amformer(reference, d["x"], d["s_x"], d["s_y"], d["y"], d["y"], d["cat_idx"])), d
-    from fsslab.models.amformer.official import build_reference_model, official_to_fsslab
+    return (lambda: R.run_amformer(reference, d["x"], d["s_x"], d["s_y"], d["y"], d["y"], d["cat_idx"])), reference, d
+
+
+def fsslab_runner(variant: str, state: dict, d: dict, shot: int = 1):
+    """Callable running fsslab's eval forward for a variant on the harness inputs ``d``."""
+    from fsslab.models.amformer.official import build_reference_model
 
     model = build_reference_model(shot=shot)
-    model.load_state_dict(official_to_fsslab(reference.state_dict()), strict=True)
+    model.load_state_dict(state, strict=True)
     model.eval()
     batch = {"query_img": d["x"], "support_imgs": d["s_x"], "support_masks": d["s_y"]}
-    channels_last = variant != "fsslab_fp32"
-    if channels_last:
+    if variant != "fsslab_fp32":
         model = model.to(memory_format=torch.channels_last)
         batch["query_img"] = batch["query_img"].contiguous(memory_format=torch.channels_last)
     bf16 = variant.startswith("fsslab_bf16")
@@ -64,23 +68,36 @@ def build(variant: str, shot: int = 1):
             out = model(batch)
         return out.logits.float(), out.aux["meta_logits"].float(), out.aux["base_logits"].float()
 
-    return run, d
+    return run
 
 
-def child(variant: str) -> None:
-    """Subprocess: peak RSS increase (MiB) of one forward after a warm-up."""
-    run, _ = build(variant)
-    run()
-    import gc
-
-    gc.collect()
+def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
-        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child(variant: str, weights: str) -> None:
+    """Subprocess: peak RSS increase (MiB) during one forward after a warm-up (RSS sampled every 1 ms)."""
+    if variant == "official":
+        run = official_runner()[0]
+    else:
+        run = fsslab_runner(variant, torch.load(weights, map_location="cpu", weights_only=True),
+                            _harness().make_inputs(shot=1, seed=0))
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"variant": variant, "rss_before_mib": before, "peak_mib": peak,
-                      "forward_peak_increase_mib": peak - max(before, 0.0), "warmup_peak_mib": base_peak}))
+    gc.collect()
+    before, peak, done = _rss_mib(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    run()
+    done.set()
+    sampler.join()
+    print(json.dumps({"variant": variant, "rss_before_mib": before, "forward_peak_increase_mib": peak[0] - before}))
 
 
 def main() -> None:
@@ -89,14 +106,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--child", choices=VARIANTS)
+    ap.add_argument("--weights", help=argparse.SUPPRESS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.child:
-        child(a.child)
+        child(a.child, a.weights)
         return
-    runs = {}
-    for v in VARIANTS:
-        runs[v], _ = build(v)
+    from fsslab.models.amformer.official import official_to_fsslab
+
+    run_official, reference, d = official_runner()
+    state = official_to_fsslab(reference.state_dict())
+    runs = {"official": run_official, **{v: fsslab_runner(v, state, d) for v in VARIANTS[1:]}}
     outs = {v: runs[v]() for v in VARIANTS}  # warm-up + outputs
     ref = outs["official"]
     print("max abs diff vs official (final_out, meta_out, base_out):")
@@ -111,19 +131,23 @@ def main() -> None:
             runs[v]()
             wall[v].append(time.perf_counter() - t0)
             cpu[v].append(time.process_time() - c0)
-    print(f"eval forward, 473x473, 1 shot, {a.threads} threads, median of {a.rounds} interleaved rounds:")
-    for name, times in (("wall", wall), ("cpu", cpu)):
-        base = statistics.median(times["official"])
-        for v in VARIANTS:
-            med = statistics.median(times[v])
-            print(f"  {name:4s} {v:28s} {med:7.3f} s  ratio {med / base:5.2f}  runs {[round(t, 2) for t in times[v]]}")
+    if a.rounds > 0:
+        print(f"eval forward, 473x473, 1 shot, {a.threads} threads, median of {a.rounds} interleaved rounds:")
+        for name, times in (("wall", wall), ("cpu", cpu)):
+            base = statistics.median(times["official"])
+            for v in VARIANTS:
+                med = statistics.median(times[v])
+                print(f"  {name:4s} {v:28s} {med:7.3f} s  ratio {med / base:5.2f}  runs {[round(t, 2) for t in times[v]]}")
     if a.memory:
-        print("peak RSS increase during one forward (fresh subprocess each):")
-        for v in VARIANTS:
-            res = subprocess.run([sys.executable, __file__, "--child", v, "--threads", str(a.threads)],
-                                 capture_output=True, text=True, check=True)
-            info = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"  {v:28s} {info['forward_peak_increase_mib']:8.1f} MiB (process peak {info['peak_mib']:.0f} MiB)")
+        print("peak RSS increase during one forward (fresh subprocess each, RSS sampled every 1 ms):")
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = str(Path(tmp) / "fsslab_amformer.pth")
+            torch.save(state, weights)
+            for v in VARIANTS:
+                res = subprocess.run([sys.executable, __file__, "--child", v, "--threads", str(a.threads),
+                                      "--weights", weights], capture_output=True, text=True, check=True)
+                info = json.loads(res.stdout.strip().splitlines()[-1])
+                print(f"  {v:28s} {info['forward_peak_increase_mib']:8.1f} MiB")
 
 
 if __name__ == "__main__":
