@@ -46,11 +46,15 @@ def reference(tmp_path_factory) -> tuple[dict, Path]:
     return rec, ckpt
 
 
+@pytest.fixture(scope="module")
+def model(reference):
+    return load_official("amformer", reference[1], reproduce_official=True)
+
+
 @pytest.mark.parametrize("case", ["", "_empty_support"])
-def test_eval_logits_match_official(reference, case: str) -> None:
-    rec, ckpt = reference
+def test_eval_logits_match_official(reference, model, case: str) -> None:
+    rec, _ = reference
     torch.set_num_threads(2)
-    model = load_official("amformer", ckpt, reproduce_official=True)
     d = rec[f"inputs{case}"]
     with torch.no_grad():
         out = model({"query_img": d["x"], "support_imgs": d["s_x"], "support_masks": d["s_y"]})
@@ -62,9 +66,8 @@ def test_eval_logits_match_official(reference, case: str) -> None:
     assert (out.aux["base_logits"] - ref["base_out"]).abs().max() <= 1e-5 * scale
 
 
-def test_export_round_trip(reference, tmp_path) -> None:
+def test_export_round_trip(reference, model, tmp_path) -> None:
     _, ckpt = reference
-    model = load_official("amformer", ckpt)
     export_official("amformer", model, tmp_path / "back.pth")
     again = torch.load(tmp_path / "back.pth", weights_only=True)["state_dict"]
     original = torch.load(ckpt, weights_only=True)["state_dict"]

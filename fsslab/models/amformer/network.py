@@ -26,6 +26,9 @@ distances, 1x1 conv K -> 2 -> K, undo the sort, softmax over shots); G's masks a
 (one per episode). The official AMFormer K-shot gather is a no-op (``idx1.gather(1, idx2)`` is the
 identity permutation, leaving the weights in sorted order); ``reproduce_official=True`` keeps that.
 
+Weak supports (box / scribble ``support_masks``) need nothing special: only ``== 1`` is foreground.
+``query_padding`` / ``support_padding`` are not used (the reference has no padding input either).
+
 Inference never reads ``query_mask``. ``reproduce_official=True`` also runs the adversarial branch
 in eval when ``query_mask`` is in the batch and draws the diversity channels with Python's
 ``random.sample``, as the official eval forward does (its logits do not depend on either).
@@ -42,6 +45,7 @@ from torch import nn
 from fsslab.models.amformer.discriminator import PartDiscriminator, adversarial_branch
 from fsslab.models.amformer.fast_head import pyramid_embedding
 from fsslab.models.amformer.transformer import ObjectMiningTransformer
+from fsslab.models.base import FewShotModel
 from fsslab.models.layers import masked_average_pool, prior_mask
 from fsslab.models.output import FSSOutput
 from fsslab.models.pspnet import PSPNet
@@ -84,7 +88,7 @@ def foreground_similarity(query: torch.Tensor, support: torch.Tensor, fg: torch.
     return prior_mask(query, picked.unsqueeze(-1), picked_mask.to(picked.dtype), normalize=False, eps=1e-7)
 
 
-class AMFormerNetwork(nn.Module):
+class AMFormerNetwork(FewShotModel):
     """The layers of AMFormer and its forward computation (``AMFormer`` adds the fsslab contract)."""
 
     def __init__(self, backbone: str, pretrained: str | None, n_base_classes: int, shot: int, hidden_dim: int,

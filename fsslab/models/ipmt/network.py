@@ -127,6 +127,9 @@ class IPMT(FewShotModel):
     def _query_ignore(self, batch: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """[B,h,w] bool cells excluded from positions / deformable values."""
         if self.reproduce_official:  # the official eval reads the query label (255 = ignore): leakage
+            if "query_mask" not in batch:
+                raise KeyError("IPMT(reproduce_official=True) reads batch['query_mask'] (its 255 cells) even in "
+                               "eval, as the official code does; the batch has none")
             source = (batch["query_mask"] == 255)
         elif "query_padding" in batch:
             source = batch["query_padding"]

@@ -216,11 +216,11 @@ class IPMTransformer(nn.Module):
             update, attention = layer.prototype_attention(mined[index], query, bias)
             prototype = mined[index] + update
             last = index == self.num_layers - 1
-            if need_masks or not last:
+            if need_masks or not last:  # the last layer's mask only feeds the loss / trace
                 logits = self.mask_head(prototype, query)  # [B,hw]
-                bias = mask_to_bias(logits.float().sigmoid() >= 0.5)
-                query_masks.append(logits)
+                bias = mask_to_bias(logits.float().sigmoid() >= 0.5)  # the next layer's attention mask
             if need_masks:
+                query_masks.append(logits)
                 support_masks.append(self.mask_head(prototype, support).reshape(b, k, h, w))
             if trace is not None:
                 record["query_prototypes"].append(prototype[:, 0])
