@@ -136,7 +136,7 @@ def main() -> None:
 
             times: dict[str, list[float]] = {v: [] for v in VARIANTS}
             cpu_times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            for _ in range(args.repeats if args.repeats > 0 else 0):  # interleaved, so load changes hit every variant alike
+            for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
                 for variant in VARIANTS:
                     run = _runner(variant, ref, official_model, model)
                     start, start_cpu = time.perf_counter(), time.process_time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -123,3 +124,35 @@ def voc_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def coco_root(tmp_path_factory) -> Path:
     return write_coco_dataset(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root_factory(tmp_path_factory):
+    """``make(knobs) -> root``: the synthetic benchmark for these generator knobs, generated once per session.
+
+    FSSLAB_TEST_SYNTHETIC_ROOT may point at an existing benchmark to reuse; it is used when its meta.json was
+    generated with the same knobs (write_synthetic_if_missing checks that), else a fresh one is generated.
+    """
+    from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
+
+    cache: dict[str, Path] = {}
+
+    def make(knobs: dict) -> Path:
+        key = json.dumps(knobs, sort_keys=True)
+        if key not in cache:
+            config = SyntheticConfig.from_dict(dict(knobs))
+            reuse = os.environ.get("FSSLAB_TEST_SYNTHETIC_ROOT")
+            root = None
+            if reuse and (Path(reuse) / "meta.json").is_file():
+                try:
+                    write_synthetic_if_missing(reuse, config)
+                    root = Path(reuse)
+                except Exception:  # noqa: BLE001 - another config on disk: generate our own below
+                    root = None
+            if root is None:
+                root = tmp_path_factory.mktemp("synthetic")
+                write_synthetic_if_missing(root, config, workers=2)
+            cache[key] = root
+        return cache[key]
+
+    return make

@@ -1,0 +1,174 @@
+"""Notebook plumbing: quick vs full mode, the synthetic data root, run configs and trained-or-fresh models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fsslab.config import RunConfig, load_config
+
+# The quick benchmark of notebook 00 (and of CI): 300 training and 150 validation images, seed 0.
+QUICK_SYNTHETIC: dict[str, Any] = {"seed": 0, "n_train": 300, "n_val": 150}
+FULL_SYNTHETIC: dict[str, Any] = {"seed": 0}  # the synthetic configs' default benchmark
+QUICK_ITERATIONS = 3
+QUICK_EPISODES = 16
+
+
+def is_quick() -> bool:
+    """True under ``FSSLAB_QUICK=1`` (``make test`` and CI): tiny data, a few iterations, few episodes."""
+    return os.environ.get("FSSLAB_QUICK", "0") == "1"
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The checkout's root (the directory holding ``pyproject.toml``), searched upwards from ``start``/cwd."""
+    here = Path(start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").is_file() and (candidate / "fsslab").is_dir():
+            return candidate
+    return here
+
+
+def synthetic_root(quick: bool | None = None, root: str | Path | None = None) -> Path:
+    """The synthetic benchmark the notebooks use, generated when missing (``FSSLAB_DATA`` overrides the path).
+
+    quick: ``data/synthetic_quick`` (the small benchmark of notebook 00) else ``data/synthetic`` (the one the
+    shipped configs and checkpoints use), both under the repository root.
+    """
+    from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
+
+    quick = is_quick() if quick is None else quick
+    path = Path(os.environ.get("FSSLAB_DATA") or root or
+                repo_root() / "data" / ("synthetic_quick" if quick else "synthetic"))
+    write_synthetic_if_missing(path, SyntheticConfig.from_dict(dict(QUICK_SYNTHETIC if quick else FULL_SYNTHETIC)))
+    return path
+
+
+def _flow(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: int = 0,
+                    overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The shipped config ``synthetic/<name>`` with paths anchored at the repository root.
+
+    Full mode: the shipped settings, data ``data/synthetic`` and runs ``runs/synthetic/...`` (the runs that
+    ``fsslab train`` makes from the repository root, so a notebook resumes or reuses them). Quick mode: the
+    quick benchmark, ``QUICK_ITERATIONS`` iterations, one seed of ``QUICK_EPISODES`` episodes, runs under
+    ``runs/notebooks_quick``. Stage 1 is expected in the same runs directory (the notebook trains it first).
+    """
+    quick = is_quick() if quick is None else quick
+    top = repo_root()
+    runs = top / "runs" / ("notebooks_quick" if quick else "synthetic")
+    data_root = synthetic_root(quick)
+    base_ckpt = runs / f"pspnet_base_tiny_fold{fold}" / "latest.pt"
+    knobs = QUICK_SYNTHETIC if quick else FULL_SYNTHETIC
+    items = [f"data.root={_flow(str(data_root))}", f"data.synthetic={_flow(knobs)}", f"data.fold={fold}",
+             f"data.shot={shot}", "model.prerequisite=null"]
+    shipped = load_config(f"synthetic/{name}", [f"data.shot={shot}", f"data.fold={fold}"])
+    items.append(f"train.out_dir={_flow(str(runs / Path(shipped.train.out_dir).name))}")
+    if shipped.model.init_checkpoint:
+        items.append(f"model.init_checkpoint={_flow(str(base_ckpt))}")
+    if "pretrained" in shipped.model.params:
+        items.append(f"model.params.pretrained={_flow(str(base_ckpt))}")
+    if quick:
+        items += [f"train.iterations={QUICK_ITERATIONS}", "train.log_every=1", f"train.ckpt_every={QUICK_ITERATIONS}",
+                  "train.tensorboard=false", "train.image_every=0", "data.workers=0", "data.batch_size=4",
+                  f"eval.episodes={QUICK_EPISODES}", "eval.seeds=[0]", "eval.batch_size=4",
+                  "data.params.on_small_class=exclude"]
+    return load_config(f"synthetic/{name}", items + list(overrides))
+
+
+def run_name(name: str, shot: int = 1, fold: int = 0) -> str:
+    """The run directory / shipped checkpoint name of a synthetic config (``ipmt_tiny_fold0_1shot``)."""
+    return Path(load_config(f"synthetic/{name}", [f"data.shot={shot}", f"data.fold={fold}"]).train.out_dir).name
+
+
+def trained_or_fresh(name: str, shot: int = 1, fold: int = 0, cfg: RunConfig | None = None,
+                     checkpoint: str | Path | None = None) -> tuple[nn.Module, str]:
+    """(model in eval mode, where its weights come from): the shipped checkpoint when there is one, else
+    ``checkpoint`` (e.g. the notebook's own run), else the model freshly built from the config."""
+    from fsslab.zoo import list_pretrained, load_pretrained
+
+    shipped = run_name(name, shot, fold)
+    if shipped in list_pretrained():
+        return load_pretrained(shipped), f"shipped checkpoint {shipped}"
+    cfg = cfg or notebook_config(name, shot, fold=fold)
+    from fsslab.engine.runner import build_run_model
+
+    if checkpoint is not None and Path(checkpoint).is_file():
+        from fsslab.engine.checkpoint import load_checkpoint
+
+        model = build_run_model(cfg)
+        model.load_state_dict(load_checkpoint(checkpoint)["model"])
+        return model.eval(), f"checkpoint {checkpoint}"
+    saved = {}
+    if cfg.model.init_checkpoint and not Path(cfg.model.init_checkpoint).is_file():
+        saved["init_checkpoint"], cfg.model.init_checkpoint = cfg.model.init_checkpoint, None
+    if "pretrained" in cfg.model.params and not Path(str(cfg.model.params["pretrained"])).is_file():
+        cfg.model.params = {**cfg.model.params, "pretrained": None}
+    torch.manual_seed(0)
+    return build_run_model(cfg).eval(), "untrained (no shipped checkpoint yet: numbers are meaningless)"
+
+
+def train_or_resume(cfg: RunConfig, fresh: bool | None = None) -> dict[str, Any]:
+    """Train ``cfg`` (continuing from its ``latest.pt`` when there is one); return the trainer's summary.
+
+    fresh (default: quick mode): start over, deleting the previous *quick* run directory first (only
+    directories under ``runs/notebooks_quick`` are ever deleted), so quick runs are reproducible.
+    """
+    import shutil
+
+    from fsslab.engine.runner import run_training
+
+    fresh = is_quick() if fresh is None else fresh
+    out = Path(cfg.train.out_dir)
+    if fresh and out.is_dir():
+        if out.resolve().parent.name != "notebooks_quick":
+            raise ValueError(f"refusing to delete {out}: only quick notebook runs (runs/notebooks_quick/*) are reset")
+        shutil.rmtree(out)
+    return run_training(cfg, resume=(out / "latest.pt").is_file())
+
+
+def predict_fn(model: nn.Module) -> Any:
+    """``predict(sample) -> [H,W]`` 0/1 prediction at input resolution, for one un-batched episode."""
+
+    @torch.no_grad()
+    def predict(sample: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
+        return model.eval()(batch).logits.argmax(1)[0]
+
+    return predict
+
+
+def discriminator_score_fn(model: nn.Module) -> Any:
+    """``score(sample, mask [H,W]) -> float``: AMFormer's D (mean over levels and parts) for ``mask`` as the
+    query's segmentation. G's fused features are computed once per episode and cached."""
+    cache: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def score(sample: dict[str, torch.Tensor], mask: torch.Tensor) -> float:
+        key = int(sample.get("episode_index", torch.tensor(id(sample))))
+        if key not in cache:
+            batch = {k: v.unsqueeze(0) for k, v in sample.items() if k != "query_mask" and isinstance(v, torch.Tensor)}
+            cache[key] = model.eval()(batch, trace=True).trace["fused_features"]
+        fg = (torch.as_tensor(mask) == 1).float()[None]  # [1,H,W]; 255 and background count as background
+        return float(model.discriminator_scores(cache[key], fg)["score"].mean())
+
+    return score
+
+
+def eval_row(result: Any) -> dict[str, Any]:
+    """A results-table row from an ``EvalResult``: mIoU / FB-IoU mean ± std and the episode count."""
+    return {"mIoU": result.miou_mean, "mIoU std": result.miou_std, "FB-IoU": result.fbiou_mean,
+            "FB-IoU std": result.fbiou_std, "episodes": result.episodes_per_seed * len(result.seeds)}
+
+
+__all__ = ["FULL_SYNTHETIC", "QUICK_EPISODES", "QUICK_ITERATIONS", "QUICK_SYNTHETIC", "discriminator_score_fn",
+           "eval_row", "is_quick", "notebook_config", "predict_fn", "repo_root", "run_name", "synthetic_root",
+           "train_or_resume", "trained_or_fresh"]

@@ -1,0 +1,199 @@
+"""Shipped checkpoints: pack/load round trip, sharing with the stage-1 base, integrity, CLI, manifest metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fsslab.cli import main as cli_main
+from fsslab.config import load_config
+from fsslab.engine.checkpoint import atomic_save
+from fsslab.zoo import (
+    BUDGET_BYTES,
+    CHECKPOINT_DIR,
+    ZooError,
+    build_from_config,
+    list_pretrained,
+    load_pretrained,
+    pack_checkpoint,
+    pretrained_config,
+    pretrained_info,
+    read_manifest,
+    sha256_file,
+    total_size,
+    verify_pretrained,
+)
+
+TINY_KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128}
+CHECK = {"seeds": [0], "episodes": 4}
+
+
+def _tiny_overrides(root: Path) -> list[str]:
+    knobs = ", ".join(f"{k}: {v}" for k, v in TINY_KNOBS.items())
+    return [f"data.root={root}", f"data.synthetic={{{knobs}}}", "data.val_size=128", "data.params={ori_canvas: 128}",
+            "eval.batch_size=2", "data.workers=0"]
+
+
+def _fake_run(path: Path, cfg, state: dict[str, torch.Tensor]) -> Path:
+    """A checkpoint as `fsslab train` writes it (only the entries pack_checkpoint reads)."""
+    atomic_save({"format": 1, "fsslab_version": "0.1.0", "iteration": 7, "model": state, "config": cfg.to_dict()},
+                path / "latest.pt")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory, synthetic_root_factory):
+    """A stage-1 PSPNet 'run' and an IPMT 'run' whose backbone is the stage-1 one (as training leaves it)."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    root = synthetic_root_factory(TINY_KNOBS)
+    base_cfg = load_config("synthetic/pspnet_base_tiny", _tiny_overrides(root))
+    base_state = build_from_config(base_cfg).state_dict()
+    base_dir = _fake_run(tmp_path_factory.mktemp("pspnet_base_tiny_fold0"), base_cfg, base_state)
+    cfg = load_config("synthetic/ipmt_tiny", _tiny_overrides(root))
+    model = build_from_config(cfg)
+    shared = {k: v for k, v in base_state.items() if k.startswith("backbone.") and k in model.state_dict()}
+    model.load_state_dict(shared, strict=False)
+    run_dir = _fake_run(tmp_path_factory.mktemp("ipmt_run"), cfg, model.state_dict())
+    return {"root": root, "base": base_dir, "run": run_dir, "model": model.eval(), "cfg": cfg,
+            "n_shared": len(shared)}
+
+
+@pytest.fixture(scope="module")
+def packed(tiny_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo")
+    entry = pack_checkpoint(tiny_runs["run"], "ipmt_test", out_dir=out, base=tiny_runs["base"], check=CHECK)
+    return out, entry
+
+
+def test_pack_writes_compact_file_and_complete_manifest(tiny_runs, packed):
+    out, entry = packed
+    manifest = read_manifest(out)
+    assert list_pretrained(out) == ["ipmt_test"]
+    assert manifest["entries"]["ipmt_test"] == entry
+    assert entry["sha256"] == sha256_file(out / "ipmt_test.pt")
+    assert entry["size"] == (out / "ipmt_test.pt").stat().st_size
+    # every frozen backbone tensor is stored once, in the shared file, not in the model's file
+    # (fresh layers may also equal some base tensor by value, e.g. all-ones norms: shared too, losslessly)
+    assert entry["shared_tensors"] >= tiny_runs["n_shared"] >= 100
+    stored = torch.load(out / entry["file"], weights_only=True)
+    assert not [k for k in stored["tensors"] if k.startswith("backbone.")]
+    assert entry["shared_file"].startswith("shared/") and (out / entry["shared_file"]).is_file()
+    fp32_bytes = sum(v.numel() * 4 for k, v in tiny_runs["model"].state_dict().items() if not k.startswith("backbone."))
+    assert entry["size"] < 0.6 * fp32_bytes  # fp16 storage of the model's own tensors
+    assert entry["command"].startswith("fsslab train synthetic/ipmt_tiny ")
+    assert load_config(entry["config"], entry["overrides"]).to_dict() == tiny_runs["cfg"].to_dict()
+    assert entry["data"]["synthetic"] == TINY_KNOBS and entry["data"]["shot"] == 1
+    assert entry["check"]["episodes"] == 4 and 0.0 <= entry["check"]["miou"] <= 100.0
+    assert entry["iteration"] == 7 and entry["fsslab_version"]
+
+
+def test_load_pretrained_restores_weights_and_outputs(tiny_runs, packed):
+    out, _ = packed
+    model = load_pretrained("ipmt_test", out)
+    assert not model.training
+    original = tiny_runs["model"].state_dict()
+    for key, value in model.state_dict().items():
+        assert value.dtype == original[key].dtype, key
+        if value.is_floating_point():  # fp16 storage: relative error of half precision, restored to fp32
+            torch.testing.assert_close(value, original[key].half().float(), rtol=0, atol=0, msg=key)
+        else:
+            assert torch.equal(value, original[key]), key
+    cfg = pretrained_config("ipmt_test", out, data_root=tiny_runs["root"])
+    from fsslab.engine.runner import eval_dataset_factory
+
+    factory, _ = eval_dataset_factory(cfg)
+    sample = factory(0, 2)[0]
+    batch = {k: v.unsqueeze(0) for k, v in sample.items()}
+    with torch.no_grad():
+        ours, theirs = model(batch).logits, tiny_runs["model"](batch).logits
+    assert (ours.argmax(1) == theirs.argmax(1)).float().mean() > 0.99
+
+
+def test_verify_repeats_the_recorded_check(packed):
+    out, entry = packed
+    report = verify_pretrained("ipmt_test", checkpoint_dir=out)
+    assert report["ok"], report
+    assert report["measured"]["miou"] == pytest.approx(entry["check"]["miou"], abs=1e-6)
+
+
+def test_corrupt_or_missing_files_are_refused(tiny_runs, tmp_path):
+    out = tmp_path / "zoo"
+    pack_checkpoint(tiny_runs["run"], "m", out_dir=out, base=tiny_runs["base"], check=CHECK)
+    data = bytearray((out / "m.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (out / "m.pt").write_bytes(bytes(data))
+    with pytest.raises(ZooError, match="sha256"):
+        load_pretrained("m", out)
+    (out / "m.pt").unlink()
+    with pytest.raises(ZooError, match="missing"):
+        load_pretrained("m", out)
+    with pytest.raises(KeyError, match="no shipped checkpoint 'nope'"):
+        load_pretrained("nope", out)
+    with pytest.raises(ValueError, match="storage"):
+        pack_checkpoint(tiny_runs["run"], "x", out_dir=out, storage="fp8")
+
+
+def test_second_entry_reuses_the_shared_base_and_int8_shrinks(tiny_runs, tmp_path, packed):
+    out = tmp_path / "zoo"
+    first = pack_checkpoint(tiny_runs["run"], "a", out_dir=out, base=tiny_runs["base"], check=CHECK, storage="int8")
+    shared_size = read_manifest(out)["shared"][first["shared_file"]]["size"]
+    second = pack_checkpoint(tiny_runs["run"], "b", out_dir=out, base=tiny_runs["base"], check=CHECK, storage="int8")
+    assert read_manifest(out)["shared"][second["shared_file"]]["size"] == shared_size  # nothing new to share
+    assert second["size"] < 0.7 * packed[1]["size"]  # int8 vs fp16
+    model = load_pretrained("b", out)
+    for key, value in model.state_dict().items():
+        ref = tiny_runs["model"].state_dict()[key]
+        if value.is_floating_point() and ref.numel():
+            assert (value - ref).abs().max() <= ref.abs().max() / 127 + 1e-3, key  # within one quantisation step
+    with pytest.raises(ZooError, match="storage"):
+        pack_checkpoint(tiny_runs["run"], "c", out_dir=out, base=tiny_runs["base"], check=CHECK, storage="fp16")
+
+
+def test_cli_pack_list_verify(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "zoo"
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"miou": 12.5, "miou_std": 1.0, "fbiou": 40.0, "fbiou_std": 0.5, "seeds": [0],
+                                     "episodes_per_seed": 4, "per_seed": [{"seed": 0, "miou": 12.5, "fbiou": 40.0}],
+                                     "settings": {"shot": 1}}))
+    argv = ["zoo", "pack", str(tiny_runs["run"]), "--name", "cli_model", "--dir", str(out), "--eval-json",
+            str(eval_json), "--check-episodes", "4", "--command", "fsslab train synthetic/ipmt_tiny data.root=x"]
+    assert cli_main(argv) == 0
+    entry = pretrained_info("cli_model", out)
+    assert entry["metrics"]["miou"] == 12.5 and entry["metrics"]["per_seed"][0]["fbiou"] == 40.0
+    assert entry["command"] == "fsslab train synthetic/ipmt_tiny data.root=x" and entry["shared_file"] is None
+    capsys.readouterr()
+    assert cli_main(["zoo", "list", "--dir", str(out)]) == 0
+    listing = capsys.readouterr().out
+    assert "cli_model" in listing and "12.50" in listing and "budget" in listing
+    assert cli_main(["zoo", "verify", "--dir", str(out)]) == 0
+    assert "ok" in capsys.readouterr().out
+    assert cli_main(["zoo", "pack", str(tmp_path / "nothing"), "--name", "x", "--dir", str(out)]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- the shipped checkpoints
+SHIPPED = list_pretrained()
+
+
+def test_shipped_checkpoints_fit_the_budget():
+    assert total_size(CHECKPOINT_DIR) <= BUDGET_BYTES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED or [pytest.param("none", marks=pytest.mark.skip(
+    reason="no shipped checkpoint in fsslab/checkpoints/synthetic/manifest.json yet (fsslab zoo pack adds them)"))])
+def test_shipped_checkpoint_matches_its_manifest(name, synthetic_root_factory):
+    entry = pretrained_info(name)
+    assert entry["data"]["dataset"] == "synthetic"
+    root = synthetic_root_factory(dict(entry["data"]["synthetic"]))
+    report = verify_pretrained(name, data_root=root)
+    assert report["ok"], (f"{name}: re-evaluation differs from the manifest by {report['max_abs_diff']:.3g} "
+                          f"(expected {report['expected']}, measured {report['measured']})")
+    metrics = entry.get("metrics")
+    assert metrics is not None, f"{name}: the manifest has no `fsslab eval` metrics"
+    # the packed (fp16) model on the check subset lands near the full evaluation of the trained run
+    assert abs(metrics["miou"] - report["measured"]["miou"]) < 15.0
