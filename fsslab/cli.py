@@ -166,7 +166,8 @@ def _cmd_zoo_pack(args: argparse.Namespace) -> int:
         check["seeds"] = args.check_seeds
     if args.check_episodes is not None:
         check["episodes"] = args.check_episodes
-    entry = pack_checkpoint(args.run, args.name, eval_json=args.eval_json, command=args.command_line,
+    name = args.name or (Path(args.run).name if Path(args.run).is_dir() else Path(args.run).parent.name)
+    entry = pack_checkpoint(args.run, name, eval_json=args.eval_json, command=args.command_line,
                             out_dir=args.dir, base=args.base, storage=args.storage, check=check or None,
                             data_root=args.data_root)
     shown = {k: entry[k] for k in ("name", "file", "size", "sha256", "shared_file", "command", "check")}
@@ -219,7 +220,8 @@ def _add_zoo_parser(commands: Any) -> None:
         "Runs a reduced deterministic evaluation of the packed model, which tests/test_zoo.py repeats.",
     )
     pack.add_argument("run", help="run directory (latest.pt is used) or checkpoint file")
-    pack.add_argument("--name", required=True, help="name for load_pretrained, e.g. ipmt_tiny_fold0_1shot")
+    pack.add_argument("--name", default=None,
+                      help="name for load_pretrained (default: the run directory's name, e.g. ipmt_tiny_fold0_1shot)")
     pack.add_argument("--eval-json", dest="eval_json", default=None, help="the run's `fsslab eval --json` file")
     pack.add_argument("--command", dest="command_line", default=None,
                       help="the exact `fsslab train ...` command (default: rebuilt from the run's config)")

@@ -14,8 +14,8 @@ from fsslab.config import RunConfig, load_config
 # The quick benchmark of notebook 00 (and of CI): 300 training and 150 validation images, seed 0.
 QUICK_SYNTHETIC: dict[str, Any] = {"seed": 0, "n_train": 300, "n_val": 150}
 FULL_SYNTHETIC: dict[str, Any] = {"seed": 0}  # the synthetic configs' default benchmark
-QUICK_ITERATIONS = 3
-QUICK_EPISODES = 16
+QUICK_ITERATIONS = 2
+QUICK_EPISODES = 8
 
 
 def is_quick() -> bool:
@@ -54,20 +54,22 @@ def _flow(value: Any) -> str:
 
 
 def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: int = 0,
-                    overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+                    overrides: list[str] | tuple[str, ...] = (), data_root: str | Path | None = None) -> RunConfig:
     """The shipped config ``synthetic/<name>`` with paths anchored at the repository root.
 
     Full mode: the shipped settings, data ``data/synthetic`` and runs ``runs/synthetic/...`` (the runs that
     ``fsslab train`` makes from the repository root, so a notebook resumes or reuses them). Quick mode: the
-    quick benchmark, ``QUICK_ITERATIONS`` iterations, one seed of ``QUICK_EPISODES`` episodes, runs under
+    quick benchmark, ``QUICK_ITERATIONS`` iterations of batch 2 on 96-pixel crops without validation, one seed of ``QUICK_EPISODES``
+    episodes, runs under
     ``runs/notebooks_quick``. Stage 1 is expected in the same runs directory (the notebook trains it first).
+    data_root: use this benchmark as it is (``data.synthetic`` = None: no generation, no config check).
     """
     quick = is_quick() if quick is None else quick
     top = repo_root()
     runs = top / "runs" / ("notebooks_quick" if quick else "synthetic")
-    data_root = synthetic_root(quick)
+    data_root = Path(data_root) if data_root is not None else synthetic_root(quick)
     base_ckpt = runs / f"pspnet_base_tiny_fold{fold}" / "latest.pt"
-    knobs = QUICK_SYNTHETIC if quick else FULL_SYNTHETIC
+    knobs = None if data_root is not None else QUICK_SYNTHETIC if quick else FULL_SYNTHETIC  # None: used as is
     items = [f"data.root={_flow(str(data_root))}", f"data.synthetic={_flow(knobs)}", f"data.fold={fold}",
              f"data.shot={shot}", "model.prerequisite=null"]
     shipped = load_config(f"synthetic/{name}", [f"data.shot={shot}", f"data.fold={fold}"])
@@ -78,7 +80,8 @@ def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: i
         items.append(f"model.params.pretrained={_flow(str(base_ckpt))}")
     if quick:
         items += [f"train.iterations={QUICK_ITERATIONS}", "train.log_every=1", f"train.ckpt_every={QUICK_ITERATIONS}",
-                  "train.tensorboard=false", "train.image_every=0", "data.workers=0", "data.batch_size=4",
+                  "train.tensorboard=false", "train.image_every=0", "train.validate=false", "data.workers=0",
+                  "data.batch_size=2", "data.size=96",
                   f"eval.episodes={QUICK_EPISODES}", "eval.seeds=[0]", "eval.batch_size=4",
                   "data.params.on_small_class=exclude"]
     return load_config(f"synthetic/{name}", items + list(overrides))
@@ -98,18 +101,14 @@ def trained_or_fresh(name: str, shot: int = 1, fold: int = 0, cfg: RunConfig | N
     shipped = run_name(name, shot, fold)
     if shipped in list_pretrained():
         return load_pretrained(shipped), f"shipped checkpoint {shipped}"
-    cfg = cfg or notebook_config(name, shot, fold=fold)
+    from fsslab.config import config_from_dict
     from fsslab.engine.runner import build_run_model
 
+    cfg = config_from_dict((cfg or notebook_config(name, shot, fold=fold)).to_dict())  # a copy: edited below
     if checkpoint is not None and Path(checkpoint).is_file():
-        from fsslab.engine.checkpoint import load_checkpoint
-
-        model = build_run_model(cfg)
-        model.load_state_dict(load_checkpoint(checkpoint)["model"])
-        return model.eval(), f"checkpoint {checkpoint}"
-    saved = {}
+        return load_run(cfg, checkpoint), f"checkpoint {checkpoint}"
     if cfg.model.init_checkpoint and not Path(cfg.model.init_checkpoint).is_file():
-        saved["init_checkpoint"], cfg.model.init_checkpoint = cfg.model.init_checkpoint, None
+        cfg.model.init_checkpoint = None  # no stage-1 run either: everything at its initialisation
     if "pretrained" in cfg.model.params and not Path(str(cfg.model.params["pretrained"])).is_file():
         cfg.model.params = {**cfg.model.params, "pretrained": None}
     torch.manual_seed(0)
@@ -132,7 +131,27 @@ def train_or_resume(cfg: RunConfig, fresh: bool | None = None) -> dict[str, Any]
         if out.resolve().parent.name != "notebooks_quick":
             raise ValueError(f"refusing to delete {out}: only quick notebook runs (runs/notebooks_quick/*) are reset")
         shutil.rmtree(out)
-    return run_training(cfg, resume=(out / "latest.pt").is_file())
+    with torch.enable_grad():  # notebooks often switch gradients off globally for their analysis cells
+        return run_training(cfg, resume=(out / "latest.pt").is_file())
+
+
+def ensure_stage1(quick: bool | None = None, fold: int = 0) -> Path:
+    """The stage-1 PSPNet checkpoint the meta-learners start from; trained first when it is missing."""
+    cfg = notebook_config("pspnet_base_tiny", quick=quick, fold=fold)
+    latest = Path(cfg.train.out_dir) / "latest.pt"
+    if not latest.is_file():
+        train_or_resume(cfg, fresh=False)
+    return latest
+
+
+def load_run(cfg: RunConfig, checkpoint: str | Path | None = None) -> nn.Module:
+    """The model of a run directory (``<out_dir>/latest.pt`` unless ``checkpoint``), in eval mode."""
+    from fsslab.engine.checkpoint import load_checkpoint
+    from fsslab.engine.runner import build_run_model
+
+    model = build_run_model(cfg)
+    model.load_state_dict(load_checkpoint(checkpoint or Path(cfg.train.out_dir) / "latest.pt")["model"])
+    return model.eval()
 
 
 def predict_fn(model: nn.Module) -> Any:
@@ -163,12 +182,27 @@ def discriminator_score_fn(model: nn.Module) -> Any:
     return score
 
 
+@torch.no_grad()
+def add_discriminator_trace(model: nn.Module, batch: dict[str, torch.Tensor], trace: dict[str, Any]) -> dict[str, Any]:
+    """AMFormer's trace plus what D says at test time (where the model does not run D): ``part_maps_real`` /
+    ``d_score_real`` for the ground truth and ``part_maps_fake`` / ``d_score_fake`` for G's final soft mask."""
+    import torch.nn.functional as F
+
+    gt = (batch["query_mask"] == 1).float()  # [B,H,W]; 255 counts as background
+    fake = trace["ensemble_logits"][:, -1].float().softmax(1)[:, 1:]  # [B,1,h,w] last stage, after the ensemble
+    fake = F.interpolate(fake, size=gt.shape[-2:], mode="bilinear", align_corners=True)[:, 0]
+    judged = model.discriminator_scores(trace["fused_features"], torch.stack([gt, fake], 1))  # masks [B,2,H,W]
+    return {**trace, "part_maps_real": judged["part_maps"][:, 0], "part_maps_fake": judged["part_maps"][:, 1],
+            "d_score_real": judged["score"][:, 0], "d_score_fake": judged["score"][:, 1]}
+
+
 def eval_row(result: Any) -> dict[str, Any]:
     """A results-table row from an ``EvalResult``: mIoU / FB-IoU mean ± std and the episode count."""
     return {"mIoU": result.miou_mean, "mIoU std": result.miou_std, "FB-IoU": result.fbiou_mean,
             "FB-IoU std": result.fbiou_std, "episodes": result.episodes_per_seed * len(result.seeds)}
 
 
-__all__ = ["FULL_SYNTHETIC", "QUICK_EPISODES", "QUICK_ITERATIONS", "QUICK_SYNTHETIC", "discriminator_score_fn",
-           "eval_row", "is_quick", "notebook_config", "predict_fn", "repo_root", "run_name", "synthetic_root",
+__all__ = ["FULL_SYNTHETIC", "QUICK_EPISODES", "QUICK_ITERATIONS", "QUICK_SYNTHETIC", "add_discriminator_trace",
+           "discriminator_score_fn",
+           "ensure_stage1", "eval_row", "is_quick", "load_run", "notebook_config", "predict_fn", "repo_root", "run_name", "synthetic_root",
            "train_or_resume", "trained_or_fresh"]

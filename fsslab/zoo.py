@@ -94,6 +94,7 @@ def _write_manifest(manifest: dict[str, Any], checkpoint_dir: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=checkpoint_dir)
     with os.fdopen(fd, "w") as handle:
         handle.write(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.chmod(tmp, 0o644)  # package data: readable by everyone (mkstemp creates 0600)
     os.replace(tmp, checkpoint_dir / MANIFEST_NAME)
 
 
@@ -268,6 +269,7 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
         for base_key in sorted(set(shared_refs.values()) - set(shared["tensors"])):
             shared["tensors"][base_key] = _encode(base_state[base_key], storage)
         atomic_save(shared, shared_path)
+        os.chmod(shared_path, 0o644)
         manifest["shared"][shared_file] = {"sha256": sha256_file(shared_path), "size": shared_path.stat().st_size,
                                            "source": str(base_path), "storage": storage}
 
@@ -283,6 +285,7 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
     }
     path = out / f"{name}.pt"
     atomic_save(packed, path)
+    os.chmod(path, 0o644)
 
     restored = _restore(packed, out, manifest)
     check = {**DEFAULT_CHECK, **(check or {})}

@@ -154,7 +154,9 @@ def run_items(
             for item in items:
                 consume(function(item))
         else:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+            # never fork: a parent that already ran cv2/OpenMP/torch threads can deadlock its forked
+            # children (seen in the test suite); forkserver children start from a clean process.
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             with multiprocessing.get_context(method).Pool(workers) as pool:
                 for outcome in pool.imap_unordered(function, items, chunksize=32):
                     consume(outcome)

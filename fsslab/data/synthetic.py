@@ -350,8 +350,9 @@ def _run_tasks(tasks: list, workers: int, desc: str, progress: bool) -> list[tup
             results.append(_write_sample(task))
             bar.update()
     else:
-        # fork keeps start-up cheap (no re-import of fsslab/torch); elsewhere fall back to the default.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        # never fork: a parent that already ran cv2/OpenMP/torch threads can deadlock its forked
+        # children (seen in the test suite); forkserver children start from a clean process.
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         with multiprocessing.get_context(method).Pool(workers, initializer=_init_worker) as pool:
             results = []
             for result in pool.imap(_write_sample, tasks, chunksize=16):  # imap keeps the task order

@@ -82,8 +82,11 @@ class PSPNet(FewShotModel):
     def __init__(self, backbone: str = "resnet50", n_classes: int = 16, pretrained: str | None = None,
                  dilation: str = "pspnet", norm: str = "batch", bins: tuple[int, ...] = (1, 2, 3, 6),
                  dropout: float = 0.1, aux_weight: float = 0.0, ignore_index: int = 255,
-                 head_lr_multiplier: float = 10.0) -> None:
+                 head_lr_multiplier: float = 10.0, optimizer: str = "sgd") -> None:
         super().__init__()
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' (BAM) or 'adamw', got {optimizer!r}")
+        self.optimizer = optimizer
         self.n_classes, self.aux_weight, self.ignore_index = n_classes, aux_weight, ignore_index
         self.head_lr_multiplier = head_lr_multiplier
         self.backbone = build_backbone(backbone, pretrained=pretrained, dilation=dilation, norm=norm)
@@ -125,10 +128,18 @@ class PSPNet(FewShotModel):
         return losses
 
     def optimizer_specs(self, base_lr: float, weight_decay: float) -> list[OptimizerSpec]:
-        """BAM ``train_base.py``: SGD (momentum 0.9); backbone at the base lr, PPM and heads 10x."""
+        """BAM ``train_base.py``: SGD (momentum 0.9); backbone at the base lr, PPM and heads 10x.
+
+        ``optimizer="adamw"`` (one lr for every group) is for backbones trained from scratch, such as the
+        synthetic benchmark's stage 1, where SGD needs far more iterations than a CPU run can afford.
+        """
         def trainable(module: nn.Module | None) -> list[nn.Parameter]:
             return [] if module is None else [p for p in module.parameters() if p.requires_grad]
 
+        if self.optimizer == "adamw":
+            params = [p for p in self.parameters() if p.requires_grad]
+            return [OptimizerSpec("main", "adamw", [{"params": params, "lr": base_lr}],
+                                  options={"weight_decay": weight_decay})]
         head_lr = base_lr * self.head_lr_multiplier
         groups = [{"params": trainable(self.backbone), "lr": base_lr},
                   {"params": trainable(self.ppm), "lr": head_lr},

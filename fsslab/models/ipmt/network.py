@@ -237,7 +237,9 @@ class IPMT(FewShotModel):
             OptimizerSpec("main", "sgd", [{"params": head, "lr": base_lr * self.sgd_lr_multiplier}],
                           options={"momentum": 0.9, "weight_decay": weight_decay}),
             OptimizerSpec("transformer", "adamw", [
-                {"params": decayed, "lr": self.transformer_lr, "weight_decay": self.transformer_weight_decay},
-                {"params": biases, "lr": self.transformer_lr, "weight_decay": 0.0}],
+                # constant lr: train.py never applies its poly schedule to the transformer optimiser
+                {"params": decayed, "lr": self.transformer_lr, "weight_decay": self.transformer_weight_decay,
+                 "poly": False},
+                {"params": biases, "lr": self.transformer_lr, "weight_decay": 0.0, "poly": False}],
                 options={"weight_decay": 1e-4}),
         ]

@@ -1,0 +1,96 @@
+"""Notebook plumbing (fsslab.lab): mode-dependent configs, trained-or-fresh models, D probes, safe resets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import fsslab.zoo
+from fsslab.engine.checkpoint import atomic_save
+from fsslab.lab import (
+    QUICK_EPISODES,
+    QUICK_ITERATIONS,
+    add_discriminator_trace,
+    discriminator_score_fn,
+    notebook_config,
+    predict_fn,
+    repo_root,
+    run_name,
+    train_or_resume,
+    trained_or_fresh,
+)
+
+KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128}
+
+
+@pytest.fixture(scope="module")
+def root(synthetic_root_factory):
+    return synthetic_root_factory(KNOBS)
+
+
+def test_quick_and_full_configs(root):
+    top = repo_root()
+    quick = notebook_config("amformer_tiny", 5, quick=True, data_root=root)
+    assert quick.data.root == str(root) and quick.data.shot == 5 and quick.model.prerequisite is None
+    assert quick.train.iterations == QUICK_ITERATIONS and quick.eval.episodes == QUICK_EPISODES
+    assert quick.eval.seeds == [0] and not quick.train.validate and quick.data.workers == 0
+    assert quick.data.params["augmentation"] == {"final": "resize"}  # the shipped params survive the overrides
+    assert Path(quick.train.out_dir) == top / "runs" / "notebooks_quick" / "amformer_tiny_fold0_5shot"
+    assert quick.model.params["pretrained"] == str(top / "runs/notebooks_quick/pspnet_base_tiny_fold0/latest.pt")
+    full = notebook_config("ipmt_tiny", 1, quick=False, data_root=root)
+    assert full.train.iterations == 250 and full.eval.episodes == 300 and full.eval.seeds == [0, 1, 2]
+    assert Path(full.train.out_dir) == top / "runs" / "synthetic" / "ipmt_tiny_fold0_1shot"
+    assert full.model.init_checkpoint == str(top / "runs/synthetic/pspnet_base_tiny_fold0/latest.pt")
+    assert run_name("ipmt_tiny", 5) == "ipmt_tiny_fold0_5shot"
+
+
+def test_trained_or_fresh_prefers_the_shipped_checkpoint(root, tmp_path, monkeypatch):
+    monkeypatch.setattr(fsslab.zoo, "CHECKPOINT_DIR", tmp_path / "zoo")
+    cfg = notebook_config("baseline_tiny", 1, quick=True, data_root=root)
+    model, source = trained_or_fresh("baseline_tiny", 1, cfg=cfg)
+    assert source.startswith("untrained") and not model.training
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    run = tmp_path / "run"
+    atomic_save({"format": 1, "iteration": 1, "model": model.state_dict(), "config": cfg.to_dict()}, run / "latest.pt")
+    loaded, source = trained_or_fresh("baseline_tiny", 1, cfg=cfg, checkpoint=run / "latest.pt")
+    assert source.startswith("checkpoint") and torch.equal(next(loaded.parameters()), next(model.parameters()))
+    fsslab.zoo.pack_checkpoint(run, "baseline_tiny_fold0_1shot", check={"seeds": [0], "episodes": 2})
+    shipped, source = trained_or_fresh("baseline_tiny", 1, cfg=cfg)
+    assert source == "shipped checkpoint baseline_tiny_fold0_1shot"
+    assert torch.allclose(next(shipped.parameters()), next(model.parameters()), atol=1e-2)
+
+
+def test_train_or_resume_only_resets_quick_runs(root, tmp_path):
+    cfg = notebook_config("baseline_tiny", 1, quick=True, data_root=root)
+    cfg.train.out_dir = str(tmp_path / "precious_run")
+    (tmp_path / "precious_run").mkdir()
+    with pytest.raises(ValueError, match="refusing to delete"):
+        train_or_resume(cfg, fresh=True)
+    assert (tmp_path / "precious_run").is_dir()
+
+
+def test_amformer_probes(root):
+    torch.manual_seed(0)
+    cfg = notebook_config("amformer_tiny", 1, quick=True, data_root=root, overrides=["data.val_size=64"])
+    model, _ = trained_or_fresh("amformer_tiny", 1, cfg=cfg)
+    from fsslab.engine.runner import eval_dataset_factory
+
+    sample = eval_dataset_factory(cfg)[0](0, 1)[0]
+    prediction = predict_fn(model)(sample)
+    assert prediction.shape == sample["query_mask"].shape and set(prediction.unique().tolist()) <= {0, 1}
+    score = discriminator_score_fn(model)
+    gt = (sample["query_mask"] == 1).long()
+    value = score(sample, gt)
+    assert 0.0 <= value <= 1.0 and score(sample, gt) == value  # cached features: the same answer
+    assert score(sample, torch.zeros_like(gt)) != value
+    batch = {k: v.unsqueeze(0) for k, v in sample.items()}
+    with torch.no_grad():
+        trace = model(batch, trace=True).trace
+    judged = add_discriminator_trace(model, batch, trace)
+    assert judged["part_maps_real"].shape == judged["part_maps_fake"].shape
+    assert judged["part_maps_real"].shape[:2] == (1, 3) and judged["d_score_real"].shape == (1, 3)
+    assert "part_maps_real" not in trace  # the model's own trace is left untouched
