@@ -53,5 +53,12 @@ def load_official(arch: str, path: str, **kwargs: Any) -> FewShotModel:
     return _load(arch, path, **kwargs)
 
 
-__all__ = ["FSSOutput", "FewShotModel", "OptimizerSpec", "MODEL_REGISTRY", "build_model", "load_official",
-           "model_class"]
+__all__ = [
+    "MODEL_REGISTRY",
+    "FSSOutput",
+    "FewShotModel",
+    "OptimizerSpec",
+    "build_model",
+    "load_official",
+    "model_class",
+]

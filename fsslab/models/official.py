@@ -30,7 +30,7 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} holds no state_dict of tensors (expected {{'state_dict': {{name: tensor}}}})")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
