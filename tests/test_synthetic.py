@@ -162,7 +162,7 @@ def test_config_validation_and_round_trip():
     hard = SyntheticConfig.preset("hard", seed=4)
     assert hard.seed == 4 and hard.diversity == 1.0 and hard.distractors == 4
     with pytest.raises(ValueError, match="unknown synthetic preset"):
-        SyntheticConfig.preset("medium")
+        SyntheticConfig.preset("extreme")
 
 
 def test_write_if_missing_is_idempotent_and_checks_the_config(tmp_path, tiny_root):

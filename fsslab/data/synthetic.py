@@ -74,12 +74,14 @@ class SyntheticConfig:
     n_val: int = 500
     min_size: int = 128
     max_size: int = 160
-    diversity: float = 0.8
-    clutter: float = 0.5
+    # defaults calibrated so that, on a 2-core CPU budget, a trained meta-learner clearly beats the
+    # prototype baseline (README, "Quality on the synthetic benchmark"); "medium"/"hard" presets add more
+    diversity: float = 0.4
+    clutter: float = 0.2
     object_scale: tuple[float, float] = (0.28, 0.65)
-    max_objects: int = 4
-    distractors: int = 2
-    outline_prob: float = 0.3
+    max_objects: int = 2
+    distractors: int = 0
+    outline_prob: float = 0.1
     boundary_width: int = 2
     jpeg_quality: int = 90
 
@@ -128,11 +130,13 @@ class SyntheticConfig:
         return cls(**values)
 
 
-# Difficulty presets for calibration: "easy" is nearly a shape-matching task, "hard" adds appearance
-# spread, clutter and occluders (the knobs the issue asks to tune against prototype vs meta-learner gaps).
+# Difficulty presets: "default" is the calibrated benchmark the shipped configs use; "easy" is nearly a
+# pure shape-matching task; "medium" (1-4 objects, distractors, more appearance spread and clutter) and
+# "hard" need far more training than a CPU run affords (the stage-1 backbone does not learn them in minutes).
 PRESETS: dict[str, dict[str, Any]] = {
-    "easy": {"diversity": 0.4, "clutter": 0.2, "max_objects": 2, "distractors": 0, "outline_prob": 0.1},
+    "easy": {"diversity": 0.2, "clutter": 0.1, "max_objects": 1, "distractors": 0, "outline_prob": 0.0},
     "default": {},
+    "medium": {"diversity": 0.8, "clutter": 0.5, "max_objects": 4, "distractors": 2, "outline_prob": 0.3},
     "hard": {"diversity": 1.0, "clutter": 0.8, "max_objects": 4, "distractors": 4, "outline_prob": 0.5},
 }
 

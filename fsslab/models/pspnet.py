@@ -12,7 +12,7 @@ from fsslab.models.output import FSSOutput
 
 TRACE_KEYS = {
     "layer4": "[B,C4,h,w] backbone output (output stride 8)",
-    "embedding": "[B,512,h,w] classifier features after conv3x3+BN, before ReLU (AMFormer's base feature)",
+    "embedding": "[B,head_channels,h,w] classifier features after conv3x3+BN, before ReLU (AMFormer's base feature)",
     "base_logits": "[B,n_classes,h,w] class scores at feature resolution",
 }
 
@@ -82,7 +82,7 @@ class PSPNet(FewShotModel):
     def __init__(self, backbone: str = "resnet50", n_classes: int = 16, pretrained: str | None = None,
                  dilation: str = "pspnet", norm: str = "batch", bins: tuple[int, ...] = (1, 2, 3, 6),
                  dropout: float = 0.1, aux_weight: float = 0.0, ignore_index: int = 255,
-                 head_lr_multiplier: float = 10.0, optimizer: str = "sgd") -> None:
+                 head_lr_multiplier: float = 10.0, optimizer: str = "sgd", head_channels: int = 512) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' (BAM) or 'adamw', got {optimizer!r}")
@@ -92,13 +92,13 @@ class PSPNet(FewShotModel):
         self.backbone = build_backbone(backbone, pretrained=pretrained, dilation=dilation, norm=norm)
         feat_channels = self.backbone.out_channels["layer4"]
         self.ppm = PPM(feat_channels, feat_channels // len(bins), tuple(bins))
-        self.head = SegmentationHead(self.ppm.out_channels, 512, n_classes, dropout)
+        self.head = SegmentationHead(self.ppm.out_channels, head_channels, n_classes, dropout)
         self.aux_head = None
         if aux_weight > 0:
             self.aux_head = SegmentationHead(self.backbone.out_channels["layer3"], 256, n_classes, dropout)
 
     def decode(self, layer4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """layer4 [B,C4,h,w] -> (embedding [B,512,h,w] pre-ReLU, class logits [B,n_classes,h,w])."""
+        """layer4 [B,C4,h,w] -> (embedding [B,head_channels,h,w] pre-ReLU, class logits [B,n_classes,h,w])."""
         embedding = self.head.embed(self.ppm(layer4))
         return embedding, self.head.classify(embedding)
 

@@ -57,10 +57,11 @@ class AMFormer(AMFormerNetwork):
                  kshot_hidden: int = 2, aux_weight1: float = 1.0, aux_weight2: float = 1.0,
                  adversarial_weight: float = 0.1, adversarial_period: int = 5, adversarial_max_loss: float = 11.0,
                  diversity_weight: float = 0.01, head_lr_multiplier: float = 10.0, freeze_bn: bool = True,
-                 train_part_queries: bool = False, reproduce_official: bool = False) -> None:
+                 train_part_queries: bool = False, reproduce_official: bool = False,
+                 base_head_channels: int = 512) -> None:
         super().__init__(backbone, pretrained, n_base_classes, shot, hidden_dim, transformer_dim,
                          tuple(transformer_heads), mining_heads, tuple(sr_ratios), mlp_ratio, parts, part_heads,
-                         kshot_hidden, train_part_queries, reproduce_official)
+                         kshot_hidden, train_part_queries, reproduce_official, base_head_channels)
         self.aux_weight1, self.aux_weight2 = aux_weight1, aux_weight2
         self.adversarial_weight, self.adversarial_period = adversarial_weight, adversarial_period
         self.adversarial_max_loss, self.diversity_weight = adversarial_max_loss, diversity_weight

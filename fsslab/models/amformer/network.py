@@ -94,10 +94,11 @@ class AMFormerNetwork(FewShotModel):
     def __init__(self, backbone: str, pretrained: str | None, n_base_classes: int, shot: int, hidden_dim: int,
                  transformer_dim: int, transformer_heads: tuple[int, ...], mining_heads: int,
                  sr_ratios: tuple[int, ...], mlp_ratio: int, parts: int, part_heads: int, kshot_hidden: int,
-                 train_part_queries: bool, reproduce_official: bool) -> None:
+                 train_part_queries: bool, reproduce_official: bool, base_head_channels: int = 512) -> None:
         super().__init__()
         self.shot, self.reproduce_official = shot, reproduce_official
-        self.base_learner = PSPNet(backbone, n_classes=n_base_classes + 1, norm="batch")
+        self.base_learner = PSPNet(backbone, n_classes=n_base_classes + 1, norm="batch",
+                                   head_channels=base_head_channels)
         if pretrained is not None:
             from fsslab.models.amformer.official import load_pspnet_weights
             load_pspnet_weights(self.base_learner, pretrained)
