@@ -60,7 +60,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             knobs[key] = getattr(args, key)
     try:
-        config = SyntheticConfig.from_dict(knobs)
+        config = SyntheticConfig.preset(args.preset, **knobs)
     except (TypeError, ValueError) as exc:
         raise CliError(str(exc)) from None
     summary = generate_synthetic(args.root, config, progress=not args.no_progress, workers=args.workers)
@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--root", required=True, help="output directory")
     synth.add_argument("--seed", type=int, default=None)
+    synth.add_argument("--preset", default="default", help="difficulty preset: easy | default (calibrated) | "
+                       "medium | hard; knob=value arguments override its fields")
     synth.add_argument("--n-train", dest="n_train", type=int, default=None, help="training images")
     synth.add_argument("--n-val", dest="n_val", type=int, default=None, help="validation images")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 8)")
@@ -364,7 +366,15 @@ def main(argv: list[str] | None = None) -> int:
     from fsslab.engine.trainer import TrainingStopped
     from fsslab.zoo import ZooError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may also follow options (`fsslab eval CFG --checkpoint P data.shot=5`): argparse leaves such
+    # trailing section.key=value words unrecognised; hand them to the config overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except (CliError, ConfigError, CheckpointError, TrainingStopped, ZooError, FileNotFoundError,

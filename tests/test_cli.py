@@ -134,3 +134,14 @@ eval: {{episodes: 6, seeds: [1, 2]}}
     result = json.loads(out.read_text())
     assert result["seeds"] == [1, 2] and len(result["per_seed"]) == 2 and 0 <= result["miou"] <= 100
     assert "mean" in capsys.readouterr().out
+
+
+def test_overrides_may_follow_options(capsys):
+    from fsslab.cli import main
+
+    # the override after --checkpoint reaches the config (and is validated there), not argparse
+    status = main(["eval", "synthetic/baseline_tiny", "--checkpoint", "/nonexistent.pt", "bogus.key=1"])
+    assert status == 2
+    assert "unknown section 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "synthetic/baseline_tiny", "--checkpoint", "/nonexistent.pt", "--bogus"])
