@@ -24,6 +24,8 @@ TRACE_KEYS: dict[str, str] = {
                     "with reproduce_official)",
     "initial_logits": "[B,2,h,w]: initial classifier logits (bg, fg); its argmax masks the first query layer",
     "final_logits": "[B,2,h,w]: final classifier logits at feature size (FSSOutput.logits is their resize)",
+    "query_feat": "[B,C,h,w]: merged query features entering the transformer (the prototypes' space)",
+    "support_feat": "[B,K,C,h,w]: merged support features entering the transformer",
     "support_prototypes": "[L,B,C]: intermediate prototype after each support mining layer",
     "query_prototypes": "[L,B,C]: prototype after each query layer (support prototype + query update)",
     "support_attention": "[L,B,K,h,w]: prototype -> support attention of each mining layer (softmax over K*h*w)",
@@ -210,6 +212,7 @@ class IPMT(FewShotModel):
             trace_dict.update({
                 "prior": prior, "support_fg": support_fg, "query_ignore": query_ignore,
                 "initial_logits": initial_logits, "final_logits": final_logits,
+                "query_feat": query_feat, "support_feat": support_feat.view(b, k, *support_feat.shape[1:]),
                 "support_layer_query_masks": masks["query_masks"][:layers],
                 "query_layer_query_masks": masks["query_masks"][layers:],
                 "query_layer_support_masks": masks["support_masks"]})
