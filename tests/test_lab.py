@@ -22,7 +22,7 @@ from fsslab.lab import (
     trained_or_fresh,
 )
 
-KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128}
+KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128, "max_objects": 4}  # = test_zoo.TINY_KNOBS
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_quick_and_full_configs(root):
     assert Path(quick.train.out_dir) == top / "runs" / "notebooks_quick" / "amformer_tiny_fold0_5shot"
     assert quick.model.params["pretrained"] == str(top / "runs/notebooks_quick/pspnet_base_tiny_fold0/latest.pt")
     full = notebook_config("ipmt_tiny", 1, quick=False, data_root=root)
-    assert full.train.iterations == 250 and full.eval.episodes == 300 and full.eval.seeds == [0, 1, 2]
+    assert full.train.iterations == 500 and full.eval.episodes == 300 and full.eval.seeds == [0, 1, 2]
     assert Path(full.train.out_dir) == top / "runs" / "synthetic" / "ipmt_tiny_fold0_1shot"
     assert full.model.init_checkpoint == str(top / "runs/synthetic/pspnet_base_tiny_fold0/latest.pt")
     assert run_name("ipmt_tiny", 5) == "ipmt_tiny_fold0_5shot"

@@ -27,7 +27,8 @@ from fsslab.zoo import (
     verify_pretrained,
 )
 
-TINY_KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128}
+TINY_KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128,
+              "max_objects": 4}  # up to 4 objects: every fold-0 class gets enough images in a tiny set
 CHECK = {"seeds": [0], "episodes": 4}
 
 
