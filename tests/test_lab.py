@@ -49,6 +49,8 @@ def test_quick_and_full_configs(root):
 def test_trained_or_fresh_prefers_the_shipped_checkpoint(root, tmp_path, monkeypatch):
     monkeypatch.setattr(fsslab.zoo, "CHECKPOINT_DIR", tmp_path / "zoo")
     cfg = notebook_config("baseline_tiny", 1, quick=True, data_root=root)
+    # no stage-1 run in a clean checkout: the run (and its packed copy) starts from scratch
+    cfg.model.init_checkpoint, cfg.model.prerequisite = None, None
     model, source = trained_or_fresh("baseline_tiny", 1, cfg=cfg)
     assert source.startswith("untrained") and not model.training
     with torch.no_grad():
