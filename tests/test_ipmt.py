@@ -225,3 +225,20 @@ def test_official_key_mapping_round_trip(reference_state, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), small.state_dict().values()))
     with pytest.raises(ValueError, match="not part of the official IPMT layout"):
         official_to_fsslab({"transformer.bogus.weight": torch.zeros(1), **official})
+
+
+def test_support_layer4_window_is_exact_and_smaller(model, monkeypatch):
+    # small support objects: layer4 of the supports runs on the foreground box + receptive-field margin only
+    batch = make_batch(b=2, k=2, h=161, w=177, seed=3)
+    batch["support_masks"].zero_()
+    batch["support_masks"][0, 0, 20:50, 30:60] = 1
+    batch["support_masks"][1, 1, 60:80, 40:70] = 1
+    window = model._layer4_window((batch["support_masks"] == 1).flatten(0, 1), (21, 23))
+    assert window is not None
+    (top, bottom), (left, right) = window
+    assert (bottom - top) * (right - left) < 21 * 23
+    with torch.no_grad():
+        windowed = model(batch).logits
+        monkeypatch.setattr(model, "_layer4_window", lambda fg, size: None)
+        full = model(batch).logits
+    torch.testing.assert_close(windowed, full, rtol=0, atol=1e-5)

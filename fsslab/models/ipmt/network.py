@@ -114,8 +114,14 @@ class IPMT(FewShotModel):
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
-    def _backbone_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[N,3,H,W] -> (cat[layer2, layer3] [N,C2+C3,h,w], layer4 [N,C4,h,w]); frozen, no graph."""
+    def _backbone_features(self, images: torch.Tensor, layer4_fg: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N,3,H,W] -> (cat[layer2, layer3] [N,C2+C3,h,w], layer4 [N,C4,h,w]); frozen, no graph.
+
+        layer4_fg: optional [N,H,W] bool foreground. The supports' layer4 only feeds the prior, which
+        multiplies it by the (soft) foreground mask, so layer4 is computed on the union bounding box of that
+        mask plus layer4's receptive-field radius and is zero elsewhere: exactly the same prior, less work.
+        """
         if can_fold(self.backbone):  # frozen BN folded into the convs: same function, two passes fewer
             def run(stage: str, x: torch.Tensor) -> torch.Tensor:
                 return folded_stage(self.backbone, stage, x)
@@ -123,8 +129,40 @@ class IPMT(FewShotModel):
             run = self.backbone.forward_stage
         layer2 = run("layer2", run("layer1", run("layer0", images)))
         layer3 = run("layer3", layer2)
-        layer4 = run("layer4", layer3)
+        window = None if layer4_fg is None else self._layer4_window(layer4_fg, tuple(layer3.shape[-2:]))
+        if window is None:
+            layer4 = run("layer4", layer3)
+        else:
+            (top, bottom), (left, right) = window
+            cropped = run("layer4", layer3[:, :, top:bottom, left:right])
+            layer4 = cropped.new_zeros(*cropped.shape[:2], *layer3.shape[-2:])
+            layer4[:, :, top:bottom, left:right] = cropped
         return torch.cat([layer2, layer3], dim=1), layer4
+
+    def _layer4_window(self, fg: torch.Tensor, size: tuple[int, int]
+                       ) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """Rows/cols of layer4's input whose outputs cover every cell of the soft (bilinear) foreground at
+        ``size`` (union over the batch), or None when that is the whole map or the backbone is not a ResNet."""
+        radius = getattr(self, "_layer4_radius", None)
+        if radius is None:
+            layer4 = getattr(self.backbone, "layer4", None)
+            convs = [m for m in layer4.modules() if isinstance(m, nn.Conv2d)] if layer4 is not None else []
+            if not convs or any(c.stride != (1, 1) for c in convs):
+                radius = -1  # a strided layer4 changes the grid: no window
+            else:  # each conv widens the dependency by dilation * (kernel - 1) / 2 cells
+                radius = sum(c.dilation[0] * (c.kernel_size[0] - 1) // 2 for c in convs)
+            self._layer4_radius = radius
+        if radius < 0:
+            return None
+        soft = F.interpolate(fg.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=True)[:, 0]
+        rows, cols = torch.nonzero(soft.amax(0) > 0, as_tuple=True)
+        if rows.numel() == 0:
+            return None  # empty supports: the prior is zero whatever layer4 is; keep the plain path
+        top, bottom = max(int(rows.min()) - radius, 0), min(int(rows.max()) + radius + 1, size[0])
+        left, right = max(int(cols.min()) - radius, 0), min(int(cols.max()) + radius + 1, size[1])
+        if (bottom - top) * (right - left) >= size[0] * size[1]:
+            return None
+        return (top, bottom), (left, right)
 
     def _query_ignore(self, batch: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """[B,h,w] bool cells excluded from positions / deformable values."""
@@ -165,7 +203,7 @@ class IPMT(FewShotModel):
 
         query_mid, query_high = self._backbone_features(query_img.contiguous(memory_format=fmt))
         support_mid, support_high = self._backbone_features(
-            support_imgs.flatten(0, 1).contiguous(memory_format=fmt))
+            support_imgs.flatten(0, 1).contiguous(memory_format=fmt), layer4_fg=(support_masks == 1).flatten(0, 1))
         size = tuple(query_mid.shape[-2:])
         h, w = size
         query_feat = self.query_reduce(query_mid)  # [B,C,h,w]
