@@ -188,7 +188,26 @@ def block_geometry(dilation: str, depths: tuple[int, ...]) -> list[list[tuple[in
     return geometry
 
 
-class ResNetBackbone(nn.Module):
+class StagedBackbone(nn.Module):
+    """A backbone made of named stages (``self.stages``, each a module or method taking the previous output)."""
+
+    stages: list[str]
+
+    def forward_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Run one stage (``"layer0"``..``"layer4"``) on the previous stage's output."""
+        if name not in self.stages:
+            raise ValueError(f"unknown stage {name!r}; stages: {self.stages}")
+        return getattr(self, name)(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every stage output (with dilation, ResNet layer2..4 share output stride 8)."""
+        feats: dict[str, torch.Tensor] = {}
+        for name in self.stages:
+            x = feats[name] = self.forward_stage(name, x)
+        return feats
+
+
+class ResNetBackbone(StagedBackbone):
     """ResNet feature extractor; stages ``layer0`` (stem + max-pool) and ``layer1``..``layer4``.
 
     ``stem="deep"``: three 3x3 convs (``conv1/bn1``, ``conv2/bn2``, ``conv3/bn3``), the PSPNet "v2"
@@ -244,18 +263,6 @@ class ResNetBackbone(nn.Module):
             x = F.relu(conv_norm(self.conv3, self.bn3, x), inplace=True)
         return self.maxpool(x)
 
-    def forward_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Run one stage (``"layer0"``..``"layer4"``) on the previous stage's output."""
-        if name not in self.stages:
-            raise ValueError(f"unknown stage {name!r}; stages: {self.stages}")
-        return getattr(self, name)(x)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every stage output; with dilation, layer2..4 share output stride 8."""
-        feats: dict[str, torch.Tensor] = {}
-        for name in self.stages:
-            x = feats[name] = self.forward_stage(name, x)
-        return feats
 
 
 # VGG-16 configuration "D" grouped as the references' ``get_vgg16_layer`` slices ``features``:
@@ -265,7 +272,7 @@ class ResNetBackbone(nn.Module):
 _VGG_STAGES = ((64, 64, "M"), (128, 128, "M"), (256, 256, 256, "M"), (512, 512, 512, "M"), (512, 512, 512))
 
 
-class VGGBackbone(nn.Module):
+class VGGBackbone(StagedBackbone):
     """VGG-16 with BatchNorm (``vgg16_bn``) as five stages; convs keep their biases; norms are not folded."""
 
     def __init__(self, norm: str = "frozen") -> None:
@@ -294,17 +301,6 @@ class VGGBackbone(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def forward_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Run one stage (``"layer0"``..``"layer4"``) on the previous stage's output."""
-        if name not in self.stages:
-            raise ValueError(f"unknown stage {name!r}; stages: {self.stages}")
-        return getattr(self, name)(x)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats: dict[str, torch.Tensor] = {}
-        for name in self.stages:
-            x = feats[name] = self.forward_stage(name, x)
-        return feats
 
 
 _RESNET_SPECS: dict[str, dict[str, Any]] = {

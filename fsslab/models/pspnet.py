@@ -137,8 +137,7 @@ class PSPNet(FewShotModel):
             return [] if module is None else [p for p in module.parameters() if p.requires_grad]
 
         if self.optimizer == "adamw":
-            params = [p for p in self.parameters() if p.requires_grad]
-            return [OptimizerSpec("main", "adamw", [{"params": params, "lr": base_lr}],
+            return [OptimizerSpec("main", "adamw", [{"params": trainable(self), "lr": base_lr}],
                                   options={"weight_decay": weight_decay})]
         head_lr = base_lr * self.head_lr_multiplier
         groups = [{"params": trainable(self.backbone), "lr": base_lr},
