@@ -31,6 +31,7 @@ class DataConfig:
     val_size: int = 473  # evaluation long-side size
     support_label: str = "mask"  # "mask" | "box" | "scribble" (weak supports)
     coco_split: str = "interleaved"  # COCO-20i fold convention: "interleaved" | "contiguous"
+    train_split: str = "train"  # "pretrain": the synthetic benchmark's backbone corpus (n_pretrain images)
     scale_min: float = 0.9
     scale_max: float = 1.1
     rotate_min: float = -10.0
@@ -100,6 +101,9 @@ class EvalConfig:
     batch_size: int = 1
     amp: str = "none"
     split: str = "val"
+    # "mismatched": a control where each query gets the supports of another class (engine.controls);
+    # the drop from "matched" measures how much the model relies on its supports
+    supports: str = "matched"
 
 
 @dataclass
@@ -138,11 +142,13 @@ _CHOICES = {
     ("data", "protocol"): ("pfenet", "bam"),
     ("data", "support_label"): ("mask", "box", "scribble"),
     ("data", "coco_split"): ("interleaved", "contiguous"),
+    ("data", "train_split"): ("train", "pretrain"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "grad_sync"): ("auto", "ddp", "manual"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("eval", "amp"): ("none", "bf16", "fp16"),
     ("eval", "support_label"): (None, "mask", "box", "scribble"),
+    ("eval", "supports"): ("matched", "mismatched"),
 }
 _FREE_DICTS = {
     ("data", "params"),

@@ -55,6 +55,19 @@ def test_train_episodes(voc_root, shot):
         assert torch.all(base[b][target] == base_id)
 
 
+def test_base_label_all_keeps_every_class_id(voc_root):
+    torch.manual_seed(0)
+    ds = PascalEpisodes(voc_root, "train", 0, 1, size=SIZE, base_label="all", augment=False)
+    assert ds.base_table[3] == 3 and ds.base_table[17] == 17 and ds.base_table[255] == 255
+    base_only = PascalEpisodes(voc_root, "train", 0, 1, size=SIZE)
+    assert base_only.base_table[1] == 0 and base_only.base_table[6] == 1  # novel → 0, base renumbered
+    sample = ds[0]
+    target = sample["query_mask"] == 1
+    assert torch.all(sample["query_base_mask"][target] == sample["class_id"])  # ids kept, not renumbered
+    with pytest.raises(ValueError, match="base_label must be 'base' or 'all'"):
+        PascalEpisodes(voc_root, "train", 0, 1, size=SIZE, base_label="novel")
+
+
 def test_train_sampling_rules(voc_root):
     ds = PascalEpisodes(voc_root, "train", 0, 5, size=SIZE)
     index = ds.index

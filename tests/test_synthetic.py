@@ -8,18 +8,21 @@ import time
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from fsslab.data.synthetic import (
     CLASS_NAMES,
     IGNORE_LABEL,
     MIN_AREA,
     PALETTE,
+    SPLITS,
     SyntheticConfig,
     boundary_band,
     generate_synthetic,
     render_sample,
     write_synthetic_if_missing,
 )
+from fsslab.data.synthetic_textures import TEXTURES, class_signature
 
 TINY = {"n_train": 40, "n_val": 12, "min_size": 96, "max_size": 112}
 
@@ -61,6 +64,29 @@ def test_layout_lists_and_meta(tiny_root):
         hist = np.bincount(label.ravel(), minlength=256)[1:21]
         qualifying += hist >= MIN_AREA
     assert qualifying.tolist() == summary["class_counts"]["val"]["qualifying"]
+
+
+def test_pretrain_split_is_a_separate_training_corpus(tmp_path):
+    from fsslab.data import build_dataset
+
+    config = SyntheticConfig(seed=2, n_train=16, n_val=8, n_pretrain=24, min_size=96, max_size=96, max_objects=4)
+    summary = write_synthetic_if_missing(tmp_path, config, workers=0)
+    lines = {split: (tmp_path / "lists" / f"{split}.txt").read_text().splitlines() for split in SPLITS}
+    assert [len(lines[s]) for s in SPLITS] == [16, 8, 24] and summary["class_counts"]["pretrain"]
+    assert not set(lines["pretrain"]) & (set(lines["train"]) | set(lines["val"]))  # images no episode uses
+    # seeded per split: adding the pretrain split leaves train and val byte-identical
+    plain = SyntheticConfig.from_dict({**config.to_dict(), "n_pretrain": 0})
+    assert np.array_equal(render_sample(plain, "train", 3)[0], render_sample(config, "train", 3)[0])
+    assert plain.split_sizes() == [("train", 16), ("val", 8)]
+    # sampled in training mode (random episodes with augmentation), labels keep every class id
+    torch.manual_seed(0)
+    corpus = build_dataset("synthetic", tmp_path, "pretrain", 0, 1, size=64, base_label="all", on_small_class="exclude")
+    assert corpus.training and len(corpus) > 0
+    sample = corpus[0]
+    assert sample["query_img"].shape == (3, 64, 64)
+    assert set(torch.unique(sample["query_base_mask"]).tolist()) <= set(range(21)) | {255}
+    with pytest.raises(ValueError, match="n_pretrain must be >= 0"):
+        SyntheticConfig(n_pretrain=-1)
 
 
 def test_label_values_and_boundary_bands(tiny_root):
@@ -133,6 +159,51 @@ def test_colour_does_not_identify_the_class(preset, min_spread):
                 colours.setdefault(int(c), []).append(image[label == c].mean(0))
     spreads = [np.std(np.stack(v), axis=0).mean() for v in colours.values() if len(v) >= 4]
     assert spreads and np.median(spreads) > min_spread  # uint8 units
+
+
+def test_class_appearance_ties_colour_to_the_class():
+    # class_appearance=1: every object wears its class's jittered signature, so a class's mean colours
+    # cluster (small spread) while classes differ; 0 (see above) leaves colour uninformative.
+    config = SyntheticConfig(seed=1, class_appearance=1.0, outline_prob=0.0)
+    colours: dict[int, list[np.ndarray]] = {}
+    for i in range(60):
+        image, label = render_sample(config, "train", i)
+        for c in np.unique(label):
+            if 0 < c < IGNORE_LABEL and (label == c).sum() > 300:
+                colours.setdefault(int(c), []).append(image[label == c].astype(float).mean(0))
+    tied = {c: np.stack(v) for c, v in colours.items() if len(v) >= 4}
+    within = np.median([v.std(axis=0).mean() for v in tied.values()])
+    between = np.stack([v.mean(0) for v in tied.values()]).std(axis=0).mean()
+    assert len(tied) >= 8 and within < 20.0 and between > 2 * within, (within, between)
+    assert [class_signature(c)[2] for c in range(1, 6)] == list(TEXTURES[1:]) + [TEXTURES[0]]
+
+
+def test_added_knobs_at_their_defaults_reproduce_earlier_output(tmp_path):
+    # min_objects=1 and class_appearance=0 draw nothing extra from the RNG: benchmarks written before
+    # these knobs existed stay valid (their meta.json lacks the keys and is accepted as the defaults)
+    plain = SyntheticConfig(seed=5, n_train=3, n_val=2, min_size=48, max_size=48)
+    tied = SyntheticConfig.from_dict({**plain.to_dict(), "class_appearance": 0.5})
+    assert any(
+        not np.array_equal(render_sample(plain, "train", i)[0], render_sample(tied, "train", i)[0]) for i in range(3)
+    )
+    write_synthetic_if_missing(tmp_path, plain, workers=0)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    for key in ("min_objects", "class_appearance"):
+        del meta["config"][key]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    write_synthetic_if_missing(tmp_path, plain)  # accepted
+    with pytest.raises(ValueError, match="class_appearance: on disk 0.0, requested 0.5"):
+        write_synthetic_if_missing(tmp_path, tied)
+    def classes_per_image(config):
+        labels = [render_sample(config, "train", i)[1] for i in range(8)]
+        return [len([c for c in np.unique(lab) if 0 < c < IGNORE_LABEL]) for lab in labels]
+
+    assert max(classes_per_image(SyntheticConfig(seed=5, max_objects=1))) == 1
+    assert np.mean(classes_per_image(SyntheticConfig(seed=5, min_objects=3, max_objects=3))) > 2
+    with pytest.raises(ValueError, match="min_objects <= max_objects"):
+        SyntheticConfig(min_objects=3, max_objects=2)
+    with pytest.raises(ValueError, match="class_appearance"):
+        SyntheticConfig(class_appearance=-0.1)
 
 
 def test_knobs_change_the_scenes():

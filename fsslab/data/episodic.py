@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from fsslab.data.classes import PASCAL, Benchmark, coco_benchmark, get_benchmark, synthetic_benchmark
 from fsslab.data.io import IGNORE_INDEX, DatasetError, read_pair
-from fsslab.data.lists import MIN_AREA, FoldIndex, base_label_table, build_fold_index
+from fsslab.data.lists import MIN_AREA, TRAINING_SPLITS, FoldIndex, base_label_table, build_fold_index
 from fsslab.data.transforms import TrainAugment, eval_resize, normalize, pad_label_to_canvas
 from fsslab.data.weak import WEAK_LABELS, weak_label
 
@@ -49,7 +49,7 @@ def _binary_target(label: np.ndarray, class_id: int) -> np.ndarray:
 class EpisodicDataset(Dataset):
     """K-shot episodes over a VOC-layout root (`<root>/lists/<split>.txt`, two-column lines).
 
-    Train mode (split "train"): item i is the i-th image with a qualifying base class; its class is
+    Train mode (split "train", or the synthetic "pretrain"): item i is the i-th image with a qualifying base class; its class is
     drawn among the image's base classes (`query_class_rule="present"`: any base class with pixels in
     the image, as PFENet/IPMT/BAM/AMFormer `__getitem__` do; `"qualifying"`: only those covering
     `min_area` pixels); K supports are other images where that class qualifies, drawn without
@@ -58,6 +58,10 @@ class EpisodicDataset(Dataset):
     Eval mode (any other split): a list of `episodes` episodes is drawn up front from `seed`
     (queries in list order, repeated, as the references iterate their val loader), so the same seed
     gives identical episodes whatever the number of workers.
+
+    `query_base_mask` is the label with base classes renumbered 1..n_base and novel classes as 0 (BAM's
+    base annotation, `base_label="base"`), or the full label (`"all"`: for a pretraining stand-in, on a
+    root of its own, that has seen every class as ImageNet has seen PASCAL's).
 
     A class of the split with fewer than shot+1 images raises (`on_small_class="error"`) or is left
     out and reported in `stats.excluded_classes` (`"exclude"`).
@@ -79,6 +83,7 @@ class EpisodicDataset(Dataset):
         augment: bool = True,
         augmentation: TrainAugment | dict | None = None,
         use_base_mask: bool = True,
+        base_label: str = "base",
         min_area: int = MIN_AREA,
         list_path: str | Path | None = None,
         query_class_rule: str = "present",
@@ -95,12 +100,14 @@ class EpisodicDataset(Dataset):
             raise ValueError(f"support_label must be one of {WEAK_LABELS}, got {support_label!r}")
         if query_class_rule not in ("present", "qualifying"):
             raise ValueError(f"query_class_rule must be 'present' or 'qualifying', got {query_class_rule!r}")
+        if base_label not in ("base", "all"):
+            raise ValueError(f"base_label must be 'base' or 'all', got {base_label!r}")
         if on_small_class not in ("error", "exclude"):
             raise ValueError(f"on_small_class must be 'error' or 'exclude', got {on_small_class!r}")
         self.root = Path(root)
         self.benchmark = benchmark
         self.split, self.fold, self.shot = split, fold, shot
-        self.training = split == "train"
+        self.training = split in TRAINING_SPLITS
         family = benchmark.name.split("_")[0]
         self.size = int(size if size is not None else DEFAULT_SIZE.get(family, 473))
         self.support_label = support_label
@@ -121,7 +128,10 @@ class EpisodicDataset(Dataset):
             benchmark, self.root, split, fold, protocol, min_area, list_path, cache=cache, progress=progress
         )
         self.classes = list(self.index.summary.classes)
-        self.base_table = base_label_table(benchmark, fold)
+        if base_label == "all":  # every class keeps its id: a pretraining stand-in that sees all classes
+            self.base_table = np.arange(256, dtype=np.uint8)
+        else:
+            self.base_table = base_label_table(benchmark, fold)
         self.stats = EpisodeStats()
         self.on_small_class = on_small_class
         self._class_sets = {c: set(items) for c, items in self.index.class_to_items.items()}

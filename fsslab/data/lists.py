@@ -17,6 +17,7 @@ from fsslab.data.classes import Benchmark
 from fsslab.data.io import IGNORE_INDEX, DatasetError, check_same_size, image_size, read_label
 
 MIN_AREA = 2 * 32 * 32  # PFENet/Shaban: a class counts in an image only with >= 2048 pixels
+TRAINING_SPLITS = ("train", "pretrain")  # sampled like training data; "pretrain": the synthetic backbone corpus
 PROTOCOLS = ("pfenet", "bam")
 INDEX_DIR = "fsslab_index"
 _CACHE_VERSION = 1
@@ -193,7 +194,7 @@ def build_fold_index(
 ) -> FoldIndex:
     """Class → image index of a split for a fold.
 
-    split "train" uses the fold's base classes under `protocol`: "pfenet" keeps every image with a
+    split "train" (or "pretrain") uses the fold's base classes under `protocol`: "pfenet" keeps every image with a
     qualifying base class (novel pixels become background in the episode), "bam" first removes every
     image that has any novel-class pixel (BAM/AMFormer `make_dataset(filter_intersection=True)`).
     Any other split (val/test) uses the novel classes; the protocol does not apply there.
@@ -203,7 +204,7 @@ def build_fold_index(
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     root = Path(root)
     list_path = Path(list_path) if list_path is not None else default_list_path(root, split)
-    training = split == "train"
+    training = split in TRAINING_SPLITS
     classes = benchmark.base_classes(fold) if training else benchmark.novel_classes(fold)
     protocol_used = protocol if training else "pfenet"
     params = {

@@ -23,14 +23,14 @@ from fsslab.data.synthetic_shapes import (
     distractor_parts,
     rasterize,
 )
-from fsslab.data.synthetic_textures import background, finish, material
+from fsslab.data.synthetic_textures import background, finish, material, typical_material
 
 GENERATOR_VERSION = 1  # bump whenever the same config would produce different pixels
 BENCHMARK_NAME = "fsslab-synthetic"
 N_CLASSES = len(CLASS_NAMES)  # 20: folds of 5 like PASCAL-5i
 IGNORE_LABEL = 255
 MIN_AREA = 2 * 32 * 32  # PFENet's rule: a class counts in an image only above this many pixels
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "pretrain")  # "pretrain": the backbone's own corpus (n_pretrain images, may be 0)
 _INCOMPLETE_MARKER = ".synthetic_incomplete"
 
 # Colours for figures: index 0 background, 1..20 the classes (tab20-like), and the ignore colour.
@@ -72,6 +72,9 @@ class SyntheticConfig:
     seed: int = 0
     n_train: int = 2000
     n_val: int = 500
+    # images of a third split, "pretrain", that no episode uses: the corpus on which a backbone learns every
+    # class before few-shot training (the synthetic ImageNet; configs/synthetic/backbone_pretrain_tiny.yaml)
+    n_pretrain: int = 0
     min_size: int = 128
     max_size: int = 160
     # defaults calibrated so that, on a 2-core CPU budget, a trained meta-learner clearly beats the
@@ -79,27 +82,34 @@ class SyntheticConfig:
     diversity: float = 0.4
     clutter: float = 0.2
     object_scale: tuple[float, float] = (0.28, 0.65)
+    min_objects: int = 1
     max_objects: int = 2
     distractors: int = 0
     outline_prob: float = 0.1
+    # probability that an object wears its class's typical colours and texture (synthetic_textures.
+    # class_signature, jittered by diversity) instead of a random appearance: natural classes are not
+    # appearance-free, and a support then tells more than shape, so more shots tell more
+    class_appearance: float = 0.0
     boundary_width: int = 2
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
         self.object_scale = tuple(float(v) for v in self.object_scale)  # type: ignore[assignment]
         problems = []
-        if self.n_train < 0 or self.n_val < 0:
-            problems.append(f"n_train/n_val must be >= 0, got {self.n_train}/{self.n_val}")
+        if min(self.n_train, self.n_val, self.n_pretrain) < 0:
+            problems.append(
+                f"n_train/n_val/n_pretrain must be >= 0, got {self.n_train}/{self.n_val}/{self.n_pretrain}"
+            )
         if not 16 <= self.min_size <= self.max_size:
             problems.append(f"need 16 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
-        for name in ("diversity", "clutter", "outline_prob"):
+        for name in ("diversity", "clutter", "outline_prob", "class_appearance"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
         lo_hi = self.object_scale
         if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0:
             problems.append(f"object_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {lo_hi}")
-        if self.max_objects < 1:
-            problems.append(f"max_objects must be >= 1, got {self.max_objects}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            problems.append(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
         if self.distractors < 0 or self.boundary_width < 0:
             problems.append("distractors and boundary_width must be >= 0")
         if self.max_objects + self.distractors > 64:
@@ -108,6 +118,11 @@ class SyntheticConfig:
             problems.append(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if problems:
             raise ValueError("invalid SyntheticConfig: " + "; ".join(problems))
+
+    def split_sizes(self) -> list[tuple[str, int]]:
+        """(split, number of images) of every written split; "pretrain" only when n_pretrain > 0."""
+        sizes = [("train", self.n_train), ("val", self.n_val), ("pretrain", self.n_pretrain)]
+        return [(split, n) for split, n in sizes if split != "pretrain" or n > 0]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -139,6 +154,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "medium": {"diversity": 0.8, "clutter": 0.5, "max_objects": 4, "distractors": 2, "outline_prob": 0.3},
     "hard": {"diversity": 1.0, "clutter": 0.8, "max_objects": 4, "distractors": 4, "outline_prob": 0.5},
 }
+
+
+# Knobs added within a generator version, with the value that reproduces the earlier output exactly.
+_ADDED_KNOB_DEFAULTS: dict[str, Any] = {"min_objects": 1, "class_appearance": 0.0, "n_pretrain": 0}
 
 
 def fold_classes(fold: int) -> list[int]:
@@ -175,17 +194,29 @@ def _object_pose(
     )
 
 
+def _surface(rng: np.random.Generator, config: SyntheticConfig, shape: tuple[int, int], class_id: int) -> np.ndarray:
+    # rng.random() is drawn only when class_appearance > 0, so class_appearance=0 reproduces earlier output
+    if class_id and config.class_appearance > 0 and rng.random() < config.class_appearance:
+        return typical_material(shape, rng, class_id, config.diversity)
+    return material(shape, rng, config.diversity)
+
+
 def _paint(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: SyntheticConfig, outlined: bool
+    image: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+    outlined: bool,
+    class_id: int = 0,
 ) -> None:
     """Paint one object's surface into `image` where `mask` is set (outlined: two-tone rim and core)."""
     inside = mask.astype(bool)
-    image[inside] = material(image.shape[:2], rng, config.diversity)[inside]
+    image[inside] = _surface(rng, config, image.shape[:2], class_id)[inside]
     if outlined:
         rim = max(2, round(0.12 * np.sqrt(inside.sum())))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rim + 1, 2 * rim + 1))
         core = cv2.erode(mask, kernel).astype(bool)
-        image[core] = material(image.shape[:2], rng, config.diversity)[core]
+        image[core] = _surface(rng, config, image.shape[:2], class_id)[core]
 
 
 def boundary_band(instances: np.ndarray, width: int) -> np.ndarray:
@@ -207,7 +238,7 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
     label = np.zeros(shape, dtype=np.uint8)
     instances = np.zeros(shape, dtype=np.uint8)  # 0: background or distractor, k: k-th object
 
-    n_objects = int(rng.integers(1, config.max_objects + 1))
+    n_objects = int(rng.integers(config.min_objects, config.max_objects + 1))
     n_distractors = int(rng.integers(0, config.distractors + 1))
     # Distractors are interleaved with objects so that some of them occlude objects.
     layers = [("object", int(c)) for c in rng.integers(1, N_CLASSES + 1, n_objects)]
@@ -220,7 +251,7 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
             parts = SHAPE_FAMILIES[class_id - 1][1](lambda: float(rng.uniform(-1.0, 1.0)) * d)
             pose = _object_pose(rng, config, UNIT_AREAS[class_id - 1], shape)
             mask = rasterize(parts, pose, shape, 0.12 * d, rng)
-            _paint(image, mask, rng, config, outlined=bool(rng.random() < config.outline_prob))
+            _paint(image, mask, rng, config, bool(rng.random() < config.outline_prob), class_id)
             inside = mask.astype(bool)
             label[inside], instances[inside] = class_id, layer_index  # later layers occlude earlier ones
         else:
@@ -272,7 +303,8 @@ def generate_synthetic(
 ) -> dict[str, Any]:
     """Write the benchmark to `root` in the VOC layout; returns a summary with per-class image counts.
 
-    Layout: JPEGImages/<name>.jpg, SegmentationClassAug/<name>.png, lists/{train,val}.txt, meta.json.
+    Layout: JPEGImages/<name>.jpg, SegmentationClassAug/<name>.png, lists/{train,val[,pretrain]}.txt,
+    meta.json.
     workers: processes to use (default: all cores, at most 8; 0 or 1 runs in this process).
     """
     config = config or SyntheticConfig()
@@ -288,7 +320,7 @@ def generate_synthetic(
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     config_dict = config.to_dict()
     counts: dict[str, dict[str, list[int]]] = {}
-    for split, n in zip(SPLITS, (config.n_train, config.n_val)):
+    for split, n in config.split_sizes():
         tasks = [(str(root), config_dict, split, i) for i in range(n)]
         results = _run_tasks(tasks, workers, desc=f"synthetic {split}", progress=progress)
         (root / "lists" / f"{split}.txt").write_text(
@@ -322,7 +354,9 @@ def generate_synthetic(
         for warning in summary["warnings"]:
             tqdm.write(f"warning: {warning}")
         tqdm.write(
-            f"synthetic benchmark: {config.n_train} train + {config.n_val} val images in {seconds:.1f} s "
+            f"synthetic benchmark: {config.n_train} train + {config.n_val} val"
+            + (f" + {config.n_pretrain} pretrain" if config.n_pretrain else "")
+            + f" images in {seconds:.1f} s "
             f"-> {root}"
         )
     return summary
@@ -338,7 +372,7 @@ def _remove_derived_data(root: Path) -> None:
 def _remove_stale_samples(root: Path, config: SyntheticConfig) -> None:
     """Delete images/labels left by an earlier, larger generation into the same directory."""
     keep = {
-        sample_name(split, i) for split, n in zip(SPLITS, (config.n_train, config.n_val)) for i in range(n)
+        sample_name(split, i) for split, n in config.split_sizes() for i in range(n)
     }
     for sub, suffix in (("JPEGImages", ".jpg"), ("SegmentationClassAug", ".png")):
         for path in (root / sub).glob(f"*{suffix}"):
@@ -405,10 +439,10 @@ def write_synthetic_if_missing(
     if (root / "meta.json").exists():
         meta = read_meta(root)
         wanted = config.to_dict()
+        # a knob added after the benchmark was written had its default's effect (same generator version)
+        on_disk = {**_ADDED_KNOB_DEFAULTS, **meta.get("config", {})}
         differences = [
-            f"{k}: on disk {meta.get('config', {}).get(k)!r}, requested {v!r}"
-            for k, v in wanted.items()
-            if meta.get("config", {}).get(k) != v
+            f"{k}: on disk {on_disk.get(k)!r}, requested {v!r}" for k, v in wanted.items() if on_disk.get(k) != v
         ]
         if meta.get("version") != GENERATOR_VERSION:
             differences.append(
@@ -419,7 +453,7 @@ def write_synthetic_if_missing(
                 f"{root} holds a synthetic benchmark with a different configuration "
                 f"({'; '.join(differences)}); use another directory or delete this one"
             )
-        for split, n in zip(SPLITS, (config.n_train, config.n_val)):
+        for split, n in config.split_sizes():
             list_path = root / "lists" / f"{split}.txt"
             if not list_path.is_file() or len(list_path.read_text().splitlines()) != n:
                 raise ValueError(

@@ -14,7 +14,7 @@ _CANONICAL_COLOUR = np.array([0.85, 0.45, 0.2], dtype=np.float32)  # every objec
 def random_colour(rng: np.random.Generator, diversity: float = 1.0) -> np.ndarray:
     """An RGB colour in [0, 1]; at diversity d it is d of the way from a fixed colour to a random one.
 
-    Colours never depend on the class, so a colour prototype cannot tell classes apart.
+    Random colours never depend on the class; class-typical appearance comes from `typical_material`.
     """
     rgb = np.array(
         colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.2, 1.0), rng.uniform(0.2, 1.0)), dtype=np.float32
@@ -70,6 +70,31 @@ def material(shape: tuple[int, int], rng: np.random.Generator, diversity: float)
     surface = first * (1.0 - weight) + second * weight
     light = 1.0 + 0.25 * diversity * (pattern("gradient", shape, rng) - 0.5)
     return (surface * light[..., None]).astype(np.float32)
+
+
+def class_signature(class_id: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """A class's typical (main colour, second colour, texture kind), fixed per class whatever the seed.
+
+    Hues step by the golden ratio so that classes with nearby ids get distant hues; the texture kind
+    cycles through `TEXTURES`, so classes that share a kind differ in colour and vice versa.
+    """
+    g = np.random.default_rng([0x5EED, class_id])
+    hue = (class_id * 0.6180339887) % 1.0
+    main = colorsys.hsv_to_rgb(hue, g.uniform(0.55, 1.0), g.uniform(0.45, 1.0))
+    second = colorsys.hsv_to_rgb((hue + g.uniform(0.25, 0.75)) % 1.0, g.uniform(0.3, 1.0), g.uniform(0.2, 0.9))
+    return np.array(main, np.float32), np.array(second, np.float32), TEXTURES[class_id % len(TEXTURES)]
+
+
+def typical_material(shape: tuple[int, int], rng: np.random.Generator, class_id: int,
+                     diversity: float) -> np.ndarray:
+    """[H, W, 3] float32 surface in the class's typical appearance, its colours jittered by `diversity`."""
+    main, second, kind = class_signature(class_id)
+    jitter = 0.15 * diversity
+    first = np.clip(main + rng.normal(0.0, jitter, 3), 0.0, 1.0).astype(np.float32)
+    other = np.clip(second + rng.normal(0.0, jitter, 3), 0.0, 1.0).astype(np.float32)
+    weight = pattern(kind, shape, rng)[..., None]
+    light = 1.0 + 0.25 * diversity * (pattern("gradient", shape, rng) - 0.5)
+    return ((first * (1.0 - weight) + other * weight) * light[..., None]).astype(np.float32)
 
 
 def background(shape: tuple[int, int], rng: np.random.Generator, clutter: float) -> np.ndarray:

@@ -60,7 +60,10 @@ class EvalResult:
 
     def table(self) -> str:
         """Plain-text table: one row per seed, then mean ± std, then per-class IoU."""
-        lines = [f"{'seed':>8} {'mIoU':>8} {'FB-IoU':>8} {'episodes':>9}"]
+        lines = []
+        if self.settings.get("supports") == "mismatched":
+            lines.append("control: every query paired with supports of another class (eval.supports=mismatched)")
+        lines.append(f"{'seed':>8} {'mIoU':>8} {'FB-IoU':>8} {'episodes':>9}")
         for r in self.per_seed:
             lines.append(f"{r['seed']:>8} {r['miou']:>8.2f} {r['fbiou']:>8.2f} {r['episodes']:>9}")
         lines.append(f"{'mean':>8} {self.miou_mean:>8.2f} {self.fbiou_mean:>8.2f}")

@@ -17,9 +17,11 @@ from fsslab.engine.evaluate import EvalResult, evaluate
 
 
 def dataset_kwargs(cfg: RunConfig, split: str) -> dict[str, Any]:
-    """Keyword arguments of ``fsslab.data.build_dataset`` for ``split`` ("train" or an evaluation split)."""
+    """Keyword arguments of ``fsslab.data.build_dataset`` for ``split`` (a training or an evaluation split)."""
+    from fsslab.data.lists import TRAINING_SPLITS
+
     data = cfg.data
-    training = split == "train"
+    training = split in TRAINING_SPLITS
     kwargs: dict[str, Any] = {
         "size": data.size if training else data.val_size,
         "protocol": data.protocol,
@@ -65,20 +67,29 @@ def build_train_set(cfg: RunConfig) -> Any:
 
     ensure_synthetic(cfg)
     return build_dataset(
-        cfg.data.dataset, cfg.data.root, "train", cfg.data.fold, cfg.data.shot, **dataset_kwargs(cfg, "train")
+        cfg.data.dataset,
+        cfg.data.root,
+        cfg.data.train_split,
+        cfg.data.fold,
+        cfg.data.shot,
+        **dataset_kwargs(cfg, cfg.data.train_split),
     )
 
 
 def eval_dataset_factory(cfg: RunConfig, shot: int | None = None, support_label: str | None = None):
-    """``factory(seed, episodes)`` for ``evaluate`` and the benchmark (classes, folds, names)."""
+    """``factory(seed, episodes)`` for ``evaluate`` and the benchmark (classes, folds, names).
+
+    ``cfg.eval.supports="mismatched"`` wraps the episodes in the mismatched-support control.
+    """
     from fsslab.data import build_dataset
+    from fsslab.engine.controls import with_supports
 
     ensure_synthetic(cfg)
     shot = shot or cfg.eval.shot or cfg.data.shot
     kwargs = dataset_kwargs(cfg, cfg.eval.split)
     kwargs["support_label"] = support_label or cfg.eval.support_label or cfg.data.support_label
 
-    def factory(seed: int, episodes: int) -> Any:
+    def episodes_of(seed: int, episodes: int) -> Any:
         return build_dataset(
             cfg.data.dataset,
             cfg.data.root,
@@ -90,7 +101,10 @@ def eval_dataset_factory(cfg: RunConfig, shot: int | None = None, support_label:
             **kwargs,
         )
 
-    probe = factory(cfg.eval.seeds[0], 1)
+    def factory(seed: int, episodes: int) -> Any:
+        return with_supports(episodes_of(seed, episodes), cfg.eval.supports)
+
+    probe = episodes_of(cfg.eval.seeds[0], 1)
     return factory, probe.benchmark
 
 
@@ -152,6 +166,7 @@ def run_evaluation(
         "fold": cfg.data.fold,
         "shot": shot or cfg.eval.shot or cfg.data.shot,
         "support_label": support_label or cfg.eval.support_label or cfg.data.support_label,
+        "supports": cfg.eval.supports,
         "protocol": cfg.data.protocol,
         "val_size": cfg.data.val_size,
         "amp": cfg.eval.amp,
