@@ -109,3 +109,23 @@ def test_control_separates_support_driven_from_support_blind_models(root):
     copy_matched, _ = _miou(_CopySupport(), root, "matched")
     copy_mismatched, _ = _miou(_CopySupport(), root, "mismatched")
     assert copy_mismatched != copy_matched
+
+
+def test_backbone_pretrain_config_reads_the_pretrain_split_with_every_class(synthetic_root_factory):
+    from fsslab.engine.runner import build_train_set
+
+    knobs = {**KNOBS, "n_pretrain": 30}
+    root = synthetic_root_factory(knobs)
+    cfg = load_config(
+        "synthetic/backbone_pretrain_tiny",
+        [f"data.root={root}", "data.size=64", "data.params.on_small_class=exclude"]
+        + [f"data.synthetic.{k}={v}" for k, v in knobs.items()] + ["data.synthetic.class_appearance=0.0"],
+    )
+    assert cfg.data.train_split == "pretrain" and cfg.model.params["n_classes"] == 21
+    corpus = build_train_set(cfg)
+    assert corpus.split == "pretrain" and corpus.training
+    pretrain_names = {line.split()[0] for line in (root / "lists" / "pretrain.txt").read_text().splitlines()}
+    assert {corpus.index.items[i][0] for i in corpus.query_items} <= pretrain_names
+    torch.manual_seed(0)
+    labels = torch.cat([corpus[i]["query_base_mask"].flatten() for i in range(6)])
+    assert labels[labels != 255].max() <= 20 and len(set(labels.tolist()) - {0, 255}) >= 1
