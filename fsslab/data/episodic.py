@@ -49,8 +49,8 @@ def _binary_target(label: np.ndarray, class_id: int) -> np.ndarray:
 class EpisodicDataset(Dataset):
     """K-shot episodes over a VOC-layout root (`<root>/lists/<split>.txt`, two-column lines).
 
-    Train mode (split "train", or the synthetic "pretrain"): item i is the i-th image with a qualifying base class; its class is
-    drawn among the image's base classes (`query_class_rule="present"`: any base class with pixels in
+    Train mode (split "train", or the synthetic "pretrain"): item i is the i-th image with a qualifying
+    base class; its class is drawn among the image's base classes (`query_class_rule="present"`: any base class with pixels in
     the image, as PFENet/IPMT/BAM/AMFormer `__getitem__` do; `"qualifying"`: only those covering
     `min_area` pixels); K supports are other images where that class qualifies, drawn without
     replacement; all draws and augmentations use a generator seeded from torch's RNG, so they follow
@@ -60,8 +60,8 @@ class EpisodicDataset(Dataset):
     gives identical episodes whatever the number of workers.
 
     `query_base_mask` is the label with base classes renumbered 1..n_base and novel classes as 0 (BAM's
-    base annotation, `base_label="base"`), or the full label (`"all"`: for a pretraining stand-in, on a
-    root of its own, that has seen every class as ImageNet has seen PASCAL's).
+    base annotation, `base_label="base"`), or the full label (`"all"`: for a pretraining stand-in on the
+    synthetic "pretrain" split, which sees every class as ImageNet has seen PASCAL's).
 
     A class of the split with fewer than shot+1 images raises (`on_small_class="error"`) or is left
     out and reported in `stats.excluded_classes` (`"exclude"`).

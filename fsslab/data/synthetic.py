@@ -194,7 +194,9 @@ def _object_pose(
     )
 
 
-def _surface(rng: np.random.Generator, config: SyntheticConfig, shape: tuple[int, int], class_id: int) -> np.ndarray:
+def _surface(
+    rng: np.random.Generator, config: SyntheticConfig, shape: tuple[int, int], class_id: int
+) -> np.ndarray:
     # rng.random() is drawn only when class_appearance > 0, so class_appearance=0 reproduces earlier output
     if class_id and config.class_appearance > 0 and rng.random() < config.class_appearance:
         return typical_material(shape, rng, class_id, config.diversity)

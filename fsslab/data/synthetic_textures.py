@@ -66,6 +66,12 @@ def material(shape: tuple[int, int], rng: np.random.Generator, diversity: float)
     kind = "flat" if rng.random() >= diversity else TEXTURES[1 + int(rng.integers(len(TEXTURES) - 1))]
     # The second colour is a different hue at diversity 1 and a darker shade of the first at diversity 0.
     second = (1.0 - diversity) * first * 0.6 + diversity * random_colour(rng, 1.0)
+    return _shaded_mix(first, second, kind, shape, rng, diversity)
+
+
+def _shaded_mix(first: np.ndarray, second: np.ndarray, kind: str, shape: tuple[int, int],
+                rng: np.random.Generator, diversity: float) -> np.ndarray:
+    """[H, W, 3] float32: two colours mixed by a `kind` texture, under a light gradient of strength `diversity`."""
     weight = pattern(kind, shape, rng)[..., None]
     surface = first * (1.0 - weight) + second * weight
     light = 1.0 + 0.25 * diversity * (pattern("gradient", shape, rng) - 0.5)
@@ -92,9 +98,7 @@ def typical_material(shape: tuple[int, int], rng: np.random.Generator, class_id:
     jitter = 0.15 * diversity
     first = np.clip(main + rng.normal(0.0, jitter, 3), 0.0, 1.0).astype(np.float32)
     other = np.clip(second + rng.normal(0.0, jitter, 3), 0.0, 1.0).astype(np.float32)
-    weight = pattern(kind, shape, rng)[..., None]
-    light = 1.0 + 0.25 * diversity * (pattern("gradient", shape, rng) - 0.5)
-    return ((first * (1.0 - weight) + other * weight) * light[..., None]).astype(np.float32)
+    return _shaded_mix(first, other, kind, shape, rng, diversity)
 
 
 def background(shape: tuple[int, int], rng: np.random.Generator, clutter: float) -> np.ndarray:

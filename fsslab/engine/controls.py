@@ -10,10 +10,11 @@ SUPPORT_MODES = ("matched", "mismatched")
 
 
 class MismatchedSupports(Dataset):
-    """The episodes of ``episodes`` with each query paired with the supports of another episode's class.
+    """The evaluation episodes of ``dataset``, each query paired with the supports of another class.
 
-    Episode ``i`` (of ``dataset``) keeps its query, query mask and class; every ``support_*`` tensor comes from the first
-    later episode (cyclically) whose class differs. A model that reads its supports loses accuracy on this
+    Episode ``i`` keeps its query, query mask and class; every ``support_*`` tensor comes from the first
+    later episode (cyclically) whose class differs. (The donor episode is loaded whole: its support masks
+    must be those of its own class, which only the episode itself computes.) A model that reads its supports loses accuracy on this
     control; a model that ignores them (a class-agnostic foreground segmenter) scores as on the real
     episodes. The pairing is fixed by the episode list, so the control is as deterministic as the
     evaluation itself.
