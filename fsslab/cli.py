@@ -56,7 +56,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             raise CliError(f"knob {item!r} must look like name=value")
         key, text = item.split("=", 1)
         knobs[key] = parse_value(text)
-    for key in ("seed", "n_train", "n_val"):
+    for key in ("seed", "n_train", "n_val", "n_pretrain"):
         if getattr(args, key) is not None:
             knobs[key] = getattr(args, key)
     try:
@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "medium | hard; knob=value arguments override its fields")
     synth.add_argument("--n-train", dest="n_train", type=int, default=None, help="training images")
     synth.add_argument("--n-val", dest="n_val", type=int, default=None, help="validation images")
+    synth.add_argument("--n-pretrain", dest="n_pretrain", type=int, default=None,
+                       help="images of the 'pretrain' split (the synthetic ImageNet; 0: none)")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 8)")
     synth.add_argument("--no-progress", action="store_true")
     synth.add_argument("knobs", nargs="*", metavar="knob=value", help="generator knobs")

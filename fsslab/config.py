@@ -52,7 +52,7 @@ class ModelConfig:
     params: dict[str, Any] = field(default_factory=dict)
     # An fsslab checkpoint whose weights initialise the model before training: only the keys starting with
     # ``init_prefix`` that exist in the model with the same shape are loaded (e.g. the stage-1 PSPNet's
-    # ``backbone.`` as the synthetic benchmark's stand-in for ImageNet weights); none matching is an error.
+    # ``backbone.`` of the synthetic ImageNet, backbone_pretrain_tiny); none matching is an error.
     init_checkpoint: str | None = None
     init_prefix: str = "backbone."
     # A config whose run writes the file this model starts from (init_checkpoint or params.pretrained). It

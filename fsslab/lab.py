@@ -10,10 +10,14 @@ import torch
 from torch import nn
 
 from fsslab.config import RunConfig, load_config
+from fsslab.data.synthetic import PRESETS
 
-# The quick benchmark of notebook 00 (and of CI): 300 training and 150 validation images, seed 0.
-QUICK_SYNTHETIC: dict[str, Any] = {"seed": 0, "n_train": 300, "n_val": 150}
-FULL_SYNTHETIC: dict[str, Any] = {"seed": 0}  # the synthetic configs' default benchmark
+# The synthetic configs' benchmark, the "default" preset with seed 0 (their data.synthetic; tests/test_lab.py
+# checks that they agree): class-typical appearance for 40% of the objects, a 4,000-image pretraining split.
+FULL_SYNTHETIC: dict[str, Any] = {"seed": 0, **PRESETS["default"]}
+# The quick benchmark of notebook 00 (and of CI): the same knobs, 300 training, 150 validation and 150
+# pretraining images.
+QUICK_SYNTHETIC: dict[str, Any] = {**FULL_SYNTHETIC, "n_train": 300, "n_val": 150, "n_pretrain": 150}
 QUICK_ITERATIONS = 2
 QUICK_EPISODES = 8
 
@@ -61,23 +65,26 @@ def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: i
     ``fsslab train`` makes from the repository root, so a notebook resumes or reuses them). Quick mode: the
     quick benchmark, ``QUICK_ITERATIONS`` iterations of batch 2 on 96-pixel crops without validation, one seed of ``QUICK_EPISODES``
     episodes, runs under
-    ``runs/notebooks_quick``. Stage 1 is expected in the same runs directory (the notebook trains it first).
+    ``runs/notebooks_quick``. The runs the model starts from (``init_checkpoint``, AMFormer's ``pretrained``
+    stage 1) are expected in the same runs directory (``ensure_prerequisites`` trains them).
     data_root: use this benchmark as it is (``data.synthetic`` = None: no generation, no config check).
     """
     quick = is_quick() if quick is None else quick
     top = repo_root()
     runs = top / "runs" / ("notebooks_quick" if quick else "synthetic")
     data_root = Path(data_root) if data_root is not None else synthetic_root(quick)
-    base_ckpt = runs / f"pspnet_base_tiny_fold{fold}" / "latest.pt"
     knobs = None if data_root is not None else QUICK_SYNTHETIC if quick else FULL_SYNTHETIC  # None: used as is
     items = [f"data.root={_flow(str(data_root))}", f"data.synthetic={_flow(knobs)}", f"data.fold={fold}",
              f"data.shot={shot}", "model.prerequisite=null"]
     shipped = load_config(f"synthetic/{name}", [f"data.shot={shot}", f"data.fold={fold}"])
     items.append(f"train.out_dir={_flow(str(runs / Path(shipped.train.out_dir).name))}")
+    # the runs a model starts from (synthetic ImageNet, stage 1) live in the same runs directory
     if shipped.model.init_checkpoint:
-        items.append(f"model.init_checkpoint={_flow(str(base_ckpt))}")
-    if "pretrained" in shipped.model.params:
-        items.append(f"model.params.pretrained={_flow(str(base_ckpt))}")
+        start = runs / Path(shipped.model.init_checkpoint).parent.name / "latest.pt"
+        items.append(f"model.init_checkpoint={_flow(str(start))}")
+    if shipped.model.params.get("pretrained"):
+        stage1 = runs / Path(str(shipped.model.params["pretrained"])).parent.name / "latest.pt"
+        items.append(f"model.params.pretrained={_flow(str(stage1))}")
     if quick:
         items += [f"train.iterations={QUICK_ITERATIONS}", "train.log_every=1", f"train.ckpt_every={QUICK_ITERATIONS}",
                   "train.tensorboard=false", "train.image_every=0", "train.validate=false", "data.workers=0",
@@ -135,13 +142,23 @@ def train_or_resume(cfg: RunConfig, fresh: bool | None = None) -> dict[str, Any]
         return run_training(cfg, resume=(out / "latest.pt").is_file())
 
 
-def ensure_stage1(quick: bool | None = None, fold: int = 0) -> Path:
-    """The stage-1 PSPNet checkpoint the meta-learners start from; trained first when it is missing."""
-    cfg = notebook_config("pspnet_base_tiny", quick=quick, fold=fold)
-    latest = Path(cfg.train.out_dir) / "latest.pt"
-    if not latest.is_file():
-        train_or_resume(cfg, fresh=False)
-    return latest
+def ensure_prerequisites(name: str, quick: bool | None = None, fold: int = 0,
+                         data_root: str | Path | None = None) -> list[Path]:
+    """Train, when missing, the runs ``synthetic/<name>`` starts from (its ``model.prerequisite`` chain: the
+    synthetic ImageNet, then stage 1 for AMFormer), where ``notebook_config`` expects them; their checkpoints."""
+    chain = []
+    prerequisite = load_config(f"synthetic/{name}").model.prerequisite
+    while prerequisite:  # ipmt_tiny -> backbone_pretrain_tiny; amformer_tiny -> pspnet_base_tiny -> ...
+        chain.insert(0, prerequisite.removeprefix("synthetic/"))
+        prerequisite = load_config(prerequisite).model.prerequisite
+    done = []
+    for step in chain:
+        cfg = notebook_config(step, quick=quick, fold=fold, data_root=data_root)
+        latest = Path(cfg.train.out_dir) / "latest.pt"
+        if not latest.is_file():
+            train_or_resume(cfg, fresh=False)
+        done.append(latest)
+    return done
 
 
 def load_run(cfg: RunConfig, checkpoint: str | Path | None = None) -> nn.Module:
@@ -204,5 +221,5 @@ def eval_row(result: Any) -> dict[str, Any]:
 
 __all__ = ["FULL_SYNTHETIC", "QUICK_EPISODES", "QUICK_ITERATIONS", "QUICK_SYNTHETIC", "add_discriminator_trace",
            "discriminator_score_fn",
-           "ensure_stage1", "eval_row", "is_quick", "load_run", "notebook_config", "predict_fn", "repo_root", "run_name", "synthetic_root",
+           "ensure_prerequisites", "eval_row", "is_quick", "load_run", "notebook_config", "predict_fn", "repo_root", "run_name", "synthetic_root",
            "train_or_resume", "trained_or_fresh"]

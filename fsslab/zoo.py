@@ -221,9 +221,9 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
                     check: dict[str, Any] | None = None, data_root: str | Path | None = None) -> dict[str, Any]:
     """Write ``<out_dir>/<name>.pt`` (model weights only, compact) and its manifest entry; return the entry.
 
-    base: the stage-1 run (directory or checkpoint) the model was initialised from. Tensors equal to one of the
-      base's are not stored in the model's file but once in ``shared/<base name>.pt``, shared by every entry
-      packed against the same base (IPMT / AMFormer / the baseline freeze the stage-1 backbone).
+    base: the run (directory or checkpoint) the model was initialised from (pretraining or stage 1). Tensors
+      equal to one of the base's are not stored in the model's file but once in ``shared/<base name>.pt``,
+      shared by every entry packed against the same base (IPMT / AMFormer / the baseline freeze its backbone).
     storage: "fp16" (float tensors as float16, restored to float32), "int8" (per-channel quantised large
       weights, fp16 rest) or "fp32". The metrics of the *packed* model are measured by a reduced evaluation
       (``check``: seeds + episodes, default 1 seed x 100 episodes) that the tests repeat.

@@ -94,7 +94,7 @@ def _miou(model, root, supports):
         "synthetic/baseline_tiny",
         [f"data.root={root}", "data.size=96", "data.val_size=96", "data.workers=0", "eval.episodes=12",
          "eval.seeds=[0]", f"eval.supports={supports}", "data.params.ori_canvas=128"]
-        + [f"data.synthetic.{k}={v}" for k, v in KNOBS.items()],
+        + ["data.synthetic={" + ", ".join(f"{k}: {v}" for k, v in KNOBS.items()) + "}"],
     )
     result = run_evaluation(cfg, model, progress=False)
     assert result.settings["supports"] == supports
@@ -119,7 +119,7 @@ def test_backbone_pretrain_config_reads_the_pretrain_split_with_every_class(synt
     cfg = load_config(
         "synthetic/backbone_pretrain_tiny",
         [f"data.root={root}", "data.size=64", "data.params.on_small_class=exclude"]
-        + [f"data.synthetic.{k}={v}" for k, v in knobs.items()] + ["data.synthetic.class_appearance=0.0"],
+        + ["data.synthetic={" + ", ".join(f"{k}: {v}" for k, v in knobs.items()) + "}"],
     )
     assert cfg.data.train_split == "pretrain" and cfg.model.params["n_classes"] == 21
     corpus = build_train_set(cfg)

@@ -7,13 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
+import fsslab.lab
 import fsslab.zoo
+from fsslab.config import load_config
 from fsslab.engine.checkpoint import atomic_save
 from fsslab.lab import (
+    FULL_SYNTHETIC,
     QUICK_EPISODES,
     QUICK_ITERATIONS,
     add_discriminator_trace,
     discriminator_score_fn,
+    ensure_prerequisites,
     notebook_config,
     predict_fn,
     repo_root,
@@ -40,10 +44,41 @@ def test_quick_and_full_configs(root):
     assert Path(quick.train.out_dir) == top / "runs" / "notebooks_quick" / "amformer_tiny_fold0_5shot"
     assert quick.model.params["pretrained"] == str(top / "runs/notebooks_quick/pspnet_base_tiny_fold0/latest.pt")
     full = notebook_config("ipmt_tiny", 1, quick=False, data_root=root)
-    assert full.train.iterations == 500 and full.eval.episodes == 300 and full.eval.seeds == [0, 1, 2]
+    assert full.train.iterations == 1500 and full.eval.episodes == 300 and full.eval.seeds == [0, 1, 2]
     assert Path(full.train.out_dir) == top / "runs" / "synthetic" / "ipmt_tiny_fold0_1shot"
-    assert full.model.init_checkpoint == str(top / "runs/synthetic/pspnet_base_tiny_fold0/latest.pt")
+    assert full.model.init_checkpoint == str(top / "runs/synthetic/backbone_pretrain_tiny_fold0/latest.pt")
+    stage1 = notebook_config("pspnet_base_tiny", quick=True, data_root=root)
+    assert stage1.model.init_checkpoint == str(top / "runs/notebooks_quick/backbone_pretrain_tiny_fold0/latest.pt")
     assert run_name("ipmt_tiny", 5) == "ipmt_tiny_fold0_5shot"
+
+
+@pytest.mark.parametrize("name", ["backbone_pretrain_tiny", "pspnet_base_tiny", "baseline_tiny", "ipmt_tiny",
+                                  "amformer_tiny"])
+def test_shipped_synthetic_configs_use_the_notebooks_benchmark(name):
+    cfg = load_config(f"synthetic/{name}")
+    assert cfg.data.root == "data/synthetic" and cfg.data.synthetic == FULL_SYNTHETIC
+
+
+def test_ensure_prerequisites_trains_the_chain_once_in_order(root, tmp_path, monkeypatch):
+    monkeypatch.setattr(fsslab.lab, "repo_root", lambda start=None: tmp_path)
+    trained = []
+
+    def fake_train(cfg, fresh=None):
+        trained.append(cfg.name)
+        atomic_save({"format": 1, "iteration": 1}, Path(cfg.train.out_dir) / "latest.pt")
+
+    monkeypatch.setattr(fsslab.lab, "train_or_resume", fake_train)
+    runs = tmp_path / "runs" / "notebooks_quick"
+    paths = ensure_prerequisites("amformer_tiny", quick=True, data_root=root)
+    assert trained == ["backbone_pretrain_tiny", "pspnet_base_tiny"]
+    assert paths == [runs / "backbone_pretrain_tiny_fold0" / "latest.pt", runs / "pspnet_base_tiny_fold0" / "latest.pt"]
+    # what the models read is what was trained: AMFormer's stage 1, IPMT's and stage 1's synthetic ImageNet
+    amformer = notebook_config("amformer_tiny", quick=True, data_root=root)
+    assert amformer.model.params["pretrained"] == str(paths[1])
+    assert notebook_config("ipmt_tiny", quick=True, data_root=root).model.init_checkpoint == str(paths[0])
+    assert ensure_prerequisites("ipmt_tiny", quick=True, data_root=root) == paths[:1]
+    assert trained == ["backbone_pretrain_tiny", "pspnet_base_tiny"]  # nothing trained twice
+    assert ensure_prerequisites("backbone_pretrain_tiny", quick=True, data_root=root) == []
 
 
 def test_trained_or_fresh_prefers_the_shipped_checkpoint(root, tmp_path, monkeypatch):
