@@ -109,6 +109,11 @@ def test_prerequisite_is_trained_first_once(tmp_path, toy_world, capsys):
     stamp = stage1.stat().st_mtime_ns
     assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1"]) == 0
     assert stage1.stat().st_mtime_ns == stamp and "training the prerequisite" not in capsys.readouterr().out
+    # the finished stage 1 came from other data: refused, not silently reused
+    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1", "data.root=elsewhere"]) != 0
+    err = capsys.readouterr().err
+    assert str(stage1) in err and "was trained on unused" in err and "uses elsewhere" in err
+    assert stage1.stat().st_mtime_ns == stamp
 
 
 def test_train_resume_eval_end_to_end(tmp_path, toy_world, capsys):

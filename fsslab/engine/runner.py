@@ -140,9 +140,11 @@ def init_from_checkpoint(model: nn.Module, path: str | Path, prefix: str = "back
             f"model.init_checkpoint {path}: no '{prefix}*' tensor matches the model's keys/shapes"
         )
     model.load_state_dict(chosen, strict=False)
-    wanted = [k for k in own if k.startswith(prefix) and not k.endswith("num_batches_tracked")]
+    def counted(keys):  # BatchNorm's step counters are bookkeeping, not weights
+        return [k for k in keys if k.startswith(prefix) and not k.endswith("num_batches_tracked")]
+
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"initialised {len(chosen)}/{len(wanted)} '{prefix}*' tensors from {path}")
+        print(f"initialised {len(counted(chosen))}/{len(counted(own))} '{prefix}*' tensors from {path}")
     return len(chosen)
 
 
@@ -210,14 +212,30 @@ def train_prerequisite(cfg: RunConfig) -> None:
     ]
     pre = load_config(cfg.model.prerequisite, overrides)
     latest = Path(pre.train.out_dir) / "latest.pt"
-    done = latest.is_file() and (
-        pre.train.iterations is None or load_checkpoint(latest)["iteration"] >= pre.train.iterations
-    )
-    if done:
-        return
+    if latest.is_file():
+        previous = load_checkpoint(latest)
+        _check_same_benchmark(previous.get("config") or {}, pre, latest, cfg.model.prerequisite)
+        if pre.train.iterations is None or previous["iteration"] >= pre.train.iterations:
+            return
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"training the prerequisite {cfg.model.prerequisite} first (writes {latest})")
     run_training(pre, resume=latest.is_file())
+
+
+def _check_same_benchmark(recorded: dict[str, Any], wanted: RunConfig, path: Path, name: str) -> None:
+    """A prerequisite run found on disk must come from this run's data: another benchmark's backbone would be
+    reused silently (its out_dir does not depend on data.root or the generator knobs)."""
+    data = recorded.get("data") or {}
+    same_root = Path(str(data.get("root"))).resolve() == Path(wanted.data.root).resolve()
+    if same_root and data.get("synthetic") == wanted.data.synthetic:
+        return
+    raise ValueError(
+        f"{path} was trained on {data.get('root')} (synthetic knobs {data.get('synthetic')}), but this run "
+        f"uses {wanted.data.root} (knobs {wanted.data.synthetic}). Train the prerequisite for this data into its "
+        f"own directory (`fsslab train {name} data.root=... train.out_dir=DIR`), then "
+        "start from it with model.init_checkpoint=DIR/latest.pt (or model.params.pretrained) and "
+        "model.prerequisite=null"
+    )
 
 
 def run_training(
