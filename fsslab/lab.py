@@ -101,12 +101,13 @@ def run_name(name: str, shot: int = 1, fold: int = 0) -> str:
 
 def trained_or_fresh(name: str, shot: int = 1, fold: int = 0, cfg: RunConfig | None = None,
                      checkpoint: str | Path | None = None) -> tuple[nn.Module, str]:
-    """(model in eval mode, where its weights come from): the shipped checkpoint when there is one, else
-    ``checkpoint`` (e.g. the notebook's own run), else the model freshly built from the config."""
+    """(model in eval mode, where its weights come from): the shipped checkpoint of this shot count when there
+    is one, else ``checkpoint`` (e.g. the notebook's own run), else the shipped 1-shot model (every model takes
+    any number of supports), else the model freshly built from the config."""
     from fsslab.zoo import list_pretrained, load_pretrained
 
-    shipped = run_name(name, shot, fold)
-    if shipped in list_pretrained():
+    shipped, available = run_name(name, shot, fold), list_pretrained()
+    if shipped in available:
         return load_pretrained(shipped), f"shipped checkpoint {shipped}"
     from fsslab.config import config_from_dict
     from fsslab.engine.runner import build_run_model
@@ -114,6 +115,9 @@ def trained_or_fresh(name: str, shot: int = 1, fold: int = 0, cfg: RunConfig | N
     cfg = config_from_dict((cfg or notebook_config(name, shot, fold=fold)).to_dict())  # a copy: edited below
     if checkpoint is not None and Path(checkpoint).is_file():
         return load_run(cfg, checkpoint), f"checkpoint {checkpoint}"
+    one_shot = run_name(name, 1, fold)
+    if one_shot in available:
+        return load_pretrained(one_shot), f"shipped checkpoint {one_shot} (trained 1-shot, given {shot} shots)"
     if cfg.model.init_checkpoint and not Path(cfg.model.init_checkpoint).is_file():
         cfg.model.init_checkpoint = None  # no stage-1 run either: everything at its initialisation
     if "pretrained" in cfg.model.params and not Path(str(cfg.model.params["pretrained"])).is_file():

@@ -98,6 +98,11 @@ def test_trained_or_fresh_prefers_the_shipped_checkpoint(root, tmp_path, monkeyp
     fsslab.zoo.pack_checkpoint(run, "baseline_tiny_fold0_1shot", check={"seeds": [0], "episodes": 2})
     shipped, source = trained_or_fresh("baseline_tiny", 1, cfg=cfg)
     assert source == "shipped checkpoint baseline_tiny_fold0_1shot"
+    # no 5-shot checkpoint shipped: the 1-shot one, said so (a run of the notebook's own would come first)
+    five, source = trained_or_fresh("baseline_tiny", 5, cfg=cfg)
+    assert source == "shipped checkpoint baseline_tiny_fold0_1shot (trained 1-shot, given 5 shots)"
+    assert torch.equal(next(five.parameters()), next(shipped.parameters()))
+    assert trained_or_fresh("baseline_tiny", 5, cfg=cfg, checkpoint=run / "latest.pt")[1].startswith("checkpoint")
     assert torch.allclose(next(shipped.parameters()), next(model.parameters()), atol=1e-2)
 
 
