@@ -119,7 +119,7 @@ def trained_or_fresh(name: str, shot: int = 1, fold: int = 0, cfg: RunConfig | N
     if one_shot in available:
         return load_pretrained(one_shot), f"shipped checkpoint {one_shot} (trained 1-shot, given {shot} shots)"
     if cfg.model.init_checkpoint and not Path(cfg.model.init_checkpoint).is_file():
-        cfg.model.init_checkpoint = None  # no stage-1 run either: everything at its initialisation
+        cfg.model.init_checkpoint = None  # no pretraining run either: everything at its initialisation
     if "pretrained" in cfg.model.params and not Path(str(cfg.model.params["pretrained"])).is_file():
         cfg.model.params = {**cfg.model.params, "pretrained": None}
     torch.manual_seed(0)
