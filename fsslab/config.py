@@ -137,6 +137,8 @@ class RunConfig:
 
 
 # Values checked beyond their type.
+# eval.supports: the normal episodes, or the control of fsslab.engine.controls (which imports this tuple)
+SUPPORT_MODES = ("matched", "mismatched")
 _CHOICES = {
     ("data", "dataset"): ("pascal", "coco", "synthetic"),
     ("data", "protocol"): ("pfenet", "bam"),
@@ -148,7 +150,7 @@ _CHOICES = {
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("eval", "amp"): ("none", "bf16", "fp16"),
     ("eval", "support_label"): (None, "mask", "box", "scribble"),
-    ("eval", "supports"): ("matched", "mismatched"),
+    ("eval", "supports"): SUPPORT_MODES,
 }
 _FREE_DICTS = {
     ("data", "params"),

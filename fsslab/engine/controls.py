@@ -6,7 +6,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-SUPPORT_MODES = ("matched", "mismatched")
+from fsslab.config import SUPPORT_MODES
 
 
 class MismatchedSupports(Dataset):
