@@ -62,6 +62,20 @@ def test_unknown_synthetic_knob_lists_valid_ones(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_synth_default_is_the_configs_benchmark(tmp_path, capsys):
+    from fsslab.lab import FULL_SYNTHETIC
+
+    root = tmp_path / "s"
+    args = ["data", "synth", "--root", str(root), "--n-train", "6", "--n-val", "4", "--n-pretrain", "3"]
+    assert main([*args, "--workers", "1", "--no-progress"]) == 0
+    config = json.loads((root / "meta.json").read_text())["config"]
+    # the calibrated knobs of every synthetic config; only the sizes were overridden
+    assert {k: config[k] for k in FULL_SYNTHETIC if k != "n_pretrain"} == {
+        k: v for k, v in FULL_SYNTHETIC.items() if k != "n_pretrain"}
+    assert (config["n_train"], config["n_val"], config["n_pretrain"]) == (6, 4, 3)
+    assert len((root / "lists" / "pretrain.txt").read_text().splitlines()) == 3
+
+
 def test_config_list_and_show(capsys):
     assert main(["config", "--list"]) == 0
     assert "synthetic/amformer_tiny" in capsys.readouterr().out.split()
