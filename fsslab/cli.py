@@ -226,7 +226,8 @@ def _add_zoo_parser(commands: Any) -> None:
     pack.add_argument("--command", dest="command_line", default=None,
                       help="the exact `fsslab train ...` command (default: rebuilt from the run's config)")
     pack.add_argument("--base", default=None,
-                      help="the run/checkpoint the model started from (pretraining or stage 1): tensors equal to it are stored once, in shared/<base>.pt")
+                      help="the run/checkpoint the model started from (pretraining or stage 1): tensors "
+                      "equal to it are stored once, in shared/<base>.pt")
     pack.add_argument("--storage", choices=["fp16", "int8", "fp32"], default="fp16")
     pack.add_argument("--check-seeds", dest="check_seeds", type=int, nargs="+", default=None,
                       help="seeds of the reduced check evaluation (default 0)")

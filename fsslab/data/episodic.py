@@ -50,9 +50,9 @@ class EpisodicDataset(Dataset):
     """K-shot episodes over a VOC-layout root (`<root>/lists/<split>.txt`, two-column lines).
 
     Train mode (split "train", or the synthetic "pretrain"): item i is the i-th image with a qualifying
-    base class; its class is drawn among the image's base classes (`query_class_rule="present"`: any base class with pixels in
-    the image, as PFENet/IPMT/BAM/AMFormer `__getitem__` do; `"qualifying"`: only those covering
-    `min_area` pixels); K supports are other images where that class qualifies, drawn without
+    base class; its class is drawn among the image's base classes (`query_class_rule="present"`: any base
+    class with pixels in the image, as PFENet/IPMT/BAM/AMFormer `__getitem__` do; `"qualifying"`: only
+    those covering `min_area` pixels); K supports are other images where that class qualifies, drawn without
     replacement; all draws and augmentations use a generator seeded from torch's RNG, so they follow
     `torch.manual_seed` and the DataLoader's per-worker seeds.
     Eval mode (any other split): a list of `episodes` episodes is drawn up front from `seed`

@@ -195,8 +195,8 @@ def build_fold_index(
     """Class → image index of a split for a fold.
 
     split "train" (or "pretrain") uses the fold's base classes under `protocol`: "pfenet" keeps every
-    image with a qualifying base class (novel pixels become background in the episode), "bam" first removes every
-    image that has any novel-class pixel (BAM/AMFormer `make_dataset(filter_intersection=True)`).
+    image with a qualifying base class (novel pixels become background in the episode), "bam" first removes
+    every image that has any novel-class pixel (BAM/AMFormer `make_dataset(filter_intersection=True)`).
     Any other split (val/test) uses the novel classes; the protocol does not apply there.
     Cached as `<root>/fsslab_index/<split>_fold<f>_<protocol>_<hash>.json` (hash of list + params).
     """

@@ -140,11 +140,10 @@ def init_from_checkpoint(model: nn.Module, path: str | Path, prefix: str = "back
             f"model.init_checkpoint {path}: no '{prefix}*' tensor matches the model's keys/shapes"
         )
     model.load_state_dict(chosen, strict=False)
-    def counted(keys):  # BatchNorm's step counters are bookkeeping, not weights
-        return [k for k in keys if k.startswith(prefix) and not k.endswith("num_batches_tracked")]
-
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"initialised {len(counted(chosen))}/{len(counted(own))} '{prefix}*' tensors from {path}")
+        # BatchNorm's step counters are bookkeeping, not weights
+        weights = [k for k in own if k.startswith(prefix) and not k.endswith("num_batches_tracked")]
+        print(f"initialised {len(set(weights) & set(chosen))}/{len(weights)} '{prefix}*' tensors from {path}")
     return len(chosen)
 
 
