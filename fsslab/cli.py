@@ -98,7 +98,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from fsslab.engine import distributed
     from fsslab.engine.checkpoint import load_checkpoint
-    from fsslab.engine.runner import build_run_model, run_evaluation
+    from fsslab.engine.runner import build_run_model, run_controls, run_evaluation
 
     cfg = _load(args)
     info = distributed.setup_distributed(cfg.train.device)
@@ -117,6 +117,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             reproduce_official=bool(cfg.model.params.get("reproduce_official", False)),
             **extra,
         )
+    elif args.pretrained:
+        from fsslab.zoo import load_pretrained, pretrained_info
+
+        if args.checkpoint:
+            raise CliError("give either --checkpoint or --pretrained, not both")
+        shipped = pretrained_info(args.pretrained)
+        if shipped["model"] != cfg.model.name:
+            raise CliError(f"--pretrained {args.pretrained} is a {shipped['model']} model, but the config builds "
+                           f"{cfg.model.name}; use the config it was trained with: {shipped['config']}")
+        # the config's model params apply (inference switches such as reproduce_official=true)
+        model = load_pretrained(args.pretrained, model_params=dict(cfg.model.params))
+    elif cfg.model.name == "oracle":
+        model = build_run_model(cfg)
+        if args.checkpoint and info.is_main:
+            print(f"note: model.name=oracle is a control: --checkpoint {args.checkpoint} is ignored", file=sys.stderr)
     else:
         model = build_run_model(cfg)
         if args.checkpoint:
@@ -130,6 +145,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = model.to(info.device)
     with torch.no_grad():
         result = run_evaluation(cfg, model, progress=True, device=info.device)
+        controls = run_controls(cfg, model, result, device=info.device) if cfg.eval.controls else None
     distributed.teardown_distributed()
     if not info.is_main:
         return 0
@@ -139,7 +155,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"paper: {cfg.expected.miou} mIoU ({cfg.expected.source}; {cfg.expected.protocol} protocol)"
             + (f"; {cfg.expected.notes}" if cfg.expected.notes else "")
         )
-    payload = {**result.to_dict(), "config": cfg.to_dict(), "checkpoint": args.checkpoint}
+    if controls is not None:
+        print(controls.table())
+    payload = {**result.to_dict(), "config": cfg.to_dict(),
+               "controls": controls.to_dict() if controls is not None else None,
+               "checkpoint": args.checkpoint or (f"pretrained:{args.pretrained}" if args.pretrained else None)}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2))
@@ -206,6 +226,17 @@ def _cmd_zoo_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_zoo_recheck(args: argparse.Namespace) -> int:
+    from fsslab.zoo import recheck_pretrained
+
+    entry = recheck_pretrained(args.name, eval_json=args.eval_json, data_root=args.data_root,
+                               checkpoint_dir=args.dir)  # fmt: skip
+    metrics = entry.get("metrics") or {}
+    print(f"{args.name}: check mIoU {entry['check']['miou']:.4f}"
+          + (f"; metrics mIoU {metrics['miou']:.2f}" if "miou" in metrics else ""))  # fmt: skip
+    return 0
+
+
 def _add_zoo_parser(commands: Any) -> None:
     zoo = commands.add_parser(
         "zoo",
@@ -244,6 +275,15 @@ def _add_zoo_parser(commands: Any) -> None:
     verify.add_argument("--data-root", dest="data_root", default=None)
     verify.add_argument("--dir", default=None)
     verify.set_defaults(func=_cmd_zoo_verify)
+    recheck = zoo_commands.add_parser(
+        "recheck", help="re-measure a shipped checkpoint after the evaluation changed (weights unchanged)",
+        description="Repeat the check evaluation of NAME and record it (and --eval-json's metrics) in the manifest.")
+    recheck.add_argument("name", help="checkpoint name")
+    recheck.add_argument("--eval-json", dest="eval_json", default=None,
+                         help="an `fsslab eval --json` file of this checkpoint: its metrics replace the manifest's")
+    recheck.add_argument("--data-root", dest="data_root", default=None)
+    recheck.add_argument("--dir", default=None)
+    recheck.set_defaults(func=_cmd_zoo_recheck)
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -335,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the checkpoint is an official IPMT/AMFormer file (fsslab.models.load_official); "
         "model.params.reproduce_official=true also reproduces the official eval-time behaviour",
     )
+    evaluate.add_argument("--pretrained", default=None, metavar="NAME",
+                          help="a shipped checkpoint (`fsslab zoo list`) instead of --checkpoint")
     evaluate.add_argument("--json", default=None, help="also write the results as JSON to this file")
     evaluate.set_defaults(func=_cmd_eval)
 

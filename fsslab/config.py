@@ -31,6 +31,9 @@ class DataConfig:
     val_size: int = 473  # evaluation long-side size
     support_label: str = "mask"  # "mask" | "box" | "scribble" (weak supports)
     coco_split: str = "interleaved"  # COCO-20i fold convention: "interleaved" | "contiguous"
+    # training set: "episodes" (episodic, data.protocol's list) or "base" (BAM BaseData, for the stage-1
+    # PSPNet: every image of the list, novel classes as background, no area filter; fsslab.data.base_data)
+    train_data: str = "episodes"
     train_split: str = "train"  # "pretrain": the synthetic benchmark's backbone corpus (n_pretrain images)
     scale_min: float = 0.9
     scale_max: float = 1.1
@@ -87,6 +90,10 @@ class TrainConfig:
     eval_every: int = 0  # iterations between validations (0: only at the end)
     tensorboard: bool = True
     progress: bool = True
+    # the index models that alternate objectives (AMFormer's G/D) see: "global" (the iteration count) or
+    # "epoch" (the batch index within the epoch, as AMNet's train.py; an epoch of odd length then steps G
+    # twice in a row at its boundary)
+    objective_index: str = "global"
     out_dir: str = "runs/default"
 
 
@@ -101,9 +108,17 @@ class EvalConfig:
     batch_size: int = 1
     amp: str = "none"
     split: str = "val"
+    # how queries are resized and mapped back (fsslab.data.eval_protocols): "fsslab" (long side to
+    # data.val_size, never upscaled), "ipmt" (PFENet/IPMT test_Resize: always to val_size), "amformer"
+    # (AMNet test.py: stretched to a square); each is scored by the exact inverse of its transform
+    protocol: str = "fsslab"
     # "mismatched": a control where each query gets the supports of another class (engine.controls);
     # the drop from "matched" measures how much the model relies on its supports
     supports: str = "matched"
+    # also run the controls beside the result (fsslab.engine.runner.run_controls): the oracle (must score
+    # ~100), mismatched supports (the drop is how much the model reads its supports) and the K-shot gain
+    # (the same model given 1 and 5 shots)
+    controls: bool = False
 
 
 @dataclass
@@ -145,12 +160,15 @@ _CHOICES = {
     ("data", "support_label"): ("mask", "box", "scribble"),
     ("data", "coco_split"): ("interleaved", "contiguous"),
     ("data", "train_split"): ("train", "pretrain"),
+    ("data", "train_data"): ("episodes", "base"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "grad_sync"): ("auto", "ddp", "manual"),
     ("train", "device"): ("auto", "cpu", "cuda"),
+    ("train", "objective_index"): ("global", "epoch"),
     ("eval", "amp"): ("none", "bf16", "fp16"),
     ("eval", "support_label"): (None, "mask", "box", "scribble"),
     ("eval", "supports"): SUPPORT_MODES,
+    ("eval", "protocol"): ("fsslab", "ipmt", "amformer"),
 }
 _FREE_DICTS = {
     ("data", "params"),
@@ -256,9 +274,20 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; valid top-level keys: {valid}")
     sections = {name: _build_section(cls, raw.get(name), name) for name, cls in _SECTIONS.items()}
+    _drop_retired_params(sections["data"])
     cfg = RunConfig(name=str(raw.get("name", "run")), **sections)
     _check_ranges(cfg)
     return cfg
+
+
+# data.params keys that fsslab no longer needs; configs and checkpoints written before still load.
+# ori_canvas: the canvas of original labels is now sized from the episodes themselves.
+_RETIRED_DATA_PARAMS = ("ori_canvas",)
+
+
+def _drop_retired_params(data: DataConfig) -> None:
+    if any(key in data.params for key in _RETIRED_DATA_PARAMS):
+        data.params = {k: v for k, v in data.params.items() if k not in _RETIRED_DATA_PARAMS}
 
 
 def _check_ranges(cfg: RunConfig) -> None:

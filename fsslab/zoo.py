@@ -338,8 +338,11 @@ def _load_verified(path: Path, sha256: str | None) -> dict[str, Any]:
     return data
 
 
-def _restore(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[str, Any]) -> nn.Module:
+def _restore(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[str, Any],
+             model_params: dict[str, Any] | None = None) -> nn.Module:
     cfg = config_from_dict(packed["config"])
+    if model_params:  # e.g. reproduce_official=true: same weights, other inference behaviour
+        cfg.model.params = {**cfg.model.params, **model_params}
     shared: dict[str, Any] = {}
     if packed.get("shared_file"):
         info = manifest["shared"].get(packed["shared_file"])
@@ -361,14 +364,17 @@ def _restore(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[str, A
 
 
 def load_pretrained(name: str, checkpoint_dir: str | Path | None = None,
-                    device: str | torch.device = "cpu") -> nn.Module:
-    """The shipped model ``name`` in eval mode (files checked against the manifest's sha256, loaded safely)."""
+                    device: str | torch.device = "cpu", model_params: dict[str, Any] | None = None) -> nn.Module:
+    """The shipped model ``name`` in eval mode (files checked against the manifest's sha256, loaded safely).
+
+    model_params: constructor options that replace the packed config's (inference switches such as IPMT's
+    ``reproduce_official``; an option that changes the architecture fails to load the weights)."""
     root = Path(checkpoint_dir or CHECKPOINT_DIR)
     manifest = read_manifest(root)
     entry = pretrained_info(name, root)
     packed = _load_verified(root / entry["file"], entry["sha256"])
     try:
-        model = _restore(packed, root, manifest)
+        model = _restore(packed, root, manifest, model_params)
     except CheckpointError as exc:
         raise ZooError(str(exc)) from None
     return model.to(device).eval()
@@ -400,8 +406,29 @@ def verify_pretrained(name: str, data_root: str | Path | None = None,
             "ok": worst <= expected.get("tolerance", DEFAULT_TOLERANCE)}
 
 
+def recheck_pretrained(name: str, eval_json: str | Path | None = None, data_root: str | Path | None = None,
+                       checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+    """Re-measure a shipped checkpoint after the *evaluation* changed (the weights do not): repeat its check
+    evaluation, record the new values (and the full metrics of ``eval_json``, an ``fsslab eval --json`` file
+    of this checkpoint) in the manifest; returns the updated entry."""
+    root = Path(checkpoint_dir or CHECKPOINT_DIR)
+    manifest = read_manifest(root)
+    entry = pretrained_info(name, root)
+    model = load_pretrained(name, root)
+    cfg = pretrained_config(name, root)
+    check = entry["check"]
+    measured = check_eval(model, cfg, list(check["seeds"]), int(check["episodes"]), data_root)
+    entry = {**entry, "check": {**measured, "tolerance": check.get("tolerance", DEFAULT_TOLERANCE)},
+             "rechecked_with_fsslab": fsslab.__version__}  # fmt: skip
+    if eval_json is not None:
+        entry["metrics"] = _eval_summary(eval_json)
+    manifest["entries"][name] = entry
+    _write_manifest(manifest, root)
+    return entry
+
+
 __all__ = [
     "BUDGET_BYTES", "CHECKPOINT_DIR", "ZooError", "build_from_config", "check_eval", "derive_overrides",
     "list_pretrained", "load_pretrained", "pack_checkpoint", "pretrained_config", "pretrained_info",
-    "read_manifest", "sha256_file", "total_size", "verify_pretrained",
+    "read_manifest", "recheck_pretrained", "sha256_file", "total_size", "verify_pretrained",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,13 @@ class ToyEpisodes(Dataset):
     def __len__(self):
         return self.n
 
+    @property
+    def episodes(self):
+        """Evaluation episodes (their classes, as the mismatched-support control reads them)."""
+        if not self.evaluation:
+            return None
+        return [SimpleNamespace(class_id=i % self.classes + 1) for i in range(self.n)]
+
     def _image(self, g, class_id):
         mask = torch.zeros(SIZE, SIZE, dtype=torch.long)
         top, left = torch.randint(0, 4, (2,), generator=g).tolist()
@@ -131,6 +139,7 @@ class ToyEpisodes(Dataset):
             canvas = torch.full((SIZE, SIZE), 255, dtype=torch.long)
             canvas[:6, :5] = label
             sample["query_mask_ori"], sample["query_ori_size"] = canvas, torch.tensor([6, 5])
+            sample["query_valid_size"] = torch.tensor([6, 5])  # the label is the input's top-left 6x5
         return sample
 
 

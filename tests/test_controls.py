@@ -93,7 +93,7 @@ def _miou(model, root, supports):
     cfg = load_config(
         "synthetic/baseline_tiny",
         [f"data.root={root}", "data.size=96", "data.val_size=96", "data.workers=0", "eval.episodes=12",
-         "eval.seeds=[0]", f"eval.supports={supports}", "data.params.ori_canvas=128"]
+         "eval.seeds=[0]", f"eval.supports={supports}"]
         + ["data.synthetic={" + ", ".join(f"{k}: {v}" for k, v in KNOBS.items()) + "}"],
     )
     result = run_evaluation(cfg, model, progress=False)

@@ -19,6 +19,7 @@ from fsslab.data import (
     read_label,
     to_official,
 )
+from fsslab.data.eval_protocols import long_side_size
 
 SIZE = 96
 
@@ -90,7 +91,9 @@ def test_eval_episodes(voc_root, shot):
     batch = next(iter(DataLoader(ds, batch_size=2)))
     _check_batch(batch, 2, shot)
     assert set(batch["class_id"].tolist()) <= set(PASCAL.novel_classes(1))
-    assert batch["query_mask_ori"].shape == (2, 640, 640) and batch["query_ori_size"].tolist() == [[144, 192]] * 2
+    assert batch["query_mask_ori"].shape == (2, 144, 192) and batch["query_ori_size"].tolist() == [[144, 192]] * 2
+    # SIZE is below 192: the long side goes to SIZE, both sides floored to a multiple of 8
+    assert batch["query_valid_size"].tolist() == [list(long_side_size(144, 192, SIZE))] * 2
     for b in range(2):
         episode = ds.episodes[b]
         assert episode.query not in episode.supports and len(set(episode.supports)) == shot

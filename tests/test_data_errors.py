@@ -162,11 +162,10 @@ def test_empty_support_after_crop_falls_back_and_is_counted(tmp_path):
     assert ds.stats.empty_supports == 0
 
 
-def test_original_label_larger_than_canvas(tmp_path):
-    _dataset(tmp_path, n=4)
-    ds = PascalEpisodes(tmp_path, "val", 1, 1, size=32, episodes=2, ori_canvas=80, on_small_class="exclude")
-    with pytest.raises(ValueError, match=r"is 64x96, larger than the 80x80 canvas"):
-        ds[0]
+def test_original_labels_of_any_size_need_no_canvas_knob(tmp_path):
+    _dataset(tmp_path, n=4)  # 64x96 labels: the canvas is sized from the episodes' own labels
+    ds = PascalEpisodes(tmp_path, "val", 1, 1, size=32, episodes=2, on_small_class="exclude")
+    assert ds.label_canvas == (64, 96) and ds[0]["query_mask_ori"].shape == (64, 96)
 
 
 def test_incomplete_synthetic_benchmark_is_refused(tmp_path):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fsslab.data import TrainAugment, denormalize, eval_resize, mask_to_boxes, mask_to_scribbles, normalize
-from fsslab.data.transforms import MEAN_255, long_side_size, random_crop
+from fsslab.data.eval_protocols import long_side_size
+from fsslab.data.transforms import MEAN_255, random_crop
 
 RED = np.array([230.0, 20.0, 20.0], np.float32)
 GREY = np.array([100.0, 100.0, 100.0], np.float32)

@@ -108,34 +108,41 @@ def test_summary_over_the_folds_classes_reports_missing_ones():
         )
 
 
-def test_original_resolution_scoring_follows_ori_resize():
-    # 4x4 input whose logits say "foreground" in the left half; original label 3x2 (h=3, w=2) → L=3
-    logits = torch.zeros(1, 2, 4, 4)
-    logits[0, 1, :, :2] = 1.0
+def test_original_resolution_scoring_inverts_the_input_transform():
+    # 8x8 input whose top-left 4x6 holds the content (an original 2x3 label upscaled 2x, then padded)
+    logits = torch.zeros(1, 2, 8, 8)
+    logits[0, 1, :, :2] = 1.0  # foreground: the content's first two columns
     logits[0, 0, :, 2:] = 1.0
-    canvas = torch.full((1, 6, 6), 255, dtype=torch.long)
-    canvas[0, :3, :2] = torch.tensor([[1, 0], [1, 0], [1, 1]])
-    batch = {"query_mask_ori": canvas, "query_ori_size": torch.tensor([[3, 2]])}
+    logits[0, 1, 4:, :] = 5.0  # padding rows say foreground: they must not leak into the label
+    canvas = torch.full((1, 5, 5), 255, dtype=torch.long)
+    canvas[0, :2, :3] = torch.tensor([[1, 0, 0], [1, 0, 255]])
+    batch = {"query_mask_ori": canvas, "query_ori_size": torch.tensor([[2, 3]]),
+             "query_valid_size": torch.tensor([[4, 6]])}
     pred, target = logits_at_label_resolution(logits, batch)
-    assert pred.shape == target.shape == (1, 6, 6)
-    # resize 4 → 3 with align_corners: columns sample x = 0, 1.5, 3 → fg, tie(→ bg by argmax order), bg
-    expected = torch.nn.functional.interpolate(
-        logits, size=(3, 3), mode="bilinear", align_corners=True
-    ).argmax(1)
-    assert torch.equal(pred[0, :3, :3], expected[0])
-    assert (target[0, 3:, :] == 255).all() and (target[0, :, 2:] == 255).all()
-    assert torch.equal(target[0, :3, :2], canvas[0, :3, :2])
+    assert pred.shape == target.shape == (1, 5, 5)
+    # the 4x6 region shrinks to 2x3 (align_corners=False): column 0 foreground, the rest background
+    assert pred[0, :2, :3].tolist() == [[1, 0, 0], [1, 0, 0]]
+    assert (target[0, 2:, :] == 255).all() and (target[0, :, 3:] == 255).all()
+    assert torch.equal(target[0, :2, :3], canvas[0, :2, :3])
 
 
-def test_batch_with_different_original_sizes():
-    logits = torch.randn(3, 2, 5, 5)
-    canvas = torch.full((3, 7, 7), 255, dtype=torch.long)
-    sizes = torch.tensor([[4, 7], [7, 3], [5, 5]])
+def test_batch_with_different_original_and_valid_sizes():
+    logits = torch.randn(3, 2, 8, 8)
+    canvas = torch.full((3, 9, 9), 255, dtype=torch.long)
+    sizes = torch.tensor([[4, 9], [9, 3], [5, 5]])
+    valid = torch.tensor([[4, 8], [8, 3], [8, 8]])
     for i, (h, w) in enumerate(sizes.tolist()):
         canvas[i, :h, :w] = torch.randint(0, 2, (h, w))
-    pred, _ = logits_at_label_resolution(logits, {"query_mask_ori": canvas, "query_ori_size": sizes})
-    for i, side in enumerate([7, 7, 5]):
+    batch = {"query_mask_ori": canvas, "query_ori_size": sizes, "query_valid_size": valid}
+    pred, _ = logits_at_label_resolution(logits, batch)
+    for i, ((h, w), (vh, vw)) in enumerate(zip(sizes.tolist(), valid.tolist())):
         single = torch.nn.functional.interpolate(
-            logits[i : i + 1], size=(side, side), mode="bilinear", align_corners=True
+            logits[i : i + 1, :, :vh, :vw], size=(h, w), mode="bilinear", align_corners=False
         ).argmax(1)[0]
-        assert torch.equal(pred[i, :side, :side], single)
+        assert torch.equal(pred[i, :h, :w], single)
+
+
+def test_evaluation_batch_without_valid_size_is_refused():
+    canvas = torch.zeros(1, 4, 4, dtype=torch.long)
+    with pytest.raises(KeyError, match="query_valid_size"):
+        logits_at_label_resolution(torch.zeros(1, 2, 4, 4), {"query_mask_ori": canvas, "query_ori_size": torch.tensor([[4, 4]])})

@@ -284,3 +284,38 @@ def test_refuses_to_write_into_an_unrelated_directory(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         generate_synthetic(tmp_path, SyntheticConfig(n_train=1, n_val=1), progress=False)
     assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
+def test_distinct_classes_and_spread_placement():
+    multi = SyntheticConfig.preset("multi", seed=1, n_train=1, n_val=0, n_pretrain=0)
+    assert multi.distinct_classes and multi.placement == "spread" and multi.min_objects == 2
+    plain = SyntheticConfig(seed=1, min_objects=3, max_objects=3)
+    for i in range(10):
+        label = render_sample(multi, "train", i)[1]
+        classes = [c for c in np.unique(label) if 0 < c < IGNORE_LABEL]
+        assert len(classes) >= 2  # side by side, 2-3 objects of different classes stay visible
+    # distinct classes: never the same class twice among the drawn objects
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        assert len(set((rng.choice(20, 3, replace=False) + 1).tolist())) == 3
+    # spread: one object per grid cell, so their centres are at least a third of a cell apart
+    from fsslab.data.synthetic import _spread_centres
+
+    centres = np.asarray(_spread_centres(np.random.default_rng(3), 4))
+    gaps = [np.abs(a - b).max() for i, a in enumerate(centres) for b in centres[i + 1 :]]
+    assert min(gaps) >= 0.5 / 3 and ((centres > 0) & (centres < 1)).all()
+    assert plain.placement == "random" and not plain.distinct_classes  # the earlier behaviour by default
+    with pytest.raises(ValueError, match="placement"):
+        SyntheticConfig(placement="grid")
+
+
+def test_new_knobs_missing_from_an_older_meta_are_their_defaults(tmp_path):
+    plain = SyntheticConfig(seed=5, n_train=3, n_val=2, min_size=48, max_size=48)
+    write_synthetic_if_missing(tmp_path, plain, workers=0)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    for key in ("distinct_classes", "placement"):
+        del meta["config"][key]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    write_synthetic_if_missing(tmp_path, plain)  # accepted: written before the knobs existed
+    with pytest.raises(ValueError, match="placement: on disk 'random', requested 'spread'"):
+        write_synthetic_if_missing(tmp_path, SyntheticConfig.from_dict({**plain.to_dict(), "placement": "spread"}))

@@ -34,7 +34,7 @@ CHECK = {"seeds": [0], "episodes": 4}
 
 def _tiny_overrides(root: Path) -> list[str]:
     knobs = ", ".join(f"{k}: {v}" for k, v in TINY_KNOBS.items())
-    return [f"data.root={root}", f"data.synthetic={{{knobs}}}", "data.val_size=128", "data.params={ori_canvas: 128}",
+    return [f"data.root={root}", f"data.synthetic={{{knobs}}}", "data.val_size=128",
             "eval.batch_size=2", "data.workers=0"]
 
 
@@ -198,3 +198,9 @@ def test_shipped_checkpoint_matches_its_manifest(name, synthetic_root_factory):
     assert metrics is not None, f"{name}: the manifest has no `fsslab eval` metrics"
     # the packed (fp16) model on the check subset lands near the full evaluation of the trained run
     assert abs(metrics["miou"] - report["measured"]["miou"]) < 15.0
+
+
+def test_load_pretrained_applies_inference_switches(packed):
+    out, _ = packed
+    assert not load_pretrained("ipmt_test", out).reproduce_official
+    assert load_pretrained("ipmt_test", out, model_params={"reproduce_official": True}).reproduce_official

@@ -24,6 +24,7 @@ from fsslab.data.episodic import (
     SyntheticEpisodes,
     build_dataset,
 )
+from fsslab.data.eval_protocols import EVAL_PROTOCOLS, eval_resize, get_protocol
 from fsslab.data.io import DatasetError, read_image, read_label, read_pair
 from fsslab.data.lists import (
     MIN_AREA,
@@ -35,13 +36,14 @@ from fsslab.data.lists import (
     write_base_annotations,
 )
 from fsslab.data.official_io import from_official, official_forward_kwargs, to_official
-from fsslab.data.transforms import TrainAugment, denormalize, eval_resize, normalize
+from fsslab.data.transforms import TrainAugment, denormalize, normalize
 from fsslab.data.weak import mask_to_boxes, mask_to_scribbles, weak_label
 
 __all__ = [
     "COCO_CATEGORY_IDS",
     "COCO_CLASSES",
     "COCO_ID_TO_INDEX",
+    "EVAL_PROTOCOLS",
     "MIN_AREA",
     "PASCAL",
     "PASCAL_CLASSES",
@@ -64,6 +66,7 @@ __all__ = [
     "from_official",
     "generate_synthetic",
     "get_benchmark",
+    "get_protocol",
     "mask_to_boxes",
     "mask_to_scribbles",
     "normalize",

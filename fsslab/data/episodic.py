@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from fsslab.data.classes import PASCAL, Benchmark, coco_benchmark, get_benchmark, synthetic_benchmark
+from fsslab.data.eval_protocols import get_protocol
 from fsslab.data.io import IGNORE_INDEX, DatasetError, read_pair
 from fsslab.data.lists import MIN_AREA, TRAINING_SPLITS, FoldIndex, base_label_table, build_fold_index
-from fsslab.data.transforms import TrainAugment, eval_resize, normalize, pad_label_to_canvas
+from fsslab.data.transforms import TrainAugment, normalize
 from fsslab.data.weak import WEAK_LABELS, weak_label
 
 DEFAULT_SIZE = {"pascal": 473, "coco": 633, "synthetic": 160}
@@ -63,6 +64,11 @@ class EpisodicDataset(Dataset):
     base annotation, `base_label="base"`), or the full label (`"all"`: for a pretraining stand-in on the
     synthetic "pretrain" split, which sees every class as ImageNet has seen PASCAL's).
 
+    Evaluation inputs follow `eval_protocol` (`fsslab.data.eval_protocols`: "fsslab", "ipmt" or
+    "amformer"); each sample also carries its original label (`query_mask_ori`, on a canvas as large as the
+    largest query label of the list, 255 outside), its size and where the content sits in the input
+    (`query_valid_size`), so the evaluation maps the logits back by the exact inverse of the transform.
+
     A class of the split with fewer than shot+1 images raises (`on_small_class="error"`) or is left
     out and reported in `stats.excluded_classes` (`"exclude"`).
     """
@@ -88,7 +94,7 @@ class EpisodicDataset(Dataset):
         list_path: str | Path | None = None,
         query_class_rule: str = "present",
         on_small_class: str = "error",
-        ori_canvas: int | None = None,
+        eval_protocol: str = "fsslab",
         eval_pad: str = "zero",
         weak_options: dict | None = None,
         cache: bool = True,
@@ -116,7 +122,7 @@ class EpisodicDataset(Dataset):
         self.eval_pad = eval_pad
         self.augment_enabled = augment
         self.seed = seed
-        self.ori_canvas = int(ori_canvas if ori_canvas is not None else max(self.size, 640))
+        self.eval_protocol = get_protocol(eval_protocol)
         self.weak_options = dict(weak_options or {})
         if isinstance(augmentation, dict):
             augmentation = TrainAugment(**{"size": self.size, **augmentation})
@@ -144,6 +150,8 @@ class EpisodicDataset(Dataset):
                 f"{self.root}: no {split} image of fold {fold} has a class with {shot} other images for supports"
             )
         self.episodes: list[Episode] = self._draw_episodes(episodes, seed) if not self.training else []
+        # original query labels are batched on one canvas: the largest (h, w) among this list's queries
+        self.label_canvas = self._label_canvas() if not self.training else (0, 0)
 
     # ----- index bookkeeping -------------------------------------------------------------------------
     def _check_small_classes(self) -> None:
@@ -191,6 +199,11 @@ class EpisodicDataset(Dataset):
             episodes.append(self.sample_episode(self.query_items[e % len(self.query_items)], rng))
         return episodes
 
+    def _label_canvas(self) -> tuple[int, int]:
+        """Largest label height and width among the episodes' queries (PNG headers only)."""
+        sizes = [_label_size(self.root / self.index.items[item][1]) for item in {e.query for e in self.episodes}]
+        return max(h for h, _ in sizes), max(w for _, w in sizes)
+
     # ----- loading ----------------------------------------------------------------------------------
     def _read(self, item: int) -> tuple[np.ndarray, np.ndarray, tuple[Path, Path]]:
         image_rel, label_rel = self.index.items[item]
@@ -219,12 +232,12 @@ class EpisodicDataset(Dataset):
         query_mask = _binary_target(label, class_id)
         base_mask = self.base_table[label] if self.use_base_mask else np.full_like(label, IGNORE_INDEX)
         sample: dict[str, torch.Tensor] = {}
-        q_img, (q_mask, q_base), q_pad = self._transform(image, [query_mask, base_mask], rng, False)
+        q_img, (q_mask, q_base), q_pad, q_valid = self._transform(image, [query_mask, base_mask], rng, False)
         s_imgs, s_masks, s_pads = [], [], []
         for support in supports:
             s_image, s_label, _ = self._read(support)
             target = self._support_target(s_label, class_id, seed=int(rng.integers(2**31)))
-            s_img, (s_mask,), s_pad = self._transform(s_image, [target], rng, True)
+            s_img, (s_mask,), s_pad, _ = self._transform(s_image, [target], rng, True)
             if not (s_mask == 1).any():
                 self.stats.empty_supports += 1
             s_imgs.append(normalize(s_img))
@@ -239,19 +252,33 @@ class EpisodicDataset(Dataset):
         sample["class_id"] = torch.tensor(class_id, dtype=torch.long)
         sample["query_base_mask"] = torch.from_numpy(q_base.astype(np.int64))  # [H,W]
         sample["episode_index"] = torch.tensor(index, dtype=torch.long)
-        if not self.training:
-            canvas = pad_label_to_canvas(query_mask, self.ori_canvas, self.index.items[item][1])
-            sample["query_mask_ori"] = torch.from_numpy(canvas.astype(np.int64))  # [C,C]
-            sample["query_ori_size"] = torch.tensor(label.shape, dtype=torch.long)  # (h, w)
+        if not self.training:  # what the evaluation needs to score at the label's own resolution
+            sample["query_mask_ori"] = torch.from_numpy(self._on_canvas(query_mask, item))  # [Hc,Wc], 255 outside
+            sample["query_ori_size"] = torch.tensor(label.shape, dtype=torch.long)  # (h, w) of the label
+            sample["query_valid_size"] = torch.tensor(q_valid, dtype=torch.long)  # (h, w) of the content in the input
         return sample
 
+    def _on_canvas(self, label: np.ndarray, item: int) -> np.ndarray:
+        canvas_h, canvas_w = self.label_canvas
+        height, width = label.shape
+        if height > canvas_h or width > canvas_w:  # the file changed since the dataset was built
+            raise DatasetError(
+                f"{self.root / self.index.items[item][1]} is now {height}x{width}, larger than when this dataset "
+                f"was built ({canvas_h}x{canvas_w} at most); build the dataset again"
+            )
+        out = np.full((canvas_h, canvas_w), IGNORE_INDEX, np.int64)
+        out[:height, :width] = label
+        return out
+
     def _transform(self, image, labels, rng, is_support: bool):
+        """(image, labels, padding, valid size) of the model's input: training augmentation or the
+        evaluation protocol (``fsslab.data.eval_protocols``), whose valid size the evaluation inverts."""
         if self.training and self.augment_enabled:
             image, labels, padding, crop = self.augmentation(image, labels, rng, require_foreground=is_support)
             if crop.fallback:
                 self.stats.support_crop_fallbacks += 1
-            return image, labels, padding
-        return eval_resize(image, labels, self.size, pad_image=self.eval_pad)
+            return image, labels, padding, padding.shape
+        return self.eval_protocol.apply(image, labels, self.size, pad_image=self.eval_pad)
 
     # ----- reporting --------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -288,19 +315,17 @@ class SyntheticEpisodes(EpisodicDataset):
         if (root / ".synthetic_incomplete").exists():
             raise DatasetError(f"the synthetic benchmark at {root} is incomplete (generation was interrupted); "
                                "generate it again")  # fmt: skip
-        if kwargs.get("ori_canvas") is None:
-            # images are small (meta.json config.max_size): a 640 canvas would only waste memory
-            size = kwargs.get("size") or DEFAULT_SIZE["synthetic"]
-            kwargs["ori_canvas"] = max(size, _synthetic_max_side(root))
         super().__init__(root, synthetic_benchmark(root), split, fold, shot, **kwargs)
 
 
-def _synthetic_max_side(root: Path) -> int:
-    """Largest image side recorded in `<root>/meta.json` (640 when unknown)."""
+def _label_size(path: Path) -> tuple[int, int]:
+    """(h, w) of a label image from its header, without decoding it."""
     try:
-        return int(json.loads((root / "meta.json").read_text())["config"]["max_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 640
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read the label {path}: {exc}") from exc
+    return height, width
 
 
 def build_dataset(name: str, root: str | Path, split: str = "train", fold: int = 0, shot: int = 1,

@@ -90,6 +90,12 @@ class SyntheticConfig:
     # class_signature, jittered by diversity) instead of a random appearance: natural classes are not
     # appearance-free, and a support then tells more than shape, so more shots tell more
     class_appearance: float = 0.0
+    # objects of one image belong to different classes (a query then holds the target among other classes,
+    # so only the support tells which object to segment)
+    distinct_classes: bool = False
+    # "random": centres uniform in the image (objects often overlap); "spread": one object per cell of a
+    # jittered grid, so several objects of similar size sit side by side and stay visible
+    placement: str = "random"
     boundary_width: int = 2
     jpeg_quality: int = 90
 
@@ -114,6 +120,10 @@ class SyntheticConfig:
             problems.append("distractors and boundary_width must be >= 0")
         if self.max_objects + self.distractors > 64:
             problems.append("max_objects + distractors must be <= 64 (instance ids are uint8)")
+        if self.placement not in ("random", "spread"):
+            problems.append(f"placement must be 'random' or 'spread', got {self.placement!r}")
+        if self.distinct_classes and self.max_objects > N_CLASSES:
+            problems.append(f"distinct_classes allows at most {N_CLASSES} objects, got max_objects {self.max_objects}")
         if not 1 <= self.jpeg_quality <= 100:
             problems.append(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if problems:
@@ -159,13 +169,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(CALIBRATED),
     "medium": {**CALIBRATED, "diversity": 0.8, "clutter": 0.5, "max_objects": 4, "distractors": 2,
                "outline_prob": 0.3},
+    # several objects of different classes side by side in every image: the support decides the target
+    "multi": {**CALIBRATED, "class_appearance": 0.5, "min_objects": 2, "max_objects": 3, "distinct_classes": True,
+              "placement": "spread", "object_scale": (0.33, 0.5)},
     "hard": {**CALIBRATED, "diversity": 1.0, "clutter": 0.8, "max_objects": 4, "distractors": 4,
              "outline_prob": 0.5},
 }
 
 
 # Knobs added within a generator version, with the value that reproduces the earlier output exactly.
-_ADDED_KNOB_DEFAULTS: dict[str, Any] = {"min_objects": 1, "class_appearance": 0.0, "n_pretrain": 0}
+_ADDED_KNOB_DEFAULTS: dict[str, Any] = {"min_objects": 1, "class_appearance": 0.0, "n_pretrain": 0,
+                                        "distinct_classes": False, "placement": "random"}
 
 
 def fold_classes(fold: int) -> list[int]:
@@ -185,21 +199,40 @@ def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _object_pose(
-    rng: np.random.Generator, config: SyntheticConfig, unit_area: float, shape: tuple[int, int]
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+    unit_area: float,
+    shape: tuple[int, int],
+    centre: tuple[float, float] | None = None,
 ) -> Pose:
+    """A random pose; ``centre`` (fractions of width and height) replaces the uniform centre draw."""
     h, w = shape
     lo, hi = config.object_scale
     side = np.exp(rng.uniform(np.log(lo), np.log(hi)))  # log-uniform: as many small as large objects
     scale = side * np.sqrt(h * w / unit_area)
     d = config.diversity
+    cx, cy = (rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85)) if centre is None else centre
     return Pose(
-        cx=rng.uniform(0.15, 0.85) * w,
-        cy=rng.uniform(0.15, 0.85) * h,
+        cx=cx * w,
+        cy=cy * h,
         scale=scale,
         angle=rng.uniform(-np.pi, np.pi) * d,
         log_aspect=rng.uniform(-0.3, 0.3) * d,
         shear=rng.uniform(-0.25, 0.25) * d,
     )
+
+
+def _spread_centres(rng: np.random.Generator, n: int) -> list[tuple[float, float]]:
+    """``n`` centres (fractions of width, height): distinct cells of the smallest square grid holding n, each
+    centre jittered by up to a sixth of a cell, in random order."""
+    side = int(np.ceil(np.sqrt(n)))
+    cells = rng.permutation(side * side)[:n]
+    centres = []
+    for cell in cells:
+        row, col = divmod(int(cell), side)
+        jitter = rng.uniform(-1 / 6, 1 / 6, 2)
+        centres.append(((col + 0.5 + jitter[0]) / side, (row + 0.5 + jitter[1]) / side))
+    return centres
 
 
 def _surface(
@@ -251,7 +284,12 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
     n_objects = int(rng.integers(config.min_objects, config.max_objects + 1))
     n_distractors = int(rng.integers(0, config.distractors + 1))
     # Distractors are interleaved with objects so that some of them occlude objects.
-    layers = [("object", int(c)) for c in rng.integers(1, N_CLASSES + 1, n_objects)]
+    if config.distinct_classes:
+        classes = rng.choice(N_CLASSES, n_objects, replace=False) + 1
+    else:
+        classes = rng.integers(1, N_CLASSES + 1, n_objects)
+    layers = [("object", int(c)) for c in classes]
+    centres = iter(_spread_centres(rng, n_objects)) if config.placement == "spread" else None
     for _ in range(n_distractors):
         layers.insert(int(rng.integers(0, len(layers) + 1)), ("distractor", 0))
 
@@ -259,7 +297,8 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
     for layer_index, (kind, class_id) in enumerate(layers, start=1):
         if kind == "object":
             parts = SHAPE_FAMILIES[class_id - 1][1](lambda: float(rng.uniform(-1.0, 1.0)) * d)
-            pose = _object_pose(rng, config, UNIT_AREAS[class_id - 1], shape)
+            centre = next(centres) if centres is not None else None
+            pose = _object_pose(rng, config, UNIT_AREAS[class_id - 1], shape, centre)
             mask = rasterize(parts, pose, shape, 0.12 * d, rng)
             _paint(image, mask, rng, config, bool(rng.random() < config.outline_prob), class_id)
             inside = mask.astype(bool)

@@ -165,37 +165,6 @@ class TrainAugment:
         return image, labels, padding.astype(bool), result
 
 
-def long_side_size(height: int, width: int, size: int, upscale: bool = False, multiple: int = 8):
-    """PFENet `test_Resize` output size: long side → `size`, aspect kept, both sides floored to a
-    multiple of `multiple`; images already within `size` keep their size unless `upscale`."""
-    if max(height, width) <= size and not upscale:
-        return height, width
-    if height >= width:
-        new_h, new_w = size, int(width * size / height)
-    else:
-        new_h, new_w = int(height * size / width), size
-    if multiple > 1:
-        new_h, new_w = max(multiple, new_h // multiple * multiple), max(multiple, new_w // multiple * multiple)
-    return new_h, new_w
-
-
-def eval_resize(image: np.ndarray, labels: list[np.ndarray], size: int, pad_image: str = "zero",
-                upscale: bool = False, multiple: int = 8):  # fmt: skip
-    """Evaluation input: long-side resize (see `long_side_size`), then pad at bottom/right to size×size:
-    labels with 255, image with raw 0 (`pad_image="zero"`, as PFENet/BAM `test_Resize`) or with the
-    ImageNet mean (`"mean"`, i.e. zero after normalisation). Returns (image, labels, padding bool)."""
-    if pad_image not in ("zero", "mean"):
-        raise ValueError(f"pad_image must be 'zero' or 'mean', got {pad_image!r}")
-    new_h, new_w = long_side_size(*image.shape[:2], size, upscale, multiple)
-    image = image.astype(np.float32, copy=False)
-    padding = np.zeros(image.shape[:2], np.uint8)
-    if (new_h, new_w) != image.shape[:2]:
-        image, labels, padding = _resize_all(image, labels, padding, new_w, new_h)
-    fill = (0.0, 0.0, 0.0) if pad_image == "zero" else MEAN_255
-    image, labels, padding = pad_to(image, labels, padding, size, size, centred=False, fill=fill)
-    return image, labels, padding.astype(bool)
-
-
 def normalize(image: np.ndarray) -> torch.Tensor:
     """float [H,W,3] RGB 0..255 → float32 tensor [3,H,W] normalised with ImageNet mean/std.
 
@@ -210,17 +179,3 @@ def denormalize(tensor: torch.Tensor) -> np.ndarray:
     std = torch.tensor(STD_255).view(3, 1, 1)
     image = (tensor.detach().cpu().float() * std + mean).clamp(0, 255)
     return image.permute(1, 2, 0).round().to(torch.uint8).numpy()
-
-
-def pad_label_to_canvas(label: np.ndarray, canvas: int, path=None) -> np.ndarray:
-    """Place a label at the top-left of a canvas×canvas map of 255 (for batching original labels)."""
-    height, width = label.shape
-    if height > canvas or width > canvas:
-        where = f" ({path})" if path is not None else ""
-        raise ValueError(
-            f"label{where} is {height}x{width}, larger than the {canvas}x{canvas} canvas for original labels; "
-            "raise `ori_canvas`"
-        )
-    out = np.full((canvas, canvas), IGNORE_INDEX, np.uint8)
-    out[:height, :width] = label
-    return out

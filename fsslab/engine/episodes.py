@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fsslab.engine.metrics import IGNORE_INDEX, intersection_union, logits_at_label_resolution
+from fsslab.models.base import model_device
 
 # A failure mode is read off the areas: how much of the target the prediction covers (recall) and how much of
 # the prediction is target (precision), both over valid (non-255) pixels.
@@ -64,7 +65,7 @@ def episode_scores(model: nn.Module, dataset: Dataset, episodes: int | None = No
     n = len(dataset) if episodes is None else episodes  # type: ignore[arg-type]
     if n > len(dataset):  # type: ignore[arg-type]
         raise ValueError(f"asked for {n} episodes, the dataset has {len(dataset)}")  # type: ignore[arg-type]
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     scores: list[EpisodeScore] = []

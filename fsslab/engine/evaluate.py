@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fsslab.engine import distributed as dist_utils
 from fsslab.engine.metrics import IoUAccumulator, logits_at_label_resolution
+from fsslab.models.base import model_device
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -61,6 +62,11 @@ class EvalResult:
     def table(self) -> str:
         """Plain-text table: one row per seed, then mean ± std, then per-class IoU."""
         lines = []
+        if self.settings.get("control") == "oracle":
+            lines.append("CONTROL, not a result: the oracle predicts the query's own label (model.name=oracle); "
+                         "a correct evaluation path scores it ~100")  # fmt: skip
+        if self.settings.get("eval_protocol"):
+            lines.append(f"evaluation protocol: {self.settings['eval_protocol']} (eval.protocol)")
         if self.settings.get("supports") == "mismatched":
             lines.append("control: every query paired with supports of another class (eval.supports=mismatched)")
         lines.append(f"{'seed':>8} {'mIoU':>8} {'FB-IoU':>8} {'episodes':>9}")
@@ -102,7 +108,7 @@ def evaluate_seed(
 ) -> dict[str, Any]:
     """Metrics over the first ``episodes`` episodes of ``dataset`` (sharded over ranks, summed exactly)."""
     model = _unwrap(model)
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     if len(dataset) < episodes:  # type: ignore[arg-type]
         raise ValueError(
             f"the evaluation dataset has {len(dataset)} episodes, fewer than the {episodes} requested"

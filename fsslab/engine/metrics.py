@@ -7,6 +7,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fsslab.data.eval_protocols import to_label_resolution
+
 IGNORE_INDEX = 255
 _EPS = 1e-10  # PFENet's convention: a class whose union is 0 scores 0, not NaN
 
@@ -30,13 +32,14 @@ def intersection_union(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.
 def logits_at_label_resolution(
     logits: torch.Tensor, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictions and labels at the label's original resolution (PFENet ``ori_resize``).
+    """Predictions and labels at the label's original resolution, by the exact inverse of the input transform.
 
-    logits [B,2,S,S] on the padded square input; ``query_mask_ori`` [B,C,C] is the original label padded
-    with 255 to a canvas C and ``query_ori_size`` [B,2] its (h, w). For each sample, the logits are
-    resized (bilinear, align_corners=True) to L×L with L = max(h, w) and scored against the label's
-    top-left L×L window (255 outside h×w). Returns (pred [B,C,C] long, target [B,C,C] long); pixels
-    outside each L×L window are 255 in ``target``. Without the ``_ori`` keys, scores at input resolution.
+    logits [B,2,S,S] on the model's input. Evaluation batches carry ``query_mask_ori`` [B,Hc,Wc] (each
+    original label at the top-left of a canvas, 255 outside), ``query_ori_size`` [B,2] its (h, w) and
+    ``query_valid_size`` [B,2] the (h, w) of the image content in the input: the valid logits are resized to
+    (h, w) (``fsslab.data.eval_protocols.to_label_resolution``). Returns (pred [B,Hc,Wc] long, target
+    [B,Hc,Wc] long), 255 in ``target`` outside each label. Without the ``_ori`` keys, scores at input
+    resolution against ``query_mask``.
     """
     if "query_mask_ori" not in batch:
         target = batch["query_mask"].to(logits.device)
@@ -45,22 +48,21 @@ def logits_at_label_resolution(
                 logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=True
             )
         return logits.argmax(1), target
-    label = batch["query_mask_ori"].to(logits.device)  # [B,C,C]
+    missing = [k for k in ("query_ori_size", "query_valid_size") if k not in batch]
+    if missing:
+        raise KeyError(f"an evaluation batch with 'query_mask_ori' also needs {missing}")
+    label = batch["query_mask_ori"].to(logits.device)  # [B,Hc,Wc]
     sizes = batch["query_ori_size"].to(logits.device)  # [B,2]
-    canvas = label.shape[-1]
-    longer = sizes.max(dim=1).values  # [B]
-    if canvas < int(longer.max()):
-        raise ValueError(
-            f"query_mask_ori canvas {canvas} is smaller than the original size {int(longer.max())}"
-        )
+    if (sizes[:, 0] > label.shape[-2]).any() or (sizes[:, 1] > label.shape[-1]).any():
+        raise ValueError(f"query_mask_ori canvas {tuple(label.shape[-2:])} is smaller than an original size "
+                         f"{sizes.tolist()}")  # fmt: skip
+    per_sample = to_label_resolution(logits, batch["query_valid_size"], batch["query_ori_size"])
     pred = torch.zeros_like(label)
     target = torch.full_like(label, IGNORE_INDEX)
-    # Group the batch by L so that each distinct size is one vectorised interpolate call.
-    for side in torch.unique(longer).tolist():
-        idx = (longer == side).nonzero().flatten()
-        resized = F.interpolate(logits[idx].float(), size=(side, side), mode="bilinear", align_corners=True)
-        pred[idx, :side, :side] = resized.argmax(1)
-        target[idx, :side, :side] = label[idx, :side, :side]
+    for i, resized in enumerate(per_sample):  # resized [2,h,w]
+        height, width = resized.shape[-2:]
+        pred[i, :height, :width] = resized.argmax(0)
+        target[i, :height, :width] = label[i, :height, :width]
     return pred, target
 
 

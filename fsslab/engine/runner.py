@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import time
@@ -39,6 +40,7 @@ def dataset_kwargs(cfg: RunConfig, split: str) -> dict[str, Any]:
         kwargs["augmentation"] = augmentation
     else:
         extra.pop("augmentation", None)
+        kwargs["eval_protocol"] = cfg.eval.protocol
     kwargs.update(extra)
     return kwargs
 
@@ -66,6 +68,20 @@ def build_train_set(cfg: RunConfig) -> Any:
     from fsslab.data import build_dataset
 
     ensure_synthetic(cfg)
+    if cfg.data.train_data == "base":  # BAM BaseData: stage 1 on the whole list with base annotations
+        from fsslab.data.base_data import BaseClassDataset
+        from fsslab.data.classes import get_benchmark
+
+        kwargs = dataset_kwargs(cfg, cfg.data.train_split)
+        return BaseClassDataset(
+            cfg.data.root,
+            get_benchmark(cfg.data.dataset, cfg.data.root, cfg.data.coco_split),
+            cfg.data.train_split,
+            cfg.data.fold,
+            size=kwargs["size"],
+            augmentation=kwargs["augmentation"],
+            list_path=kwargs.get("list_path"),
+        )
     return build_dataset(
         cfg.data.dataset,
         cfg.data.root,
@@ -113,6 +129,10 @@ def build_run_model(cfg: RunConfig) -> nn.Module:
     from fsslab.engine.trainer import seed_everything
     from fsslab.models import build_model, model_class
 
+    if cfg.model.name == "oracle":  # the evaluation control: no params, no starting checkpoint
+        from fsslab.models.oracle import QueryLabelOracle
+
+        return QueryLabelOracle()
     seed_everything(cfg.train.seed)
     params = dict(cfg.model.params)
     if "shot" in inspect.signature(model_class(cfg.model.name).__init__).parameters:
@@ -169,9 +189,11 @@ def run_evaluation(
         "support_label": support_label or cfg.eval.support_label or cfg.data.support_label,
         "supports": cfg.eval.supports,
         "protocol": cfg.data.protocol,
+        "eval_protocol": cfg.eval.protocol,
         "val_size": cfg.data.val_size,
         "amp": cfg.eval.amp,
         "model": cfg.model.name,
+        "control": "oracle" if cfg.model.name == "oracle" else None,
         "class_names": {c: benchmark.class_name(c) for c in novel}
         if hasattr(benchmark, "class_name")
         else {},
@@ -189,6 +211,76 @@ def run_evaluation(
         workers=cfg.data.workers,
         progress=progress,
         settings=settings,
+    )
+
+
+@dataclasses.dataclass
+class ControlReport:
+    """A result and its controls on the same episodes and protocol (mIoU values in %)."""
+
+    result: EvalResult  # the evaluation as configured
+    oracle: EvalResult  # the query's own label: ~100 when the evaluation path is right
+    mismatched: EvalResult  # every query with the supports of another class
+    one_shot: EvalResult  # the same model with 1 support
+    five_shot: EvalResult  # ... and with 5
+
+    @property
+    def drop(self) -> float:
+        """matched − mismatched mIoU: how much the model relies on its supports."""
+        return self.result.miou_mean - self.mismatched.miou_mean
+
+    @property
+    def shot_gain(self) -> float:
+        """5-shot − 1-shot mIoU of the same model."""
+        return self.five_shot.miou_mean - self.one_shot.miou_mean
+
+    def table(self) -> str:
+        def row(name: str, r: EvalResult, note: str = "") -> str:
+            return f"{name:<26} {r.miou_mean:>7.2f} ± {r.miou_std:<5.2f} {r.fbiou_mean:>7.2f}  {note}"
+
+        lines = [
+            f"{'controls (same episodes)':<26} {'mIoU':>7}   {'':5} {'FB-IoU':>7}",
+            row("result", self.result, f"{self.result.settings.get('shot')}-shot, supports as configured"),
+            row("oracle (control)", self.oracle, "the query's own label: must be ~100"),
+            row("mismatched supports", self.mismatched, f"drop {self.drop:+.2f} (matched − mismatched)"),
+            row("1 shot", self.one_shot),
+            row("5 shots", self.five_shot, f"gain {self.shot_gain:+.2f} (5-shot − 1-shot)"),
+        ]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        def brief(r: EvalResult) -> dict[str, Any]:
+            return {"miou": r.miou_mean, "miou_std": r.miou_std, "fbiou": r.fbiou_mean, "fbiou_std": r.fbiou_std}
+
+        return {"oracle": brief(self.oracle), "mismatched": brief(self.mismatched), "one_shot": brief(self.one_shot),
+                "five_shot": brief(self.five_shot), "drop": self.drop, "shot_gain": self.shot_gain}  # fmt: skip
+
+
+def run_controls(
+    cfg: RunConfig,
+    model: nn.Module,
+    result: EvalResult | None = None,
+    progress: bool = True,
+    device: torch.device | None = None,
+) -> ControlReport:
+    """``result`` (evaluated here when None) with its controls on the same data, seeds and protocol."""
+    from fsslab.models.oracle import QueryLabelOracle
+
+    def with_eval(**changes: Any) -> RunConfig:
+        return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **changes))
+
+    def run(config: RunConfig, net: nn.Module, shot: int | None = None) -> EvalResult:
+        return run_evaluation(config, net, shot=shot, progress=progress, device=device)
+
+    result = result or run(cfg, model)
+    oracle_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="oracle"))
+    shot = result.settings.get("shot")
+    return ControlReport(
+        result=result,
+        oracle=run(oracle_cfg, QueryLabelOracle().to(device or torch.device("cpu"))),
+        mismatched=run(with_eval(supports="mismatched"), model),
+        one_shot=result if shot == 1 and cfg.eval.supports == "matched" else run(with_eval(supports="matched"), model, 1),
+        five_shot=result if shot == 5 and cfg.eval.supports == "matched" else run(with_eval(supports="matched"), model, 5),
     )
 
 
@@ -262,12 +354,14 @@ def run_training(
 
 
 __all__ = [
+    "ControlReport",
     "build_run_model",
     "build_train_set",
     "dataset_kwargs",
     "ensure_synthetic",
     "eval_dataset_factory",
     "init_from_checkpoint",
+    "run_controls",
     "run_evaluation",
     "run_training",
     "train_prerequisite",

@@ -136,6 +136,9 @@ class Trainer:
         ):
             output = self.net(batch)
             losses = self.model.loss(output, batch)
+        # AMNet's train.py alternates G and D on the batch index within the epoch; fsslab's default counts on
+        if tc.objective_index == "epoch":
+            it = it - (it // self.iters_per_epoch) * self.iters_per_epoch
         objectives = self.model.step_objectives(losses, it)
         known = {o.objective for o in self.optimizers}
         unknown = sorted(set(objectives) - known)

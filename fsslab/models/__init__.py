@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from fsslab.models.base import FewShotModel, OptimizerSpec
+from fsslab.models.base import FewShotModel, OptimizerSpec, model_device
 from fsslab.models.output import FSSOutput
 
 # name -> "module:Class"; imported lazily so that `import fsslab.models` stays cheap.
@@ -16,6 +16,7 @@ MODEL_REGISTRY: dict[str, str] = {
     "amformer": "fsslab.models.amformer:AMFormer",
     "baseline": "fsslab.models.baseline:PrototypeBaseline",
     "pspnet": "fsslab.models.pspnet:PSPNet",
+    "oracle": "fsslab.models.oracle:QueryLabelOracle",  # evaluation control: predicts the query's label
 }
 
 
@@ -61,4 +62,5 @@ __all__ = [
     "build_model",
     "load_official",
     "model_class",
+    "model_device",
 ]

@@ -53,3 +53,10 @@ class FewShotModel(nn.Module):
         ``losses["total"]``; AMFormer alternates generator and discriminator objectives.
         """
         return {"total": losses["total"]}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model that has neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

@@ -82,13 +82,16 @@ class PSPNet(FewShotModel):
     def __init__(self, backbone: str = "resnet50", n_classes: int = 16, pretrained: str | None = None,
                  dilation: str = "pspnet", norm: str = "batch", bins: tuple[int, ...] = (1, 2, 3, 6),
                  dropout: float = 0.1, aux_weight: float = 0.0, ignore_index: int = 255,
-                 head_lr_multiplier: float = 10.0, optimizer: str = "sgd", head_channels: int = 512) -> None:
+                 head_lr_multiplier: float = 10.0, optimizer: str = "sgd", head_channels: int = 512,
+                 backbone_lr_multiplier: float = 1.0) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' (BAM) or 'adamw', got {optimizer!r}")
         self.optimizer = optimizer
         self.n_classes, self.aux_weight, self.ignore_index = n_classes, aux_weight, ignore_index
         self.head_lr_multiplier = head_lr_multiplier
+        # BAM's `index_split`: 0 on PASCAL (backbone at the base lr), -1 on COCO (every group at 10x)
+        self.backbone_lr_multiplier = backbone_lr_multiplier
         self.backbone = build_backbone(backbone, pretrained=pretrained, dilation=dilation, norm=norm)
         feat_channels = self.backbone.out_channels["layer4"]
         self.ppm = PPM(feat_channels, feat_channels // len(bins), tuple(bins))
@@ -128,7 +131,8 @@ class PSPNet(FewShotModel):
         return losses
 
     def optimizer_specs(self, base_lr: float, weight_decay: float) -> list[OptimizerSpec]:
-        """BAM ``train_base.py``: SGD (momentum 0.9); backbone at the base lr, PPM and heads 10x.
+        """BAM ``train_base.py``: SGD (momentum 0.9); backbone at the base lr (× ``backbone_lr_multiplier``:
+        10 on COCO, BAM's ``index_split: -1``), PPM and heads 10x.
 
         ``optimizer="adamw"`` (one lr for every group) is for backbones trained from scratch, such as the
         synthetic benchmark's stage 1, where SGD needs far more iterations than a CPU run can afford.
@@ -140,7 +144,7 @@ class PSPNet(FewShotModel):
             return [OptimizerSpec("main", "adamw", [{"params": trainable(self), "lr": base_lr}],
                                   options={"weight_decay": weight_decay})]
         head_lr = base_lr * self.head_lr_multiplier
-        groups = [{"params": trainable(self.backbone), "lr": base_lr},
+        groups = [{"params": trainable(self.backbone), "lr": base_lr * self.backbone_lr_multiplier},
                   {"params": trainable(self.ppm), "lr": head_lr},
                   {"params": trainable(self.head) + trainable(self.aux_head), "lr": head_lr}]
         return [OptimizerSpec("main", "sgd", [g for g in groups if g["params"]],

@@ -1,0 +1,106 @@
+"""Protocol fidelity options: BAM's stage-1 data, COCO's backbone lr, G/D on the index within the epoch, paper
+evaluation settings in the generated configs, retired config keys, and `eval.controls`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from engine_toys import ToyEpisodes, ToyGD, ToyNet, toy_config
+
+from fsslab.config import config_from_dict, load_config
+from fsslab.configs.generate import AMNET_TEST_SEEDS
+from fsslab.data import PASCAL, read_label
+from fsslab.data.base_data import BaseClassDataset
+from fsslab.data.lists import read_list
+from fsslab.engine.trainer import Trainer, seed_everything
+from fsslab.models.pspnet import PSPNet
+
+
+def test_base_data_keeps_every_image_and_relabels_novel_as_background(voc_root):
+    ds = BaseClassDataset(voc_root, PASCAL, "train", fold=0, size=64, augmentation={"rotate_p": 0.0})
+    assert len(ds) == len(read_list(voc_root / "lists" / "train.txt", voc_root))  # no image filtered out
+    torch.manual_seed(0)
+    sample = ds[3]
+    assert sample["query_img"].shape == (3, 64, 64) and sample["query_base_mask"].shape == (64, 64)
+    values = set(sample["query_base_mask"].unique().tolist())
+    assert values <= set(range(16)) | {255}
+    # novel classes 1..5 of fold 0 never appear: the table maps them to 0, base class 6 to 1
+    label = read_label(voc_root / ds.items[3][1])
+    table = ds.base_table
+    assert table[[1, 2, 3, 4, 5]].tolist() == [0] * 5 and table[6] == 1 and table[255] == 255
+    assert set(np.unique(table[label]).tolist()) <= set(range(16)) | {255}
+
+
+def test_pspnet_backbone_lr_multiplier():
+    model = PSPNet("resnet_tiny", n_classes=4, head_channels=16, backbone_lr_multiplier=10.0)
+    groups = model.optimizer_specs(0.001, 0.0)[0].param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.01, 0.01])  # BAM COCO: index_split -1
+    default = PSPNet("resnet_tiny", n_classes=4, head_channels=16).optimizer_specs(0.001, 0.0)[0].param_groups
+    assert [g["lr"] for g in default] == pytest.approx([0.001, 0.01, 0.01])
+
+
+@pytest.mark.parametrize("index, expected", [("global", [0, 1, 2, 3, 4, 5, 6]), ("epoch", [0, 1, 2, 0, 1, 2, 0])])
+def test_objective_index(tmp_path, index, expected):
+    seen = []
+
+    class Recording(ToyGD):
+        def step_objectives(self, losses, iteration):
+            seen.append(iteration)
+            return super().step_objectives(losses, iteration)
+
+    cfg = toy_config(tmp_path, iterations=7, objective_index=index, validate=False)  # 6 episodes, batch 2: 3/epoch
+    seed_everything(cfg.train.seed)
+    Trainer(cfg, Recording(), ToyEpisodes(6)).fit()
+    assert seen == expected
+
+
+def test_paper_configs_evaluate_as_their_papers():
+    ipmt = load_config("pascal/ipmt_r50_fold0_1shot")
+    assert (ipmt.eval.protocol, ipmt.eval.seeds, ipmt.eval.episodes) == ("ipmt", [123], 1000)
+    amformer = load_config("pascal/amformer_r50_fold0_1shot")
+    assert amformer.eval.protocol == "amformer" and amformer.eval.seeds == AMNET_TEST_SEEDS
+    assert amformer.train.objective_index == "epoch" and amformer.data.batch_size == 32  # 8 per GPU x 4
+    assert load_config("coco/amformer_r50_fold0_1shot").eval.episodes == 10000
+    stage1 = load_config("coco/pspnet_base_r50_fold0")
+    assert stage1.data.train_data == "base" and stage1.model.params["backbone_lr_multiplier"] == 10.0
+    assert load_config("synthetic/ipmt_tiny").eval.protocol == "fsslab"
+
+
+def test_retired_ori_canvas_is_dropped():
+    cfg = config_from_dict({"data": {"params": {"ori_canvas": 160, "eval_pad": "mean"}}})
+    assert cfg.data.params == {"eval_pad": "mean"}
+
+
+def test_controls_of_a_support_blind_model(monkeypatch):
+    from fsslab.engine import runner
+    from fsslab.engine.controls import with_supports
+
+    class SupportBlind(ToyNet):
+        def forward(self, batch, trace=False):
+            return super().forward(dict(batch, support_imgs=torch.zeros_like(batch["support_imgs"])), trace)
+
+    def factory(cfg, shot=None, support_label=None):
+        def episodes(seed, n):
+            return with_supports(ToyEpisodes(6, shot=shot or 1, evaluation=True, seed=seed), cfg.eval.supports)
+
+        return episodes, _Bench()
+
+    monkeypatch.setattr(runner, "eval_dataset_factory", factory)
+    torch.manual_seed(0)
+    cfg = toy_config("unused", validate=False)
+    cfg.eval.seeds = [1]
+    report = runner.run_controls(cfg, SupportBlind().eval(), progress=False)
+    assert report.oracle.miou_mean == pytest.approx(100.0)
+    assert report.drop == pytest.approx(0.0)  # the supports do not matter to it
+    assert "oracle (control)" in report.table() and set(report.to_dict()) >= {"drop", "shot_gain"}
+
+
+class _Bench:
+    n_classes = 3
+
+    def novel_classes(self, fold):
+        return [1, 2, 3]
+
+    def class_name(self, c):
+        return f"c{c}"
