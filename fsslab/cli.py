@@ -40,7 +40,8 @@ def _script_main(relative: str):
 def _delegate(relative: str, prog: str):
     def run(args: argparse.Namespace) -> int:
         sys.argv[0] = prog  # the script's --help then names the fsslab command
-        return int(_script_main(relative)(list(args.rest)) or 0)
+        code = _script_main(relative)(list(args.rest))
+        return code if isinstance(code, int) else 0  # a script may return its results rather than a status
 
     return run
 

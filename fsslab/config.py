@@ -230,6 +230,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if hint is str:
+        if value is None:  # an empty override (`key=`) or YAML null: never the string "None"
+            raise ConfigError(f"{where}: expected a string, got nothing (write {where}=\"\" for an empty string)")
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
@@ -300,6 +302,11 @@ def _check_ranges(cfg: RunConfig) -> None:
             cfg.train.epochs is not None or cfg.train.iterations is not None,
             "set train.epochs or train.iterations",
         ),
+        (cfg.train.iterations is None or cfg.train.iterations >= 1,
+         f"train.iterations must be >= 1 (or null to train train.epochs epochs), got {cfg.train.iterations}"),
+        (cfg.train.epochs is None or cfg.train.epochs >= 1, f"train.epochs must be >= 1, got {cfg.train.epochs}"),
+        (cfg.data.size >= 16, f"data.size (the training crop) must be >= 16 pixels, got {cfg.data.size}"),
+        (cfg.data.val_size >= 16, f"data.val_size (the evaluation size) must be >= 16 pixels, got {cfg.data.val_size}"),
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
         (cfg.train.ckpt_every >= 1, "train.ckpt_every must be >= 1"),
         (cfg.eval.episodes >= 1, "eval.episodes must be >= 1"),

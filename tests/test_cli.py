@@ -164,3 +164,14 @@ def test_overrides_may_follow_options(capsys):
     assert "unknown section 'bogus'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "synthetic/baseline_tiny", "--checkpoint", "/nonexistent.pt", "--bogus"])
+
+
+def test_a_delegated_script_returning_its_results_exits_zero(monkeypatch):
+    import argparse
+
+    from fsslab import cli
+
+    monkeypatch.setattr(cli, "_script_main", lambda relative: (lambda argv: [{"model": "ipmt", "median_s": 0.1}]))
+    assert cli._delegate("benchmarks/bench_models.py", "fsslab bench")(argparse.Namespace(rest=[])) == 0
+    monkeypatch.setattr(cli, "_script_main", lambda relative: (lambda argv: 3))
+    assert cli._delegate("benchmarks/bench_models.py", "fsslab bench")(argparse.Namespace(rest=[])) == 3

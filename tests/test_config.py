@@ -113,3 +113,16 @@ def test_every_shipped_config_loads_and_states_its_protocol():
 
 def test_generated_configs_are_up_to_date():
     assert generate.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.iterations=-3", "train.iterations must be >= 1"),
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("data.size=-5", "data.size .* must be >= 16"),
+    ("data.val_size=-5", "data.val_size .* must be >= 16"),
+    ("model.init_prefix=", "expected a string, got nothing"),
+])
+def test_out_of_range_and_empty_values_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("synthetic/ipmt_tiny", [override])
+    assert load_config("synthetic/ipmt_tiny", ['model.init_prefix=""']).model.init_prefix == ""
