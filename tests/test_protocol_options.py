@@ -104,3 +104,23 @@ class _Bench:
 
     def class_name(self, c):
         return f"c{c}"
+
+
+def test_base_data_refuses_episode_options():
+    from fsslab.config import ConfigError
+    from fsslab.engine.runner import build_train_set
+
+    cfg = load_config("pascal/pspnet_base_r50_fold0", ["data.params.on_small_class=exclude"])
+    with pytest.raises(ConfigError, match=r"\['on_small_class'\] do not apply to data.train_data=base"):
+        build_train_set(cfg)
+
+
+def test_build_train_set_gives_base_data(voc_root):
+    from fsslab.engine.runner import build_train_set
+
+    cfg = load_config("synthetic/pspnet_base_tiny", [f"data.root={voc_root}", "data.synthetic=null",
+                                                     "data.train_data=base", "data.size=64"])  # fmt: skip
+    dataset = build_train_set(cfg)
+    assert isinstance(dataset, BaseClassDataset) and len(dataset) == len(dataset.items)
+    torch.manual_seed(0)
+    assert dataset[0]["query_base_mask"].shape == (64, 64)

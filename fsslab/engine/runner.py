@@ -69,9 +69,14 @@ def build_train_set(cfg: RunConfig) -> Any:
 
     ensure_synthetic(cfg)
     if cfg.data.train_data == "base":  # BAM BaseData: stage 1 on the whole list with base annotations
+        from fsslab.config import ConfigError
         from fsslab.data.base_data import BaseClassDataset
         from fsslab.data.classes import get_benchmark
 
+        unsupported = sorted(set(cfg.data.params) - {"augmentation", "list_path"})
+        if unsupported:
+            raise ConfigError(f"data.params {unsupported} do not apply to data.train_data=base (BAM BaseData: every "
+                              "image of the list, no episodes); it takes only augmentation and list_path")
         kwargs = dataset_kwargs(cfg, cfg.data.train_split)
         return BaseClassDataset(
             cfg.data.root,
