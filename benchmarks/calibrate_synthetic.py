@@ -27,6 +27,8 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 from fsslab.data.synthetic import PRESETS
 
 MODELS = ("baseline", "ipmt", "amformer")
@@ -45,8 +47,9 @@ VARIANTS: dict[str, tuple[dict, dict[str, list[str]]]] = {
 
 
 def flow(knobs: dict) -> str:
-    return "{" + ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}".replace("True", "true")
-                           .replace("False", "false") for k, v in knobs.items()) + "}"  # fmt: skip
+    """The knobs as one YAML flow mapping, as a `data.synthetic=...` override takes them."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items()}
+    return yaml.safe_dump(plain, default_flow_style=True, width=10**6).strip()
 
 
 # --smoke: a few images and iterations, to check the whole pipeline in a minute
@@ -82,7 +85,7 @@ class Runner:
         if done.returncode != 0:
             raise RuntimeError(f"failed ({done.returncode}): {line}; see {sink.name}")
 
-    def common(self, variant: str, knobs: dict) -> list[str]:
+    def common(self, knobs: dict) -> list[str]:
         root = self.out / "data" / _knob_key(knobs)
         return [f"data.root={root}", f"data.synthetic={flow(knobs)}", f"train.device={self.device}", *self.extra]
 
@@ -99,7 +102,7 @@ def run_variant(runner: Runner, name: str, jobs: int) -> dict:
     knobs, per_model = VARIANTS[name]
     if runner.smoke:
         knobs = {**knobs, **SMOKE_KNOBS}
-    common = runner.common(name, knobs)
+    common = runner.common(knobs)
     key = _knob_key({**knobs, "pretrain": per_model.get("backbone_pretrain_tiny", [])})
     runs = runner.out / "runs" / name
     pretrain = runner.out / "runs" / key / "backbone_pretrain_tiny"  # shared by the variants of one benchmark

@@ -204,3 +204,19 @@ def test_load_pretrained_applies_inference_switches(packed):
     out, _ = packed
     assert not load_pretrained("ipmt_test", out).reproduce_official
     assert load_pretrained("ipmt_test", out, model_params={"reproduce_official": True}).reproduce_official
+
+
+def test_recheck_records_the_new_check_and_the_eval_json(packed, tmp_path):
+    import shutil
+
+    from fsslab.zoo import recheck_pretrained
+
+    out, entry = packed
+    copy = Path(shutil.copytree(out, tmp_path / "zoo"))
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"miou": 12.5, "fbiou": 40.0, "per_seed": [{"seed": 0, "miou": 12.5, "fbiou": 40.0}],
+                                     "settings": {"eval_protocol": "fsslab"}, "checkpoint": "pretrained:ipmt_test"}))
+    rechecked = recheck_pretrained("ipmt_test", eval_json=eval_json, checkpoint_dir=copy)
+    assert rechecked["check"]["miou"] == pytest.approx(entry["check"]["miou"])  # same weights, same evaluation
+    assert rechecked["metrics"]["miou"] == 12.5 and read_manifest(copy)["entries"]["ipmt_test"] == rechecked
+    assert verify_pretrained("ipmt_test", checkpoint_dir=copy)["ok"]

@@ -15,6 +15,7 @@ from torch import nn
 from fsslab.config import RunConfig
 from fsslab.engine.checkpoint import load_checkpoint
 from fsslab.engine.evaluate import EvalResult, evaluate
+from fsslab.models.oracle import QueryLabelOracle, is_control
 
 
 def dataset_kwargs(cfg: RunConfig, split: str) -> dict[str, Any]:
@@ -135,8 +136,6 @@ def build_run_model(cfg: RunConfig) -> nn.Module:
     from fsslab.models import build_model, model_class
 
     if cfg.model.name == "oracle":  # the evaluation control: no params, no starting checkpoint
-        from fsslab.models.oracle import QueryLabelOracle
-
         return QueryLabelOracle()
     seed_everything(cfg.train.seed)
     params = dict(cfg.model.params)
@@ -198,7 +197,7 @@ def run_evaluation(
         "val_size": cfg.data.val_size,
         "amp": cfg.eval.amp,
         "model": cfg.model.name,
-        "control": "oracle" if cfg.model.name == "oracle" else None,
+        "control": "oracle" if is_control(model) else None,
         "class_names": {c: benchmark.class_name(c) for c in novel}
         if hasattr(benchmark, "class_name")
         else {},
@@ -269,8 +268,6 @@ def run_controls(
     device: torch.device | None = None,
 ) -> ControlReport:
     """``result`` (evaluated here when None) with its controls on the same data, seeds and protocol."""
-    from fsslab.models.oracle import QueryLabelOracle
-
     def with_eval(**changes: Any) -> RunConfig:
         return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **changes))
 
