@@ -47,7 +47,9 @@ class AMFormer(AMFormerNetwork):
     mining_heads, sr_ratios, mlp_ratio: G (64, (2,4,8), 2, (4,2,1), 4); parts, part_heads: D (14, 4);
     kshot_hidden: width of the K-shot reweighting (yaml ``kshot_trans_dim`` = 2); aux_weight1 weighs
     the attention distillation, aux_weight2 the base-learner CE (yaml, both 1.0); freeze_bn keeps
-    every BatchNorm in eval during training (yaml ``fix_bn: True``).
+    every BatchNorm in eval during training (yaml ``fix_bn: True``); channels_last stores the frozen base
+    learner in channels_last, so that every convolution runs on channels_last activations without the
+    caller converting anything (faster on CPU oneDNN and with GPU tensor cores; the same function).
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: str | None = None, n_base_classes: int = 15,
@@ -58,7 +60,7 @@ class AMFormer(AMFormerNetwork):
                  adversarial_weight: float = 0.1, adversarial_period: int = 5, adversarial_max_loss: float = 11.0,
                  diversity_weight: float = 0.01, head_lr_multiplier: float = 10.0, freeze_bn: bool = True,
                  train_part_queries: bool = False, reproduce_official: bool = False,
-                 base_head_channels: int = 512) -> None:
+                 base_head_channels: int = 512, channels_last: bool = True) -> None:
         super().__init__(backbone, pretrained, n_base_classes, shot, hidden_dim, transformer_dim,
                          tuple(transformer_heads), mining_heads, tuple(sr_ratios), mlp_ratio, parts, part_heads,
                          kshot_hidden, train_part_queries, reproduce_official, base_head_channels)
@@ -66,6 +68,8 @@ class AMFormer(AMFormerNetwork):
         self.adversarial_weight, self.adversarial_period = adversarial_weight, adversarial_period
         self.adversarial_max_loss, self.diversity_weight = adversarial_max_loss, diversity_weight
         self.head_lr_multiplier, self.freeze_bn = head_lr_multiplier, freeze_bn
+        if channels_last:  # base_features follows the first conv's layout (load_state_dict keeps it)
+            self.base_learner.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> AMFormer:
         """The base learner always stays in eval; with ``freeze_bn`` so does every BatchNorm (``fix_bn``)."""

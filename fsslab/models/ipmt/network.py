@@ -77,6 +77,9 @@ class IPMT(FewShotModel):
     backbone:   name for ``build_backbone`` ("resnet50", "resnet101", "resnet_tiny", ...), deep-stem
                 ResNet with FrozenBN and torchvision-style dilation (output stride 8); fully frozen as
                 in the reference (``train_backbone=False``).
+    dilation:   the backbone's dilation layout; ``"torchvision"`` is the reference's. ``"pspnet"`` matches
+                a backbone that was itself trained in that layout (the synthetic ImageNet of the tiny configs),
+                so that its layer3/layer4 features are the ones it learned.
     hidden_dim: reduced feature / token width (384 in the paper).
     channels_last: run the convolutions on channels_last activations (default; same results).
     reproduce_official: read the query label's 255 cells (as the official eval does) and use its
@@ -88,7 +91,8 @@ class IPMT(FewShotModel):
                  dropout: float = 0.1, reproduce_official: bool = False,
                  dice_weights: tuple[float, float] = (0.7, 0.3), bce_weights: tuple[float, float] = (0.3, 0.7),
                  aux_weight: float = 1.0, sgd_lr_multiplier: float = 15.0, transformer_lr: float = 1e-4,
-                 transformer_weight_decay: float = 1e-2, channels_last: bool = True) -> None:
+                 transformer_weight_decay: float = 1e-2, channels_last: bool = True,
+                 dilation: str = "torchvision") -> None:
         super().__init__()
         self.channels_last = channels_last
         self.shot = shot  # informative only: the forward takes K from the batch
@@ -97,7 +101,7 @@ class IPMT(FewShotModel):
         self.sgd_lr_multiplier = sgd_lr_multiplier
         self.transformer_lr, self.transformer_weight_decay = transformer_lr, transformer_weight_decay
 
-        self.backbone = build_backbone(backbone, pretrained, dilation="torchvision", norm="frozen")
+        self.backbone = build_backbone(backbone, pretrained, dilation=dilation, norm="frozen")
         self.backbone.requires_grad_(False)
         channels = self.backbone.out_channels
         mid = channels["layer2"] + channels["layer3"]
