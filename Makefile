@@ -17,11 +17,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Jupyter refuses to start as root ("Running as root is not recommended"), which is the usual user in a
+# container: pass --allow-root only then.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
 
 # FSSLAB_QUICK=1: notebooks use their quick settings so the whole suite stays within CI's budget.
 test: $(STAMP)
+	$(VENV)/bin/ruff check fsslab tests benchmarks data_prep
 	FSSLAB_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest --nbval-lax -p no:cacheprovider tests notebooks
 
 clean:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 EPILOG = (
     "overrides: section.key=value (e.g. data.fold=2 data.shot=5 train.amp=bf16 model.params.hidden_dim=64);"
     " values are parsed as YAML (ints, floats, true/false, null, [lists]); unknown keys are rejected"
@@ -21,27 +19,20 @@ class CliError(Exception):
     """A user-facing error: printed as one message, exit status 2."""
 
 
-def _script_main(relative: str):
-    """``main(argv)`` of a script of the source checkout (data_prep/, benchmarks/), loaded by path."""
-    path = REPO_ROOT / relative
-    if not path.is_file():
-        raise CliError(
-            f"{relative} not found next to the fsslab package ({REPO_ROOT}); this command needs a "
-            "source checkout of fsslab (git clone + pip install -e .)"
-        )
-    spec = importlib.util.spec_from_file_location(f"_fsslab_script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    if not hasattr(module, "main"):
-        raise CliError(f"{relative} has no main(argv) function")
-    return module.main
+def _script_main(target: str):
+    """``main(argv)`` of a packaged command module, ``target`` = ``"module:function"`` (the data_prep/ and
+    benchmarks/ scripts of a checkout are thin wrappers around the same functions)."""
+    import importlib
+
+    module_name, _, function = target.partition(":")
+    return getattr(importlib.import_module(module_name), function)
 
 
-def _delegate(relative: str, prog: str):
+def _delegate(target: str, prog: str):
     def run(args: argparse.Namespace) -> int:
-        sys.argv[0] = prog  # the script's --help then names the fsslab command
-        code = _script_main(relative)(list(args.rest))
-        return code if isinstance(code, int) else 0  # a script may return its results rather than a status
+        sys.argv[0] = prog  # the command's --help then names the fsslab command
+        code = _script_main(target)(list(args.rest))
+        return code if isinstance(code, int) else 0  # a command may return its results rather than a status
 
     return run
 
@@ -289,6 +280,8 @@ def _add_zoo_parser(commands: Any) -> None:
 
 # ------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
+    from fsslab.predict_cli import add_predict_parser
+
     parser = argparse.ArgumentParser(prog="fsslab", description="Few-shot semantic segmentation lab.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -318,20 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("knobs", nargs="*", metavar="knob=value", help="generator knobs")
     synth.set_defaults(func=_cmd_synth)
     for name, script, text in [
-        (
-            "lists",
-            "data_prep/build_fold_lists.py",
-            "build (and cache) the per-fold class index / base annotations",
-        ),
-        ("pascal", "data_prep/prepare_pascal.py", "merge VOC 2012 + SBD into SegmentationClassAug labels"),
-        ("coco", "data_prep/prepare_coco.py", "COCO 2014 instances -> semantic label PNGs (1..80)"),
+        ("lists", "fsslab.data.prep_cli:lists_main",
+         "build (and cache) the per-fold class index / base annotations"),
+        ("pascal", "fsslab.data.prep_cli:pascal_main", "merge VOC 2012 + SBD into SegmentationClassAug labels"),
+        ("coco", "fsslab.data.prep_cli:coco_main", "COCO 2014 instances -> semantic label PNGs (1..80)"),
     ]:
         sub = data_commands.add_parser(
             name,
             help=text,
             add_help=False,
             prefix_chars="\0",
-            description=f"{text}; every argument goes to {script} (try --help).",
+            description=f"{text} (try --help).",
         )
         sub.add_argument("rest", nargs=argparse.REMAINDER)
         sub.set_defaults(func=_delegate(script, f"fsslab data {name}"))
@@ -394,14 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="model speed/memory benchmark (benchmarks/bench_models.py)",
+        help="model speed/memory benchmark (fsslab.bench)",
         add_help=False,
         prefix_chars="\0",
-        description="Runs benchmarks/bench_models.py with the given arguments (try --help).",
+        description="Time and peak memory of every model (fsslab.bench; try --help).",
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=_delegate("benchmarks/bench_models.py", "fsslab bench"))
+    bench.set_defaults(func=_delegate("fsslab.bench:main", "fsslab bench"))
     _add_zoo_parser(commands)
+    add_predict_parser(commands)
     return parser
 
 

@@ -104,3 +104,26 @@ def weak_label(mask: np.ndarray, kind: str, seed: int = 0, **options) -> np.ndar
     if kind == "scribble":
         return mask_to_scribbles(mask, seed, **options)
     raise ValueError(f"support_label must be one of {WEAK_LABELS}, got {kind!r}")
+
+
+def box_to_label(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """Box label from corners ``(x0, y0, x1, y1)`` (pixels, x1/y1 exclusive) on an (H, W) image: the filled
+    box is 1, the rest 0, the encoding ``mask_to_boxes`` gives a single-component mask. uint8 [H,W]."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    height, width = shape
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"box {box} does not fit a {height}x{width} (HxW) image")
+    out = np.zeros(shape, np.uint8)
+    out[y0:y1, x0:x1] = 1
+    return out
+
+
+def strokes_to_label(strokes: np.ndarray, unlabeled: str = "background",
+                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Scribble label from drawn strokes (bool [H,W]): strokes 1, the rest 0 (``unlabeled="background"``,
+    the default of ``mask_to_scribbles``) or ``ignore_index`` (``"ignore"``). uint8 [H,W]."""
+    if unlabeled not in ("background", "ignore"):
+        raise ValueError(f"unlabeled must be 'background' or 'ignore', got {unlabeled!r}")
+    out = np.full(strokes.shape, 0 if unlabeled == "background" else ignore_index, np.uint8)
+    out[strokes.astype(bool)] = 1
+    return out
