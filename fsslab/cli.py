@@ -71,10 +71,13 @@ def _load(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> int:
     from fsslab.engine.runner import run_training
 
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume train.iterations=8`: argparse took the override for --resume's optional CHECKPOINT
+        args.overrides, args.resume = [*args.overrides, args.resume], True
     cfg = _load(args)
     if args.out:
         cfg.train.out_dir = args.out
-    summary = run_training(cfg, resume=args.resume or False)
+    summary = run_training(cfg, resume=args.resume or False, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=str))
         if cfg.expected.miou is not None and summary.get("best_metric") is not None:
@@ -347,8 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         default=False,
         metavar="CHECKPOINT",
-        help="continue from <out_dir>/latest.pt (or the given checkpoint)",
+        help="continue the run in the run directory from its newest loadable checkpoint (latest.pt or "
+        "iter_*.pt), or from the given checkpoint",
     )
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete the run the run directory holds (checkpoints, log) and start anew")
     train.add_argument("--out", default=None, help="run directory (overrides train.out_dir)")
     train.set_defaults(func=_cmd_train)
 

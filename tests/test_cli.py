@@ -112,7 +112,8 @@ def test_prerequisite_is_trained_first_once(tmp_path, toy_world, capsys):
     out = capsys.readouterr().out
     assert "training the prerequisite" in out and "initialised 2/2 'encoder.*' tensors" in out
     stamp = stage1.stat().st_mtime_ns
-    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1"]) == 0
+    # stage 2 again (its directory holds the first stage-2 run: --overwrite); stage 1 is reused as it is
+    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1", "--overwrite"]) == 0
     assert stage1.stat().st_mtime_ns == stamp and "training the prerequisite" not in capsys.readouterr().out
     # the finished stage 1 came from other data: refused, not silently reused
     assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1", "data.root=elsewhere"]) != 0

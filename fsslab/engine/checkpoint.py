@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 FORMAT_VERSION = 1
 
@@ -60,7 +62,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or pickling arbitrary objects
         raise CheckpointError(
-            f"checkpoint {path} could not be read safely ({type(exc).__name__}: {exc}); "
+            f"checkpoint {path} could not be read safely ({first_line(exc)}); "
             "it may be truncated or not a torch file"
         ) from None
     if not isinstance(data, dict) or "model" not in data:
@@ -74,6 +76,56 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"({FORMAT_VERSION}); upgrade fsslab"
         )
     return data
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, shortened: torch's messages run to pages."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def save_checkpoint(obj: Any, path: str | Path) -> Path:
+    """``atomic_save`` for a run's checkpoints: a failed write (full disk, quota, I/O error) becomes a
+    one-line CheckpointError naming the file; the previous checkpoints stay as they were."""
+    path = Path(path)
+    try:
+        return atomic_save(obj, path)
+    except (OSError, RuntimeError) as exc:
+        # torch reports a full disk as RuntimeError("[enforce fail at inline_container.cc:...] ... file write
+        # failed"); the OS as OSError(ENOSPC)
+        full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+            "write failed" in str(exc) or "unexpected pos" in str(exc)
+        )
+        reason = "the disk is full (or over quota)" if full else first_line(exc)
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {reason}; the checkpoints already in {path.parent} are intact: "
+            "free space, then continue with --resume"
+        ) from None
+
+
+def load_model_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """``model.load_state_dict(state)`` that names, in one line, what does not fit (another model or width)
+    instead of torch's listing of every key."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
+        if keys:
+            more = f" and {len(keys) - 2} more" if len(keys) > 2 else ""
+            problems.append(f"{len(keys)} tensor(s) {what} (e.g. {'; '.join(keys[:2])}{more})")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model ({type(model).__name__}): {', '.join(problems)}; "
+            "it was trained with another model or other model.params"
+        )
+    model.load_state_dict(state)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -114,6 +166,9 @@ __all__ = [
     "CheckpointError",
     "atomic_save",
     "capture_rng_state",
+    "first_line",
     "load_checkpoint",
+    "load_model_state",
     "restore_rng_state",
+    "save_checkpoint",
 ]

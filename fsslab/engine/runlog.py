@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from fsslab.engine.run_dir import atomic_write_text, notice
+
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
@@ -45,38 +47,59 @@ def _plain(value: Any) -> Any:
 
 
 class RunLogger:
-    """Writes ``log.jsonl`` and TensorBoard events under ``out_dir``; everything is a no-op off rank 0."""
+    """Writes ``log.jsonl`` and TensorBoard events under ``out_dir``; everything is a no-op off rank 0.
+
+    Nothing is created before ``start`` (or the first record): the Trainer first checks and locks the run
+    directory, which may refuse the run or clear the previous one."""
 
     def __init__(self, out_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
         self.out_dir = Path(out_dir)
         self.enabled = enabled
+        self.tensorboard = tensorboard
         self.jsonl = self.out_dir / "log.jsonl"
         self._writer = None
-        if enabled:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                try:  # imported lazily: tensorboard is heavy and optional at import time
-                    from torch.utils.tensorboard import SummaryWriter
+        self._started = False
 
-                    self._writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
-                except Exception as exc:  # noqa: BLE001 - optional: any failure only disables TensorBoard
-                    warnings.warn(f"TensorBoard logging disabled ({exc}); log.jsonl is still written")
+    def start(self, resumed_at: int | None = None) -> None:
+        """Create the directory and the TensorBoard writer. ``resumed_at``: the iteration a resumed run
+        continues from; log.jsonl keeps only the records up to it, and TensorBoard hides later events."""
+        if not self.enabled or self._started:
+            return
+        self._started = True
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resumed_at is not None:
+            self.truncate_after(resumed_at)
+        if self.tensorboard:
+            try:  # imported lazily: tensorboard is heavy and optional at import time
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(
+                    log_dir=str(self.out_dir / "tensorboard"),
+                    purge_step=None if resumed_at is None else resumed_at + 1,
+                )
+            except Exception as exc:  # noqa: BLE001 - optional: any failure only disables TensorBoard
+                warnings.warn(f"TensorBoard logging disabled ({exc}); log.jsonl is still written")
 
     def truncate_after(self, iteration: int) -> None:
-        """Drop JSONL records logged after ``iteration`` (steps redone after a resume)."""
+        """Drop JSONL records logged after ``iteration`` (steps redone after a resume), a torn last record
+        (the run was killed while writing it) and unreadable lines, each with a notice naming the file."""
         if not (self.enabled and self.jsonl.exists()):
             return
-        kept = [
-            line
-            for line in self.jsonl.read_text().splitlines()
-            if line.strip() and json.loads(line).get("iteration", 0) <= iteration
-        ]
-        self.jsonl.write_text("".join(line + "\n" for line in kept))
+        records, torn, bad = _parse_jsonl(self.jsonl)
+        if torn:
+            notice(f"{self.jsonl}: dropped a torn last record (the run was interrupted while writing it)")
+        if bad:
+            notice(f"{self.jsonl}: dropped {len(bad)} unreadable line(s) (line {', '.join(map(str, bad[:5]))})")
+        kept = [line for line, record in records if record.get("iteration", 0) <= iteration]
+        # rewritten atomically (a kill here loses nothing), and always: a last record cut just before its
+        # newline parses, but the next record would be glued to it
+        atomic_write_text(self.jsonl, "".join(line + "\n" for line in kept))
 
     def record(self, record: dict[str, Any]) -> None:
         """Append one JSON line and mirror its numeric leaves as TensorBoard scalars."""
         if not self.enabled:
             return
+        self.start()
         record = _plain(record)
         with self.jsonl.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -94,6 +117,7 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        self._started = False
 
 
 def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -107,9 +131,36 @@ def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _parse_jsonl(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], bool, list[int]]:
+    """``([(line, record)], torn, bad line numbers)``: a last line without its newline that does not parse
+    is a torn record (a kill mid-write, or the writer still at it), other unparseable lines are bad."""
+    text = path.read_text()
+    lines = text.split("\n")
+    records, bad, torn = [], [], False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append((line, record))
+        elif number == len(lines):  # no newline after it: the write was cut short
+            torn = True
+        else:
+            bad.append(number)
+    return records, torn, bad
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a ``log.jsonl``."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All records of a ``log.jsonl``; a torn last record (a run killed, or still writing) is left out, and
+    an unreadable line elsewhere is an error naming the file and the line."""
+    path = Path(path)
+    records, _, bad = _parse_jsonl(path)
+    if bad:
+        raise ValueError(f"{path}:{bad[0]}: not a JSON record")
+    return [record for _, record in records]
 
 
 __all__ = ["RunLogger", "episode_grid", "read_jsonl"]

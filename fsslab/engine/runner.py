@@ -15,6 +15,7 @@ from torch import nn
 from fsslab.config import RunConfig
 from fsslab.engine.checkpoint import load_checkpoint
 from fsslab.engine.evaluate import EvalResult, evaluate
+from fsslab.engine.run_dir import holds_run
 from fsslab.models.oracle import QueryLabelOracle, is_control
 
 
@@ -312,7 +313,8 @@ def train_prerequisite(cfg: RunConfig) -> None:
             return
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"training the prerequisite {cfg.model.prerequisite} first (writes {latest})")
-    run_training(pre, resume=latest.is_file())
+    # continue whatever run its directory holds (also one killed before its first checkpoint)
+    run_training(pre, resume=holds_run(pre.train.out_dir))
 
 
 def _check_same_benchmark(recorded: dict[str, Any], wanted: RunConfig, path: Path, name: str) -> None:
@@ -332,9 +334,11 @@ def _check_same_benchmark(recorded: dict[str, Any], wanted: RunConfig, path: Pat
 
 
 def run_training(
-    cfg: RunConfig, resume: bool | str = False, out_dir: str | Path | None = None
+    cfg: RunConfig, resume: bool | str = False, out_dir: str | Path | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Build data and model from ``cfg``, train (validating with the first eval seed), return the summary."""
+    """Build data and model from ``cfg``, train (validating with the first eval seed), return the summary.
+
+    ``resume``/``overwrite``: as ``Trainer.fit`` (a directory that holds a run needs one of them)."""
     from fsslab.engine import distributed
     from fsslab.engine.trainer import Trainer
 
@@ -350,7 +354,7 @@ def run_training(
         cfg, model, train_set, evaluate_fn=validate if cfg.train.validate else None, out_dir=out_dir
     )
     try:
-        return trainer.fit(resume=resume)
+        return trainer.fit(resume=resume, overwrite=overwrite)
     finally:
         distributed.teardown_distributed()
 

@@ -18,7 +18,9 @@ import fsslab
 from fsslab.config import RunConfig
 from fsslab.engine import checkpoint as ckpt
 from fsslab.engine import distributed as dist_utils
+from fsslab.engine import resume as resume_mod
 from fsslab.engine.optim import BuiltOptimizer, build_optimizers, poly_factor
+from fsslab.engine.run_dir import atomic_write_text
 from fsslab.engine.runlog import RunLogger, episode_grid
 from fsslab.engine.sampling import EpochBatchSampler, SeededEpisodes
 
@@ -114,6 +116,7 @@ class Trainer:
         self.iteration = 0
         self.best_metric: float | None = None
         self.last_eval: dict[str, Any] = {}
+        self.last_checkpoint: tuple[Path, int] | None = None  # (file, iteration): what a stop's advice names
         self.logger = RunLogger(self.out_dir, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
 
     # ----------------------------------------------------------------------------------------- schedule
@@ -190,8 +193,9 @@ class Trainer:
             f"non-finite loss {bad} (epoch {self.iteration // self.iters_per_epoch}, lr {lrs}, "
             f"amp={self.cfg.train.amp})",
             self.iteration,
-            "lower train.base_lr, set train.grad_clip (e.g. 1.0), use train.amp=bf16 or none instead of "
-            f"fp16, or check the data; then --resume from {self.out_dir / 'latest.pt'}",
+            "lower train.base_lr or set train.grad_clip (e.g. 1.0), both allowed on resume: "
+            f"{resume_mod.resume_advice(self.out_dir, self.last_checkpoint)}; or start a new run with "
+            "train.amp=bf16 or none instead of fp16, or check the data",
         )
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -220,44 +224,26 @@ class Trainer:
 
     def save(self, name: str, state: dict[str, Any] | None = None) -> Path | None:
         state = state if state is not None else self.state_dict()  # collective: every rank calls it
+        if name != "best.pt":  # --resume reads latest.pt and iter_*.pt
+            self.last_checkpoint = (self.out_dir / name, self.iteration)
         if not self.dist.is_main:
             return None
-        return ckpt.atomic_save(state, self.out_dir / name)
+        return ckpt.save_checkpoint(state, self.out_dir / name)
 
     def _save_periodic(self) -> None:
         state = self.state_dict()
+        self.save(f"iter_{self.iteration:07d}.pt", state)
+        self.save("latest.pt", state)
         if not self.dist.is_main:
             return
-        ckpt.atomic_save(state, self.out_dir / f"iter_{self.iteration:07d}.pt")
-        ckpt.atomic_save(state, self.out_dir / "latest.pt")
         periodic = sorted(self.out_dir.glob("iter_*.pt"))
         for old in periodic[: max(len(periodic) - self.cfg.train.keep_checkpoints, 0)]:
             old.unlink()
 
     def resume(self, path: str | Path | None = None) -> int:
-        """Load model, optimisers, scaler, iteration, best metric and RNG states; returns the iteration."""
-        path = Path(path) if path else self.out_dir / "latest.pt"
-        if not path.is_file():
-            raise ckpt.CheckpointError(
-                f"--resume: no checkpoint at {path} (nothing to resume in {path.parent})"
-            )
-        state = ckpt.load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        missing = sorted({b.name for b in self.optimizers} - set(state["optimizers"]))
-        if missing:
-            raise ckpt.CheckpointError(f"{path}: no state for optimiser(s) {missing}")
-        for built in self.optimizers:
-            built.optimizer.load_state_dict(state["optimizers"][built.name])
-        self.scaler.load_state_dict(state["scaler"])
-        self.iteration, self.best_metric = int(state["iteration"]), state.get("best_metric")
-        self.last_eval = state.get("metrics") or {}
-        rng = state["rng"]
-        if "ranks" in rng:
-            rng = (
-                rng["ranks"][self.dist.rank] if len(rng["ranks"]) == self.dist.world_size else rng["ranks"][0]
-            )
-        ckpt.restore_rng_state(rng)
-        self.logger.truncate_after(self.iteration)
+        """Load the state of ``path`` (default: the newest loadable checkpoint of ``out_dir``), without the
+        directory lock and config check of ``fit(resume=...)``; returns the iteration."""
+        resume_mod.restore_state(self, *resume_mod.find_checkpoint(self.out_dir, path))
         return self.iteration
 
     # ----------------------------------------------------------------------------------------- loop
@@ -282,14 +268,26 @@ class Trainer:
             persistent_workers=False,
         )
 
-    def fit(self, resume: bool | str | Path = False) -> dict[str, Any]:
-        """Train to ``total_iters`` (continuing from ``latest.pt`` or a given checkpoint when ``resume``)."""
+    def fit(self, resume: bool | str | Path = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train to ``total_iters``. ``resume``: continue the run of ``out_dir`` from its newest loadable
+        checkpoint (True) or from the given file; ``overwrite``: delete the run ``out_dir`` holds and start
+        anew. The directory is locked while the run lasts (rules: fsslab.engine.resume, run_dir)."""
+        start = resume_mod.start_run(self.out_dir, self.cfg, resume, overwrite, self.total_iters, self.dist)
+        try:
+            if start.checkpoint is not None:
+                state = start.state or resume_mod.load_training_checkpoint(start.checkpoint)
+                start.state = None  # the optimiser state may be large: keep only the loaded copy
+                resume_mod.restore_state(self, state, start.checkpoint)
+                del state
+            if self.dist.is_main:
+                self.logger.start(resumed_at=self.iteration if resume else None)
+                atomic_write_text(self.out_dir / "config.yaml", self.cfg.to_yaml())
+            return self._fit()
+        finally:
+            start.release()
+
+    def _fit(self) -> dict[str, Any]:
         tc = self.cfg.train
-        if resume:
-            self.resume(None if resume is True else resume)
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(self.cfg.to_yaml())
         from tqdm.auto import tqdm
 
         bar = tqdm(
