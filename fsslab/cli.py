@@ -9,13 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fsslab.errors import FsslabError, FsslabWarning
+
 EPILOG = (
     "overrides: section.key=value (e.g. data.fold=2 data.shot=5 train.amp=bf16 model.params.hidden_dim=64);"
     " values are parsed as YAML (ints, floats, true/false, null, [lists]); unknown keys are rejected"
 )
 
 
-class CliError(Exception):
+class CliError(FsslabError):
     """A user-facing error: printed as one message, exit status 2."""
 
 
@@ -51,10 +53,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     for key in ("seed", "n_train", "n_val", "n_pretrain"):
         if getattr(args, key) is not None:
             knobs[key] = getattr(args, key)
-    try:
-        config = SyntheticConfig.preset(args.preset, **knobs)
-    except (TypeError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+    config = SyntheticConfig.preset(args.preset, **knobs)  # a bad knob or preset raises ConfigError
     summary = generate_synthetic(args.root, config, progress=not args.no_progress, workers=args.workers)
     printable = {k: v for k, v in summary.items() if k not in ("class_counts",)}
     print(json.dumps(printable, indent=2, default=str))
@@ -80,6 +79,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = run_training(cfg, resume=args.resume or False, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=str))
+        if summary.get("data_stats"):  # fallbacks taken while loading: counted, so said, not hidden in ds.stats
+            from fsslab.data.episodic import stats_line
+
+            print(f"training data: {stats_line(summary['data_stats'])}")
         if cfg.expected.miou is not None and summary.get("best_metric") is not None:
             print(
                 f"validation mIoU {summary['best_metric']:.2f} (first eval seed); paper: {cfg.expected.miou} "
@@ -93,7 +96,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from fsslab.engine import distributed
     from fsslab.engine.checkpoint import load_checkpoint
-    from fsslab.engine.runner import build_run_model, run_controls, run_evaluation
+    from fsslab.engine.runner import build_run_model, load_model_weights, run_controls, run_evaluation
 
     cfg = _load(args)
     info = distributed.setup_distributed(cfg.train.device)
@@ -130,7 +133,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         model = build_run_model(cfg)
         if args.checkpoint:
-            model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
+            load_model_weights(model, load_checkpoint(args.checkpoint), args.checkpoint)  # summarises a mismatch
         elif info.is_main:
             print(
                 "note: no --checkpoint: evaluating the model as built from the config (untrained parts stay "
@@ -402,12 +405,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_fsslab_warnings() -> None:
+    """Print fsslab's notices (FsslabWarning) as `warning: ...` lines rather than with a source location."""
+    import warnings
+
+    default = warnings.formatwarning
+    if getattr(default, "fsslab_plain", False):  # installed by an earlier main() in this process
+        return
+
+    def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                       line: str | None = None) -> str:  # fmt: skip
+        if issubclass(category, FsslabWarning):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    format_warning.fsslab_plain = True  # type: ignore[attr-defined]
+    warnings.formatwarning = format_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fsslab`` console script; returns the exit status."""
-    from fsslab.config import ConfigError
     from fsslab.engine.checkpoint import CheckpointError
     from fsslab.engine.trainer import TrainingStopped
-    from fsslab.zoo import ZooError
 
     parser = build_parser()
     # overrides may also follow options (`fsslab eval CFG --checkpoint P data.shot=5`): argparse leaves such
@@ -418,10 +437,12 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _plain_fsslab_warnings()
     try:
         return int(args.func(args) or 0)
-    except (CliError, ConfigError, CheckpointError, TrainingStopped, ZooError, FileNotFoundError,
-            ValueError, KeyError) as exc:
+    # only fsslab's own errors (and a missing file, whose message names it) become one line: any other
+    # exception is a bug and keeps its traceback
+    except (FsslabError, CheckpointError, TrainingStopped, FileNotFoundError) as exc:
         if os.environ.get("FSSLAB_DEBUG"):
             raise
         print(f"fsslab {args.command}: error: {exc}\n(set FSSLAB_DEBUG=1 for the traceback)", file=sys.stderr)

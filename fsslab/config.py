@@ -11,11 +11,9 @@ from typing import Any
 
 import yaml
 
+from fsslab.errors import ConfigError  # defined there so that every layer can raise it; re-exported here
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid (unknown key, wrong type, bad value)."""
 
 
 @dataclass
@@ -384,6 +382,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 f"{_valid_keys(cls)}"
             )
         node = raw.setdefault(section, {}) or {}
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: section '{section}' must be a mapping, got {node!r}")
         raw[section] = node
         if len(path) == 2:
             node[key] = parse_value(text)
@@ -417,6 +417,9 @@ def load_config(name: str | Path, overrides: list[str] | None = None) -> RunConf
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):  # a list or a scalar at the top: the overrides could not even apply
+        raise ConfigError(f"{path}: a config must be a mapping of sections (data:, model:, train:, ...), "
+                          f"got a {type(raw).__name__} at the top level")
     try:
         return resolve_placeholders(config_from_dict(apply_overrides(raw, list(overrides or []))))
     except ConfigError as exc:

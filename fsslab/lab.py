@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fsslab.config import RunConfig, load_config
+from fsslab.config import RunConfig, load_config, resolve_config_path
 from fsslab.data.synthetic import PRESETS
 
 # The synthetic configs' benchmark, the "default" preset with seed 0 (their data.synthetic; tests/test_lab.py
@@ -69,6 +69,7 @@ def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: i
     stage 1) are expected in the same runs directory (``ensure_prerequisites`` trains them).
     data_root: use this benchmark as it is (``data.synthetic`` = None: no generation, no config check).
     """
+    resolve_config_path(f"synthetic/{name}")  # an unknown name fails here, before any data is generated
     quick = is_quick() if quick is None else quick
     top = repo_root()
     runs = top / "runs" / ("notebooks_quick" if quick else "synthetic")
@@ -168,11 +169,10 @@ def ensure_prerequisites(name: str, quick: bool | None = None, fold: int = 0,
 def load_run(cfg: RunConfig, checkpoint: str | Path | None = None) -> nn.Module:
     """The model of a run directory (``<out_dir>/latest.pt`` unless ``checkpoint``), in eval mode."""
     from fsslab.engine.checkpoint import load_checkpoint
-    from fsslab.engine.runner import build_run_model
+    from fsslab.engine.runner import build_run_model, load_model_weights
 
-    model = build_run_model(cfg)
-    model.load_state_dict(load_checkpoint(checkpoint or Path(cfg.train.out_dir) / "latest.pt")["model"])
-    return model.eval()
+    path = checkpoint or Path(cfg.train.out_dir) / "latest.pt"
+    return load_model_weights(build_run_model(cfg), load_checkpoint(path), path).eval()
 
 
 def predict_fn(model: nn.Module) -> Any:

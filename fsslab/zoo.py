@@ -19,6 +19,7 @@ from torch import nn
 import fsslab
 from fsslab.config import RunConfig, config_from_dict, load_config
 from fsslab.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from fsslab.errors import ConfigError, FsslabError
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints" / "synthetic"
 MANIFEST_NAME = "manifest.json"
@@ -29,8 +30,15 @@ DEFAULT_CHECK = {"seeds": [0], "episodes": 100}
 DEFAULT_TOLERANCE = 1e-6  # percentage points; the check eval runs on CPU with one thread (deterministic)
 
 
-class ZooError(RuntimeError):
+class ZooError(FsslabError, RuntimeError):
     """A packed checkpoint or the manifest is missing, inconsistent or corrupt."""
+
+
+class UnknownCheckpointName(ZooError, KeyError):
+    """No shipped checkpoint has that name (also a KeyError: a failed lookup, as it was before)."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -107,7 +115,7 @@ def pretrained_info(name: str, checkpoint_dir: str | Path | None = None) -> dict
     """The manifest entry of ``name``: command, config, data seed, metrics, file, sha256, size."""
     entries = read_manifest(checkpoint_dir)["entries"]
     if name not in entries:
-        raise KeyError(f"no shipped checkpoint {name!r}; available: {sorted(entries) or 'none'}")
+        raise UnknownCheckpointName(f"no shipped checkpoint {name!r}; available: {sorted(entries) or 'none'}")
     return entries[name]
 
 
@@ -231,9 +239,9 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
     command: the exact ``fsslab train ...`` command; default: rebuilt from the run's config.
     """
     if storage not in STORAGES:
-        raise ValueError(f"storage {storage!r}: choose one of {STORAGES}")
+        raise ConfigError(f"storage {storage!r}: choose one of {STORAGES}")
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
-        raise ValueError(f"checkpoint name {name!r}: use letters, digits, '_', '-' and '.' only")
+        raise ConfigError(f"checkpoint name {name!r}: use letters, digits, '_', '-' and '.' only")
     out = Path(out_dir or CHECKPOINT_DIR)
     source = _resolve_checkpoint(run_dir_or_ckpt)
     ckpt = load_checkpoint(source)

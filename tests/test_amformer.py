@@ -259,3 +259,14 @@ def test_reproduce_official_eval_runs_adversarial_branch_without_changing_logits
         without = m({k: v for k, v in batch.items() if k != "query_mask"})
     assert "adversarial_d" in with_label.aux and "adversarial_d" not in without.aux
     assert torch.equal(with_label.logits, without.logits)
+
+
+def test_inputs_below_the_minimum_size_name_it(model: AMFormer) -> None:
+    from fsslab.errors import ConfigError
+
+    assert model.generator.min_feature_size() == 4  # the first pyramid stage reduces keys/values 4x
+    expected = r"at least 32x32 pixels .* got 16x16; raise data.size / data.val_size"
+    with pytest.raises(ConfigError, match=expected), torch.no_grad():
+        model(episode(1, 1, 16, 16))
+    with torch.no_grad():
+        assert model(episode(1, 1, 32, 32)).logits.shape == (1, 2, 32, 32)  # the minimum itself runs

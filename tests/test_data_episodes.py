@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from voc_fixtures import draw_sample, write_list, write_pair
 
 from fsslab.data import (
     PASCAL,
@@ -19,7 +22,9 @@ from fsslab.data import (
     read_label,
     to_official,
 )
+from fsslab.data.episodic import stats_line, sum_stats
 from fsslab.data.eval_protocols import long_side_size
+from fsslab.errors import FsslabWarning
 
 SIZE = 96
 
@@ -181,3 +186,61 @@ def test_official_mapping_round_trip(voc_root):
     assert torch.equal(from_official(vofficial, PASCAL, 2, training=False)["class_id"], vbatch["class_id"])
     with pytest.raises(ValueError, match="not a base class"):
         to_official(vbatch, PASCAL, 2, training=True)
+
+
+def _one_class_root(root: Path, n: int = 4) -> list[tuple[str, str]]:
+    """n images of class 6 (a large rectangle each), VOC layout, listed for train and val."""
+    pairs = []
+    for i in range(n):
+        image, label = draw_sample(64, 96, [(6, "rect", (2, 2, 60, 60))], seed=i)
+        pair = (f"JPEGImages/{i}.jpg", f"SegmentationClassAug/{i}.png")
+        write_pair(root, *pair, image, label)
+        pairs.append(pair)
+    return pairs
+
+
+def test_a_support_is_never_the_query_image(tmp_path, monkeypatch):
+    pairs = _one_class_root(tmp_path, 3)
+    write_list(tmp_path, "val", [*pairs, *pairs, pairs[0]])  # every image listed two or three times
+    with pytest.warns(FsslabWarning, match="4 duplicate"):
+        ds = PascalEpisodes(tmp_path, "val", 1, 2, size=64, episodes=30, seed=0, on_small_class="exclude")
+    assert ds.index.items == pairs
+    for episode in ds.episodes:  # 3 distinct images, 2 shots: the supports are exactly the two others
+        assert sorted(episode.supports) == sorted(set(range(3)) - {episode.query})
+    # an index that still holds one image under two spellings (built elsewhere): the path decides, not the index
+    from fsslab.data import episodic
+
+    real = episodic.build_fold_index
+
+    def aliased(*args, **kwargs):
+        index = real(*args, **kwargs)
+        index.items = [*index.items, (f"./{pairs[0][0]}", pairs[0][1])]
+        index.qualifying, index.present = [*index.qualifying, [6]], [*index.present, [6]]
+        index.class_to_items = {6: [0, 1, 2, 3]}
+        return index
+
+    monkeypatch.setattr(episodic, "build_fold_index", aliased)
+    with pytest.warns(FsslabWarning):
+        ds = PascalEpisodes(tmp_path, "val", 1, 2, size=64, episodes=40, seed=0, on_small_class="exclude")
+    image = [str(Path(p).resolve()) for p, _ in ((tmp_path / i, lab) for i, lab in ds.index.items)]
+    for episode in ds.episodes:
+        assert all(image[s] != image[episode.query] for s in episode.supports)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        episode = ds.sample_episode(0, rng)
+        assert all(image[s] != image[0] for s in episode.supports)
+
+
+def test_loading_counters_add_up_over_dataloader_workers(tmp_path):
+    pairs = _one_class_root(tmp_path)
+    write_list(tmp_path, "train", pairs)
+    torch.manual_seed(0)
+    # 16-pixel crops of 64x96 images whose object spans 58x58: some support crops miss it and fall back
+    ds = PascalEpisodes(tmp_path, "train", 0, 1, size=16, on_small_class="exclude")
+    for _ in range(3):
+        list(DataLoader(ds, batch_size=2, num_workers=2))  # every sample is loaded in a worker process
+    stats = ds.stats.to_dict()
+    assert stats["queries"] == stats["supports"] == 3 * len(ds)
+    assert ds.stats.queries == 3 * len(ds) and 0 <= stats["empty_queries"] <= stats["queries"]
+    assert "queries without target pixels" in stats_line(stats) and "support crops fell back" in ds.describe()
+    assert sum_stats([ds.stats, ds.stats])["supports"] == 6 * len(ds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,7 @@ from fsslab.data import (
     write_base_annotations,
 )
 from fsslab.data.lists import base_label_table
+from fsslab.errors import FsslabWarning
 
 
 def test_pascal_folds_are_blocks_of_five():
@@ -159,3 +161,50 @@ def test_base_annotations(voc_root, tmp_path):
     original = read_label(voc_root / "SegmentationClassAug" / "val_000.png")
     assert np.array_equal(written, to_base_mask(original, PASCAL, 2))
     assert set(np.unique(written).tolist()) <= set(range(16)) | {255}
+
+
+def _small_root(root: Path, classes: tuple[int, ...] = (6, 6, 6, 7)) -> list[tuple[str, str]]:
+    """One 64x96 image per entry of ``classes``, each a single large rectangle of that class."""
+    pairs = []
+    for i, class_id in enumerate(classes):
+        image, label = draw_sample(64, 96, [(class_id, "rect", (2, 2, 60, 60))], seed=i)
+        pair = (f"JPEGImages/{i}.jpg", f"SegmentationClassAug/{i}.png")
+        write_pair(root, *pair, image, label)
+        pairs.append(pair)
+    return pairs
+
+
+def test_duplicate_list_lines_are_dropped_and_counted(tmp_path):
+    pairs = _small_root(tmp_path)
+    # an exact repeat, the same image spelt ./JPEGImages/..., and the same image with another label
+    listed = [*pairs, pairs[0], (f"./{pairs[0][0]}", pairs[0][1]), (pairs[1][0], pairs[2][1])]
+    write_list(tmp_path, "train", listed)
+    with pytest.warns(FsslabWarning, match=r"train\.txt: 3 duplicate line\(s\) ignored.*line 5 repeats"):
+        assert read_list(tmp_path / "lists" / "train.txt", tmp_path) == pairs
+    with pytest.warns(FsslabWarning, match="another label"):
+        index = build_fold_index(PASCAL, tmp_path, "train", 0)
+    assert index.items == pairs and index.summary.n_duplicate_lines == 3
+    assert "3 duplicate list lines" in str(index.summary)
+    with pytest.warns(FsslabWarning, match="3 duplicate"):  # still said when the index comes from the cache
+        assert build_fold_index(PASCAL, tmp_path, "train", 0).summary.from_cache
+
+
+def test_index_cache_follows_edited_labels(tmp_path):
+    pairs = _small_root(tmp_path)
+    write_list(tmp_path, "train", pairs)
+    first = build_fold_index(PASCAL, tmp_path, "train", 0)
+    assert first.class_to_items[6] == [0, 1, 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unchanged dataset is read from the cache without a word
+        assert build_fold_index(PASCAL, tmp_path, "train", 0).summary.from_cache
+    # relabel image 2 from class 6 to class 8 (same size: the list text is unchanged)
+    label = read_label(tmp_path / pairs[2][1])
+    label[label == 6] = 8
+    assert cv2.imwrite(str(tmp_path / pairs[2][1]), label)
+    with pytest.warns(FsslabWarning, match=r"1 of 4 label files changed .*2\.png.*rebuilding"):
+        edited = build_fold_index(PASCAL, tmp_path, "train", 0)
+    assert not edited.summary.from_cache and edited.class_to_items[6] == [0, 1] and edited.class_to_items[8] == [2]
+    assert build_fold_index(PASCAL, tmp_path, "train", 0).summary.from_cache
+    Path(edited.summary.cache_path).write_text("{ torn")  # an unreadable cache is rebuilt, not a JSON error
+    with pytest.warns(FsslabWarning, match="unreadable"):
+        assert not build_fold_index(PASCAL, tmp_path, "train", 0).summary.from_cache

@@ -36,7 +36,7 @@ class BaseClassDataset(Dataset):
         self.root, self.benchmark, self.split, self.fold = Path(root), benchmark, split, fold
         self.items = read_list(list_path or default_list_path(self.root, split), self.root)
         if isinstance(augmentation, dict):
-            augmentation = TrainAugment(**{"size": size, **augmentation})
+            augmentation = TrainAugment.from_options(size, augmentation)
         self.augmentation = augmentation or TrainAugment(size=size)
         self.base_table = base_label_table(benchmark, fold)
 

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fsslab.errors import ConfigError, DatasetError
+
 PASCAL_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -57,7 +59,7 @@ def novel_classes_for(n_classes: int, n_folds: int, fold: int, convention: str) 
     interleaved (COCO-20i of PFENet `use_split_coco`, BAM, HDMNet, AMFormer, HSNet): {n_folds*k + i + 1}.
     """
     if not 0 <= fold < n_folds:
-        raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
+        raise ConfigError(f"fold must be in 0..{n_folds - 1}, got {fold}")
     if n_classes % n_folds:
         raise ValueError(f"{n_classes} classes cannot be split into {n_folds} equal folds")
     per_fold = n_classes // n_folds
@@ -65,7 +67,7 @@ def novel_classes_for(n_classes: int, n_folds: int, fold: int, convention: str) 
         return list(range(fold * per_fold + 1, fold * per_fold + per_fold + 1))
     if convention == "interleaved":
         return list(range(fold + 1, n_classes + 1, n_folds))
-    raise ValueError(f"unknown fold convention {convention!r}; expected one of {FOLD_CONVENTIONS}")
+    raise ConfigError(f"unknown fold convention {convention!r}; expected one of {FOLD_CONVENTIONS}")
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ PASCAL = Benchmark("pascal", 20, 4, PASCAL_CLASSES, fold_convention="pascal")
 def coco_benchmark(folds: str = "interleaved") -> Benchmark:
     """COCO-20i with the `interleaved` (FWB / PFENet use_split_coco) or `contiguous` (PANet) folds."""
     if folds not in ("interleaved", "contiguous"):
-        raise ValueError(f"COCO folds must be 'interleaved' or 'contiguous', got {folds!r}")
+        raise ConfigError(f"COCO folds must be 'interleaved' or 'contiguous', got {folds!r}")
     return Benchmark(f"coco_{folds}", 80, 4, COCO_CLASSES, fold_convention=folds)
 
 
@@ -118,18 +120,18 @@ def synthetic_benchmark(root: str | Path | None = None) -> Benchmark:
         try:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path}: not valid JSON ({err})") from err
+            raise DatasetError(f"{meta_path}: not valid JSON ({err})") from err
         if "class_names" in meta:
             names = tuple(str(n) for n in meta["class_names"])
             if len(names) != 20:
-                raise ValueError(f"{meta_path}: 'class_names' has {len(names)} entries, expected 20")
+                raise DatasetError(f"{meta_path}: 'class_names' has {len(names)} entries, expected 20")
         if "palette" in meta:
             palette = tuple(tuple(int(v) for v in rgb) for rgb in meta["palette"])
             # the palette may or may not include the background colour; store it with background first
             if len(palette) == 20:
                 palette = ((0, 0, 0),) + palette
             if len(palette) != 21:
-                raise ValueError(f"{meta_path}: 'palette' has {len(palette)} colours, expected 20 or 21")
+                raise DatasetError(f"{meta_path}: 'palette' has {len(palette)} colours, expected 20 or 21")
     return Benchmark("synthetic", 20, 4, names, palette=palette, fold_convention="pascal")
 
 
@@ -145,4 +147,4 @@ def get_benchmark(name: str, root: str | Path | None = None, coco_folds: str = "
         return coco_benchmark(key.split("_", 1)[1])
     if key == "synthetic":
         return synthetic_benchmark(root)
-    raise ValueError(f"unknown benchmark {name!r}; expected pascal, coco, coco_interleaved, coco_contiguous, synthetic")
+    raise ConfigError(f"unknown benchmark {name!r}; expected pascal, coco, coco_interleaved, coco_contiguous, synthetic")

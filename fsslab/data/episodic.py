@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from fsslab.data.io import IGNORE_INDEX, DatasetError, read_pair
 from fsslab.data.lists import MIN_AREA, TRAINING_SPLITS, FoldIndex, base_label_table, build_fold_index
 from fsslab.data.transforms import TrainAugment, normalize
 from fsslab.data.weak import WEAK_LABELS, weak_label
+from fsslab.errors import ConfigError
 
 DEFAULT_SIZE = {"pascal": 473, "coco": 633, "synthetic": 160}
 COCO_SCALE = (0.8, 1.25)  # AMFormer/BAM COCO configs; PASCAL uses the TrainAugment default 0.9-1.1
@@ -30,14 +34,63 @@ class Episode:
     supports: tuple[int, ...]
 
 
-@dataclass
-class EpisodeStats:
-    """Counters of fallbacks taken while loading (per process: DataLoader workers keep their own)."""
+# Counted while loading samples. They live in a shared-memory tensor so that DataLoader workers (which hold
+# copies of the dataset) add to the same totals; each process writes only its own row, so no increment is
+# lost to a race. Row 0: the main process; row 1 + worker id: a worker.
+STAT_COUNTERS = (
+    "queries",  # query images loaded
+    "empty_queries",  # ... whose target has no pixel (training: after the crop; evaluation: in the label)
+    "supports",  # support images loaded
+    "support_crop_fallbacks",  # support crop had no foreground → whole image resized (see random_crop)
+    "empty_supports",  # support mask without foreground after every fallback
+)
+_STAT_ROWS = 65
 
-    support_crop_fallbacks: int = 0  # support crop had no foreground → whole image resized (see random_crop)
-    empty_supports: int = 0  # support mask without foreground after every fallback
-    excluded_classes: list[int] = field(default_factory=list)  # fewer than shot+1 images (on_small_class="exclude")
-    queries_without_candidates: int = 0  # no class of the query has `shot` other images to draw supports from
+
+class EpisodeStats:
+    """Counters of fallbacks taken while loading, summed over the main process and its DataLoader workers
+    (per dataset and per rank); ``excluded_classes`` and ``queries_without_candidates`` are set when the
+    dataset is built."""
+
+    def __init__(self) -> None:
+        self._counts = torch.zeros(_STAT_ROWS, len(STAT_COUNTERS), dtype=torch.int64).share_memory_()
+        self.excluded_classes: list[int] = []  # fewer than shot+1 images (on_small_class="exclude")
+        self.queries_without_candidates = 0  # no class of the query has `shot` other images for supports
+
+    def add(self, name: str, n: int = 1) -> None:
+        info = torch.utils.data.get_worker_info()
+        row = 0 if info is None else 1 + info.id % (_STAT_ROWS - 1)
+        self._counts[row, STAT_COUNTERS.index(name)] += n
+
+    def __getattr__(self, name: str) -> int:  # stats.support_crop_fallbacks etc.: the total over processes
+        if name in STAT_COUNTERS:
+            return int(self.__dict__["_counts"][:, STAT_COUNTERS.index(name)].sum())
+        raise AttributeError(name)
+
+    def to_dict(self) -> dict[str, int | list[int]]:
+        totals = self._counts.sum(0).tolist()
+        return {**dict(zip(STAT_COUNTERS, totals)), "excluded_classes": list(self.excluded_classes),
+                "queries_without_candidates": self.queries_without_candidates}  # fmt: skip
+
+
+def sum_stats(stats: Iterable[EpisodeStats | Mapping[str, int]]) -> dict[str, int]:
+    """The loading counters of several datasets (e.g. the evaluation's, one per seed) added up."""
+    total = dict.fromkeys(STAT_COUNTERS, 0)
+    for item in stats:
+        counts = item.to_dict() if isinstance(item, EpisodeStats) else item
+        for name in STAT_COUNTERS:
+            total[name] += int(counts.get(name, 0))
+    return total
+
+
+def stats_line(counts: Mapping[str, int]) -> str:
+    """One line for a run's summary: the empty queries and the supports that fell back or stayed empty."""
+    def get(name: str) -> int:
+        return int(counts.get(name, 0))
+
+    return (f"{get('empty_queries')} of {get('queries')} queries without target pixels; "
+            f"{get('support_crop_fallbacks')} of {get('supports')} support crops fell back to the whole image "
+            f"(no crop window held the object), {get('empty_supports')} supports without foreground")
 
 
 def _binary_target(label: np.ndarray, class_id: int) -> np.ndarray:
@@ -101,15 +154,15 @@ class EpisodicDataset(Dataset):
         progress: bool = False,
     ) -> None:
         if shot < 1:
-            raise ValueError(f"shot must be >= 1, got {shot}")
+            raise ConfigError(f"shot must be >= 1, got {shot}")
         if support_label not in WEAK_LABELS:
-            raise ValueError(f"support_label must be one of {WEAK_LABELS}, got {support_label!r}")
+            raise ConfigError(f"support_label must be one of {WEAK_LABELS}, got {support_label!r}")
         if query_class_rule not in ("present", "qualifying"):
-            raise ValueError(f"query_class_rule must be 'present' or 'qualifying', got {query_class_rule!r}")
+            raise ConfigError(f"query_class_rule must be 'present' or 'qualifying', got {query_class_rule!r}")
         if base_label not in ("base", "all"):
-            raise ValueError(f"base_label must be 'base' or 'all', got {base_label!r}")
+            raise ConfigError(f"base_label must be 'base' or 'all', got {base_label!r}")
         if on_small_class not in ("error", "exclude"):
-            raise ValueError(f"on_small_class must be 'error' or 'exclude', got {on_small_class!r}")
+            raise ConfigError(f"on_small_class must be 'error' or 'exclude', got {on_small_class!r}")
         self.root = Path(root)
         self.benchmark = benchmark
         self.split, self.fold, self.shot = split, fold, shot
@@ -125,7 +178,7 @@ class EpisodicDataset(Dataset):
         self.eval_protocol = get_protocol(eval_protocol)
         self.weak_options = dict(weak_options or {})
         if isinstance(augmentation, dict):
-            augmentation = TrainAugment(**{"size": self.size, **augmentation})
+            augmentation = TrainAugment.from_options(self.size, augmentation)
         if augmentation is None:
             scale = COCO_SCALE if family == "coco" else (0.9, 1.1)
             augmentation = TrainAugment(size=self.size, scale=scale)
@@ -141,6 +194,7 @@ class EpisodicDataset(Dataset):
         self.stats = EpisodeStats()
         self.on_small_class = on_small_class
         self._class_sets = {c: set(items) for c, items in self.index.class_to_items.items()}
+        self._same_image = self._same_image_items()
         self._check_small_classes()
         self.candidates = self._query_candidates()
         self.query_items = [i for i, cands in enumerate(self.candidates) if cands]
@@ -169,30 +223,47 @@ class EpisodicDataset(Dataset):
         for c in small:
             self._class_sets[c] = set()
 
+    def _same_image_items(self) -> dict[int, set[int]]:
+        """Items showing the same image file as another item (by normalised path), each mapped to that group.
+
+        Lists are deduplicated by image path when read, so this is normally empty; it guards supports against
+        the query's own image whatever the index holds (a FoldIndex built elsewhere, paths spelt differently).
+        """
+        by_path: dict[str, list[int]] = defaultdict(list)
+        for i, (image_rel, _) in enumerate(self.index.items):
+            by_path[os.path.normpath(image_rel)].append(i)
+        return {i: set(group) for group in by_path.values() if len(group) > 1 for i in group}
+
+    def _not_supports_of(self, item: int) -> set[int]:
+        """The items that can never support query `item`: itself and any item showing the same image."""
+        return self._same_image.get(item, {item})
+
     def _query_candidates(self) -> list[list[int]]:
-        """Per indexed image, the classes it can be a query for (enough supports besides itself)."""
+        """Per indexed image, the classes it can be a query for (enough supports besides its own image)."""
         source = self.index.present if self.query_class_rule == "present" else self.index.qualifying
         out = []
         for item, classes in enumerate(source):
+            own = self._not_supports_of(item)
             good = []
             for c in classes:
                 members = self._class_sets.get(c, set())
-                if len(members) - (item in members) >= self.shot:
+                if len(members) - sum(j in members for j in own) >= self.shot:
                     good.append(c)
             out.append(good)
         return out
 
     def sample_episode(self, item: int, rng: np.random.Generator) -> Episode:
-        """Draw a class of image `item` and `shot` distinct support images of it (never `item`)."""
+        """Draw a class of image `item` and `shot` distinct support images of it (never `item`'s image)."""
         candidates = self.candidates[item]
         class_id = candidates[int(rng.integers(len(candidates)))]
-        pool = [j for j in self.index.class_to_items[class_id] if j != item]
+        own = self._not_supports_of(item)
+        pool = [j for j in self.index.class_to_items[class_id] if j not in own]
         picks = rng.choice(len(pool), size=self.shot, replace=False)
         return Episode(item, class_id, tuple(pool[int(p)] for p in picks))
 
     def _draw_episodes(self, count: int, seed: int) -> list[Episode]:
         if count < 1:
-            raise ValueError(f"episodes must be >= 1, got {count}")
+            raise ConfigError(f"episodes must be >= 1, got {count}")
         rng = np.random.default_rng(seed)
         episodes = []
         for e in range(count):
@@ -233,13 +304,18 @@ class EpisodicDataset(Dataset):
         base_mask = self.base_table[label] if self.use_base_mask else np.full_like(label, IGNORE_INDEX)
         sample: dict[str, torch.Tensor] = {}
         q_img, (q_mask, q_base), q_pad, q_valid = self._transform(image, [query_mask, base_mask], rng, False)
+        self.stats.add("queries")
+        # training learns from the crop; evaluation scores the label at its own resolution
+        if not ((q_mask if self.training else query_mask) == 1).any():
+            self.stats.add("empty_queries")
         s_imgs, s_masks, s_pads = [], [], []
         for support in supports:
             s_image, s_label, _ = self._read(support)
             target = self._support_target(s_label, class_id, seed=int(rng.integers(2**31)))
             s_img, (s_mask,), s_pad, _ = self._transform(s_image, [target], rng, True)
+            self.stats.add("supports")
             if not (s_mask == 1).any():
-                self.stats.empty_supports += 1
+                self.stats.add("empty_supports")
             s_imgs.append(normalize(s_img))
             s_masks.append(torch.from_numpy(s_mask.astype(np.int64)))
             s_pads.append(torch.from_numpy(s_pad))
@@ -276,7 +352,7 @@ class EpisodicDataset(Dataset):
         if self.training and self.augment_enabled:
             image, labels, padding, crop = self.augmentation(image, labels, rng, require_foreground=is_support)
             if crop.fallback:
-                self.stats.support_crop_fallbacks += 1
+                self.stats.add("support_crop_fallbacks")
             return image, labels, padding, padding.shape
         return self.eval_protocol.apply(image, labels, self.size, pad_image=self.eval_pad)
 
@@ -287,7 +363,8 @@ class EpisodicDataset(Dataset):
         return (
             f"{self.benchmark.name} {self.split} fold {self.fold}, {self.shot}-shot, {len(self)} "
             f"{'queries' if self.training else 'episodes'}; {self.index.summary}; "
-            f"{s.queries_without_candidates} images without a usable query class{excluded}"
+            f"{s.queries_without_candidates} images without a usable query class{excluded}; loaded so far: "
+            f"{stats_line(s.to_dict())}"
         )
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from fsslab.data.transforms import MEAN_255, _resize_all, pad_to
+from fsslab.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class EvalProtocol:
         """Resize ``image`` (float [H,W,3], 0..255) and ``labels`` for the model; returns
         (image [size,size,3], labels, padding bool [size,size], valid_size (h, w) of the content)."""
         if pad_image not in ("zero", "mean"):
-            raise ValueError(f"pad_image must be 'zero' or 'mean', got {pad_image!r}")
+            raise ConfigError(f"pad_image must be 'zero' or 'mean', got {pad_image!r}")
         new_h, new_w = self.input_size(*image.shape[:2], size)
         image = image.astype(np.float32, copy=False)
         padding = np.zeros(image.shape[:2], np.uint8)
@@ -73,7 +74,7 @@ EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
 def get_protocol(name: str) -> EvalProtocol:
     """The protocol called ``name`` (clear error listing the valid names)."""
     if name not in EVAL_PROTOCOLS:
-        raise ValueError(f"unknown evaluation protocol {name!r}; valid: {sorted(EVAL_PROTOCOLS)}")
+        raise ConfigError(f"unknown evaluation protocol {name!r}; valid: {sorted(EVAL_PROTOCOLS)}")
     return EVAL_PROTOCOLS[name]
 
 

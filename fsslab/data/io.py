@@ -8,11 +8,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from fsslab.errors import DatasetError  # re-exported: fsslab.data.io.DatasetError is its historical home
+
 IGNORE_INDEX = 255
-
-
-class DatasetError(ValueError):
-    """A dataset file or list is unusable; the message names the file and the problem."""
 
 
 def _read_bytes(path: str | Path, what: str) -> bytes:

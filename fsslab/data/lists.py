@@ -15,12 +15,13 @@ import numpy as np
 
 from fsslab.data.classes import Benchmark
 from fsslab.data.io import IGNORE_INDEX, DatasetError, check_same_size, image_size, read_label
+from fsslab.errors import ConfigError, FsslabWarning
 
 MIN_AREA = 2 * 32 * 32  # PFENet/Shaban: a class counts in an image only with >= 2048 pixels
 TRAINING_SPLITS = ("train", "pretrain")  # sampled like training data; "pretrain": the synthetic backbone corpus
 PROTOCOLS = ("pfenet", "bam")
 INDEX_DIR = "fsslab_index"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: lists deduplicated, caches carry the label files' sizes and modification times
 
 
 def default_list_path(root: str | Path, split: str) -> Path:
@@ -28,10 +29,26 @@ def default_list_path(root: str | Path, split: str) -> Path:
 
 
 def read_list(list_path: str | Path, root: str | Path, check_files: bool = True) -> list[tuple[str, str]]:
-    """Read a two-column list (`<image> <label>`, paths relative to `root`).
+    """Read a two-column list (`<image> <label>`, paths relative to `root`), each image once.
 
     Raises on a missing root or list, a malformed line, or listed files that do not exist (all of
-    them are reported, with their line numbers).
+    them are reported, with their line numbers). A line whose image was listed before is dropped with a
+    notice (an FsslabWarning counting them): a duplicated image would become its own support.
+    """
+    pairs, duplicates = read_list_with_duplicates(list_path, root, check_files)
+    if duplicates:
+        warnings.warn(duplicate_notice(list_path, duplicates), FsslabWarning, stacklevel=2)
+    return pairs
+
+
+def read_list_with_duplicates(
+    list_path: str | Path, root: str | Path, check_files: bool = True
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """``read_list`` without the notice: (pairs, one description per dropped duplicate line).
+
+    Two lines are duplicates when their image paths are the same after normalisation (``./a.jpg`` and
+    ``a.jpg``); the first line is kept, also when the later one names another label (which the description
+    says).
     """
     root, list_path = Path(root), Path(list_path)
     if not root.is_dir():
@@ -40,6 +57,8 @@ def read_list(list_path: str | Path, root: str | Path, check_files: bool = True)
         raise FileNotFoundError(f"list file not found: {list_path}")
     pairs: list[tuple[str, str]] = []
     missing: list[str] = []
+    first_seen: dict[str, tuple[int, str]] = {}  # normalised image path -> (line number, label)
+    duplicates: list[str] = []
     for line_no, line in enumerate(list_path.read_text().splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -47,6 +66,14 @@ def read_list(list_path: str | Path, root: str | Path, check_files: bool = True)
         if len(fields) != 2:
             raise DatasetError(f"{list_path}:{line_no}: expected '<image> <label>', got {line.strip()!r}")
         image_rel, label_rel = fields
+        key = os.path.normpath(image_rel)
+        if key in first_seen:
+            first_line, first_label = first_seen[key]
+            other = "" if os.path.normpath(label_rel) == os.path.normpath(first_label) else (
+                f" with another label {label_rel} (line {first_line}'s {first_label} is used)")
+            duplicates.append(f"line {line_no} repeats {image_rel} of line {first_line}{other}")
+            continue
+        first_seen[key] = (line_no, label_rel)
         if check_files:
             for kind, rel in (("image", image_rel), ("label", label_rel)):
                 if not (root / rel).is_file():
@@ -57,7 +84,49 @@ def read_list(list_path: str | Path, root: str | Path, check_files: bool = True)
         raise FileNotFoundError(f"{len(missing)} listed file(s) missing:\n  {shown}")
     if not pairs:
         raise DatasetError(f"list file {list_path} lists no images")
-    return pairs
+    return pairs, duplicates
+
+
+def duplicate_notice(list_path: str | Path, duplicates: list[str]) -> str:
+    """One line: how many duplicate lines of ``list_path`` were ignored, and the first few."""
+    shown = "; ".join(duplicates[:3]) + ("; ..." if len(duplicates) > 3 else "")
+    return (f"{list_path}: {len(duplicates)} duplicate line(s) ignored, each image is used once (a duplicated "
+            f"image could be its own support): {shown}")
+
+
+def _label_stamps(root: Path, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+    """[size, mtime_ns] of every listed label ([-1, -1] when missing): what the caches are checked against,
+    so that labels edited after an index was built rebuild it (one stat per label, no decoding)."""
+    stamps = []
+    for _, label_rel in pairs:
+        try:
+            info = os.stat(root / label_rel)
+            stamps.append([info.st_size, info.st_mtime_ns])
+        except OSError:
+            stamps.append([-1, -1])
+    return stamps
+
+
+def _load_cache(path: Path, pairs: Sequence[tuple[str, str]], stamps: list[list[int]], what: str) -> dict | None:
+    """The cache at ``path`` when it was built from these label files; None when absent, unreadable or stale
+    (the last two with a notice: the caller rebuilds it)."""
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        warnings.warn(f"the {what} cache {path} is unreadable ({err}); rebuilding it", FsslabWarning, stacklevel=3)
+        return None
+    old = stored.get("label_stamps") if isinstance(stored, dict) else None
+    if old == stamps:
+        return stored
+    if isinstance(old, list) and len(old) == len(stamps):
+        changed = [pairs[i][1] for i, (a, b) in enumerate(zip(old, stamps)) if a != b]
+        detail = f"{len(changed)} of {len(stamps)} label files changed (size or modification time; e.g. {changed[0]})"
+    else:
+        detail = "the label files changed"
+    warnings.warn(f"{detail} since the {what} {path} was built: rebuilding it", FsslabWarning, stacklevel=3)
+    return None
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -91,14 +160,16 @@ def scan_labels(
 
     Every label is read once and checked (values in {0..C, 255}, same size as its image, read from
     the image header). The result is cached in `<root>/fsslab_index/scan_<list>_<hash>.json`, the
-    hash covering the list's contents and `n_classes`, so a second call is instant.
+    hash covering the list's contents and `n_classes`, so a second call is instant; the cache also records
+    every label's size and modification time, and is rebuilt (with a notice) when a label changed.
     """
     root, list_path = Path(root), Path(list_path)
     pairs = read_list(list_path, root)
+    stamps = _label_stamps(root, pairs)
     key = _digest(list_path.read_bytes(), f"scan v{_CACHE_VERSION} C={n_classes}")
     cache_path = root / INDEX_DIR / f"scan_{list_path.stem}_{key}.json"
-    if cache and cache_path.is_file():
-        stored = json.loads(cache_path.read_text())
+    stored = _load_cache(cache_path, pairs, stamps, "label scan") if cache else None
+    if stored is not None:
         return pairs, [{int(c): n for c, n in counts.items()} for counts in stored["counts"]]
     iterator = pairs
     if progress:
@@ -112,7 +183,8 @@ def scan_labels(
         hist = np.bincount(label.ravel(), minlength=256)
         counts.append({int(c): int(hist[c]) for c in range(1, n_classes + 1) if hist[c] > 0})
     if cache:
-        _write_json_atomic(cache_path, {"version": _CACHE_VERSION, "list": str(list_path), "counts": counts})
+        _write_json_atomic(cache_path, {"version": _CACHE_VERSION, "list": str(list_path), "counts": counts,
+                                        "label_stamps": stamps})
     return pairs, counts
 
 
@@ -129,6 +201,7 @@ class IndexSummary:
     n_kept: int = 0
     n_without_qualifying_class: int = 0  # no class of the fold's set covers >= min_area pixels
     n_dropped_with_novel: int = 0  # BAM protocol: training images with any novel-class pixel
+    n_duplicate_lines: int = 0  # list lines naming an image listed before (dropped: see read_list)
     images_per_class: dict[int, int] = field(default_factory=dict)
     cache_path: str | None = None
     from_cache: bool = False
@@ -138,7 +211,9 @@ class IndexSummary:
         return (
             f"{self.split} fold {self.fold} ({self.protocol} protocol, min area {self.min_area} px): "
             f"{self.n_kept}/{self.n_listed} images kept; skipped {self.n_without_qualifying_class} without a "
-            f"qualifying class, {self.n_dropped_with_novel} containing novel classes; images per class {{{per_class}}}"
+            f"qualifying class, {self.n_dropped_with_novel} containing novel classes"
+            + (f", {self.n_duplicate_lines} duplicate list lines" if self.n_duplicate_lines else "")
+            + f"; images per class {{{per_class}}}"
         )
 
 
@@ -198,10 +273,11 @@ def build_fold_index(
     image with a qualifying base class (novel pixels become background in the episode), "bam" first removes
     every image that has any novel-class pixel (BAM/AMFormer `make_dataset(filter_intersection=True)`).
     Any other split (val/test) uses the novel classes; the protocol does not apply there.
-    Cached as `<root>/fsslab_index/<split>_fold<f>_<protocol>_<hash>.json` (hash of list + params).
+    Cached as `<root>/fsslab_index/<split>_fold<f>_<protocol>_<hash>.json` (hash of list + params), with the
+    size and modification time of every listed label: a label edited afterwards rebuilds it, with a notice.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     root = Path(root)
     list_path = Path(list_path) if list_path is not None else default_list_path(root, split)
     training = split in TRAINING_SPLITS
@@ -217,8 +293,12 @@ def build_fold_index(
         raise FileNotFoundError(f"list file not found: {list_path}")
     key = _digest(list_path.read_bytes(), json.dumps(params, sort_keys=True), f"v{_CACHE_VERSION}")
     cache_path = root / INDEX_DIR / f"{split}_fold{fold}_{protocol_used}_{key}.json"
-    if cache and cache_path.is_file():
-        stored = json.loads(cache_path.read_text())
+    listed, duplicates = read_list_with_duplicates(list_path, root, check_files=False)
+    stamps = _label_stamps(root, listed)
+    stored = _load_cache(cache_path, listed, stamps, "fold index") if cache else None
+    if stored is not None:
+        if duplicates:  # the scan that found them was cached too: say it again
+            warnings.warn(duplicate_notice(list_path, duplicates), FsslabWarning, stacklevel=2)
         summary = IndexSummary(**{**stored["summary"], "from_cache": True})
         summary.images_per_class = {int(c): n for c, n in summary.images_per_class.items()}
         return FoldIndex(
@@ -243,6 +323,7 @@ def build_fold_index(
         split=split, fold=fold, protocol=protocol_used, min_area=min_area, classes=classes,
         n_listed=len(pairs), n_kept=len(kept), n_without_qualifying_class=n_without,
         n_dropped_with_novel=n_dropped, images_per_class={c: len(v) for c, v in class_to_items.items()},
+        n_duplicate_lines=len(duplicates),
     )  # fmt: skip
     index = FoldIndex(str(root), [pairs[i] for i in kept], qualifying, present, class_to_items, summary)
     if cache and _write_json_atomic(
@@ -250,6 +331,7 @@ def build_fold_index(
         {
             "version": _CACHE_VERSION, "params": params, "items": index.items, "qualifying": qualifying,
             "present": present, "class_to_items": class_to_items, "summary": asdict(summary),
+            "label_stamps": stamps,
         },
     ):  # fmt: skip
         summary.cache_path = str(cache_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from functools import partial
@@ -11,6 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from fsslab.data.io import image_size
+from fsslab.data.prep_coco_checks import (
+    as_integer,
+    check_categories,
+    check_images,
+    clean_polygons,
+    rle_counts,
+)
 from fsslab.data.prep_common import (
     Outcome,
     PrepError,
@@ -28,7 +37,8 @@ CROWD_MODES = ("ignore", "class", "background")
 
 
 def load_instances(path: Path) -> dict[str, Any]:
-    """An instances JSON, checked for the keys the conversion needs; errors name the file."""
+    """An instances JSON, checked for the keys the conversion needs and for well-formed category and image
+    records (prep_coco_checks); errors name the file and the record."""
     require_file(path, "COCO annotation file")
     try:
         data = json.loads(path.read_text())
@@ -37,43 +47,42 @@ def load_instances(path: Path) -> dict[str, Any]:
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
         raise PrepError(f"{path}: missing or malformed key(s) {missing}; expected a COCO instances file")
+    check_categories(data["categories"], path)
+    data["images"] = check_images(data["images"], path)
     return data
 
 
 def category_index(categories: list[dict]) -> dict[int, int]:
-    """Sparse COCO category id -> dense class index 1..N in increasing id order (the 80 things -> 1..80)."""
+    """Sparse COCO category id -> dense class index 1..N in increasing id order (the 80 things -> 1..80).
+
+    The records were checked by load_instances (each has an integer id)."""
     ids = sorted(int(c["id"]) for c in categories)
     if len(ids) != len(set(ids)) or not 0 < len(ids) < IGNORE:
         raise PrepError(f"expected 1..254 distinct category ids, got {len(ids)} ({len(set(ids))} distinct)")
     return {cid: i + 1 for i, cid in enumerate(ids)}
 
 
-def _annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """[H, W] bool mask of one annotation (polygon list, uncompressed or compressed RLE)."""
+def _annotation_mask(segmentation: Any, height: int, width: int) -> tuple[np.ndarray, list[str]]:
+    """[H, W] bool mask of one annotation (polygon list, uncompressed or compressed RLE) and the problems of
+    the polygons dropped from it. Everything pycocotools sees was validated first (prep_coco_checks): its C
+    code crashes or allocates without bound on NaN, huge coordinates or malformed RLE."""
     from pycocotools import mask as coco_mask
 
+    problems: list[str] = []
     if isinstance(segmentation, list):
-        # pycocotools reads a 4-number list as a box, so drop polygons with fewer than 3 points
-        polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        polygons, problems = clean_polygons(segmentation, height, width)
         if not polygons:
-            raise ValueError("no polygon with at least 3 points")
+            raise ValueError("no usable polygon: " + "; ".join(problems) if problems else "no polygon")
         rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-        if [int(v) for v in segmentation["size"]] != [height, width]:
-            raise ValueError(f"RLE size {segmentation['size']} differs from the image's {[height, width]}")
-        if isinstance(segmentation["counts"], list):  # uncompressed RLE (used for crowds)
-            if sum(segmentation["counts"]) != height * width:
-                raise ValueError("uncompressed RLE counts do not add up to height*width")
-            rle = coco_mask.frPyObjects(segmentation, height, width)
-        else:
-            counts = segmentation["counts"]
-            rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
+        counts = rle_counts(segmentation, height, width)
+        rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     else:
         raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
     with warnings.catch_warnings():
         # pycocotools < 2.0.9 trips numpy 2's copy-keyword deprecation inside decode; harmless
         warnings.simplefilter("ignore", DeprecationWarning)
-        return coco_mask.decode(rle).astype(bool)
+        return coco_mask.decode(rle).astype(bool), problems
 
 
 def coco_semantic_label(
@@ -90,36 +99,50 @@ def coco_semantic_label(
     label = np.zeros((height, width), dtype=np.uint8)
     problems: list[str] = []
 
+    def area(ann: dict) -> float:  # a malformed area only changes the painting order, not the pixels
+        value = ann.get("area", 0.0)
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
     def order(ann: dict) -> tuple:
-        return (0 if ann.get("iscrowd", 0) else 1, -float(ann.get("area", 0.0)), ann.get("id", 0))
+        return (0 if ann.get("iscrowd", 0) else 1, -area(ann), str(ann.get("id", "")).zfill(20))
 
     for ann in sorted(annotations, key=order):
         is_crowd = bool(ann.get("iscrowd", 0))
         if is_crowd and crowd == "background":
             continue
-        class_index = index_of.get(int(ann.get("category_id", -1)))
+        category = as_integer(ann.get("category_id"))
+        if category is None:
+            problems.append(f"annotation {ann.get('id')}: category_id {ann.get('category_id')!r} is not an integer")
+            continue
+        class_index = index_of.get(category)
         if class_index is None:
-            problems.append(f"annotation {ann.get('id')}: unknown category_id {ann.get('category_id')}")
+            problems.append(f"annotation {ann.get('id')}: unknown category_id {category}")
             continue
         try:
-            mask = _annotation_mask(ann.get("segmentation"), height, width)
+            mask, dropped = _annotation_mask(ann.get("segmentation"), height, width)
         except (ValueError, TypeError, KeyError) as err:
             problems.append(f"annotation {ann.get('id')}: bad segmentation ({err})")
             continue
+        problems.extend(f"annotation {ann.get('id')}: {problem} (dropped; the rest kept)" for problem in dropped)
         label[mask] = IGNORE if is_crowd and crowd == "ignore" else class_index
     return label, problems
 
 
 def _convert_image(
-    item: tuple[str, dict, list[dict], str], index_of: dict[int, int], crowd: str, overwrite: bool
+    item: tuple[str, dict, list[dict], str, str], index_of: dict[int, int], crowd: str, overwrite: bool
 ) -> Outcome:
-    name, image_info, annotations, out_png = item
+    name, image_info, annotations, out_png, image_path = item
     out = Path(out_png)
     if out.exists() and not overwrite:
         return "existing", name, "", []
-    label, problems = coco_semantic_label(
-        annotations, int(image_info["height"]), int(image_info["width"]), index_of, crowd
-    )
+    height, width = int(image_info["height"]), int(image_info["width"])
+    try:  # the JSON's size is what the polygons are checked against; the image file must agree with it
+        actual = image_size(image_path)
+    except (OSError, ValueError) as err:
+        return "skipped", name, f"unreadable image ({err})", []
+    if actual != (height, width):
+        return "skipped", name, "image file size differs from the JSON's height x width", []
+    label, problems = coco_semantic_label(annotations, height, width, index_of, crowd)
     write_label_png(label, out)
     return "written", name, "", problems
 
@@ -166,18 +189,22 @@ def prepare_coco(
         if index_of is not None and split_index != index_of:
             raise PrepError(f"instances_{split}.json has other categories than the previous split")
         index_of = split_index
-        by_image: dict[int, list[dict]] = {int(info["id"]): [] for info in data["images"]}
-        for ann in data["annotations"]:
-            if int(ann.get("image_id", -1)) not in by_image:
+        by_image: dict[int, list[dict]] = {info["id"]: [] for info in data["images"]}
+        for position, ann in enumerate(data["annotations"]):
+            image_id = as_integer(ann.get("image_id")) if isinstance(ann, dict) else None
+            if image_id is None:
+                summary.skip(f"instances_{split}.json: annotation record without an integer image_id",
+                             f"annotations[{position}] = {str(ann)[:80]}")
+            elif image_id not in by_image:
                 summary.skip(f"{split}: annotation of an image not in the JSON", str(ann.get("id")))
-                continue
-            by_image[int(ann["image_id"])].append(ann)
+            else:
+                by_image[image_id].append(ann)
         (out / "SegmentationClass" / split).mkdir(parents=True, exist_ok=True)
         if out.resolve() != root.resolve():
             (out / split).mkdir(parents=True, exist_ok=True)
         items = []
         for info in sorted(data["images"], key=lambda i: i["file_name"]):
-            name, anns = Path(info["file_name"]).stem, by_image[int(info["id"])]
+            name, anns = Path(info["file_name"]).stem, by_image[info["id"]]
             if not (image_dir / info["file_name"]).is_file():
                 summary.skip(f"{split}: image file missing in {image_dir}", info["file_name"])
             elif not anns and not keep_empty:
@@ -185,7 +212,8 @@ def prepare_coco(
                     f"{split}: image without annotations (not listed; keep_empty=True lists it)", name
                 )
             else:
-                items.append((name, info, anns, str(out / "SegmentationClass" / split / f"{name}.png")))
+                items.append((name, info, anns, str(out / "SegmentationClass" / split / f"{name}.png"),
+                              str(image_dir / info["file_name"])))
         if strict and summary.skipped:
             reason, names = next(iter(summary.skipped.items()))
             raise PrepError(f"{names[0]}: {reason}")
@@ -193,7 +221,7 @@ def prepare_coco(
         available = run_items(convert, items, workers, f"COCO {split}", progress, summary, strict)
         listed = [
             (f"{split}/{info['file_name']}", f"SegmentationClass/{split}/{name}.png")
-            for name, info, _, _ in items
+            for name, info, *_ in items
             if name in available
         ]
         for image_rel, _ in listed:

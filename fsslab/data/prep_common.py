@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from fsslab.errors import PrepError  # re-exported for fsslab.data.prep
+
 # Outcome of one item: ("written" | "existing" | "skipped", name, reason-or-empty, parts dropped), the last
 # listing problems with parts of an item that was still written (e.g. one bad COCO annotation of an image).
 Outcome = tuple[str, str, str, list[str]]
@@ -75,10 +77,6 @@ class PrepSummary:
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
-
-
-class PrepError(ValueError):
-    """A preparation input is unusable (strict mode); the message names the file and the problem."""
 
 
 def require_dir(path: Path, what: str) -> Path:

@@ -24,6 +24,7 @@ from fsslab.data.synthetic_shapes import (
     rasterize,
 )
 from fsslab.data.synthetic_textures import background, finish, material, typical_material
+from fsslab.errors import ConfigError, DatasetError, TargetExistsError
 
 GENERATOR_VERSION = 1  # bump whenever the same config would produce different pixels
 BENCHMARK_NAME = "fsslab-synthetic"
@@ -100,8 +101,10 @@ class SyntheticConfig:
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
+        problems = self._type_problems()
+        if problems:  # the range checks below would fail inside a comparison, naming no knob
+            raise ConfigError("invalid SyntheticConfig: " + "; ".join(problems))
         self.object_scale = tuple(float(v) for v in self.object_scale)  # type: ignore[assignment]
-        problems = []
         if min(self.n_train, self.n_val, self.n_pretrain) < 0:
             problems.append(
                 f"n_train/n_val/n_pretrain must be >= 0, got {self.n_train}/{self.n_val}/{self.n_pretrain}"
@@ -127,7 +130,32 @@ class SyntheticConfig:
         if not 1 <= self.jpeg_quality <= 100:
             problems.append(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if problems:
-            raise ValueError("invalid SyntheticConfig: " + "; ".join(problems))
+            raise ConfigError("invalid SyntheticConfig: " + "; ".join(problems))
+
+    def _type_problems(self) -> list[str]:
+        """Each knob against its default's type (ints for counts, numbers for fractions, a pair for ranges)."""
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        problems = []
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok, what = isinstance(value, bool), "true or false"
+            elif isinstance(default, int):
+                ok, what = number(value) and float(value).is_integer(), "an integer"
+            elif isinstance(default, float):
+                ok, what = number(value), "a number"
+            elif isinstance(default, str):
+                ok, what = isinstance(value, str), "a string"
+            else:  # object_scale: (lo, hi)
+                ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(number(v) for v in value)
+                what = "a pair of numbers [lo, hi]"
+            if not ok:
+                problems.append(f"{f.name} must be {what}, got {value!r}")
+            elif isinstance(default, int) and not isinstance(default, bool):
+                setattr(self, f.name, int(value))  # 300.0 from a YAML file counts 300 images
+        return problems
 
     def split_sizes(self) -> list[tuple[str, int]]:
         """(split, number of images) of every written split; "pretrain" only when n_pretrain > 0."""
@@ -143,7 +171,7 @@ class SyntheticConfig:
     def preset(cls, name: str, **overrides: Any) -> SyntheticConfig:
         """A named difficulty ("easy", "default", "hard") with optional field overrides."""
         if name not in PRESETS:
-            raise ValueError(f"unknown synthetic preset {name!r}; expected one of {sorted(PRESETS)}")
+            raise ConfigError(f"unknown synthetic preset {name!r}; expected one of {sorted(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
     @classmethod
@@ -151,7 +179,7 @@ class SyntheticConfig:
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - valid)
         if unknown:
-            raise ValueError(f"unknown SyntheticConfig keys {unknown}; valid keys: {sorted(valid)}")
+            raise ConfigError(f"unknown SyntheticConfig keys {unknown}; valid keys: {sorted(valid)}")
         return cls(**values)
 
 
@@ -185,7 +213,7 @@ _ADDED_KNOB_DEFAULTS: dict[str, Any] = {"min_objects": 1, "class_appearance": 0.
 def fold_classes(fold: int) -> list[int]:
     """Novel classes (1-based) of a fold: 5*fold+1 .. 5*fold+5, as in PASCAL-5i."""
     if fold not in range(4):
-        raise ValueError(f"fold must be 0..3, got {fold}")
+        raise ConfigError(f"fold must be 0..3, got {fold}")
     return list(range(5 * fold + 1, 5 * fold + 6))
 
 
@@ -335,10 +363,10 @@ def _init_worker() -> None:
 def _check_target(root: Path) -> None:
     """Refuse to write into a non-empty directory that is not (an interrupted) synthetic benchmark."""
     if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"synthetic root {root} exists and is not a directory")
+        raise TargetExistsError(f"synthetic root {root} exists and is not a directory; choose a directory path")
     ours = (root / "meta.json").exists() or (root / _INCOMPLETE_MARKER).exists()
     if root.is_dir() and not ours and any(root.iterdir()):
-        raise FileExistsError(
+        raise TargetExistsError(
             f"{root} is not empty and holds no synthetic benchmark (no meta.json); choose an empty or new "
             "directory so that nothing else is overwritten"
         )
@@ -469,7 +497,7 @@ def read_meta(root: str | os.PathLike) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete the directory and regenerate") from err
+        raise DatasetError(f"{path} is not valid JSON ({err}); delete the directory and regenerate") from err
 
 
 def write_synthetic_if_missing(
@@ -498,14 +526,14 @@ def write_synthetic_if_missing(
                 f"generator version: on disk {meta.get('version')}, current {GENERATOR_VERSION}"
             )
         if differences:
-            raise ValueError(
+            raise DatasetError(
                 f"{root} holds a synthetic benchmark with a different configuration "
                 f"({'; '.join(differences)}); use another directory or delete this one"
             )
         for split, n in config.split_sizes():
             list_path = root / "lists" / f"{split}.txt"
             if not list_path.is_file() or len(list_path.read_text().splitlines()) != n:
-                raise ValueError(
+                raise DatasetError(
                     f"{list_path} is missing or does not list {n} images; delete {root} and regenerate"
                 )
         return dict(meta, root=str(root), warnings=_coverage_warnings(meta["class_counts"]))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
 from fsslab.data.io import IGNORE_INDEX
+from fsslab.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -144,11 +146,22 @@ class TrainAugment:
     keep_ratio: float = 0.85
     max_retries: int = 31  # PFENet's `while ... and crop_cnt <= 30` allows 31 redraws
 
+    def __post_init__(self) -> None:  # checked when built (from the config), not at the first sample
+        if self.final not in ("crop", "resize"):
+            raise ConfigError(f"augmentation final must be 'crop' or 'resize', got {self.final!r}")
+
+    @classmethod
+    def from_options(cls, size: int | tuple[int, int], options: dict[str, Any]) -> TrainAugment:
+        """From ``data.params.augmentation``-style options; an unknown key is named with the valid ones."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown augmentation option(s) {unknown} (data.params.augmentation); valid: {valid}")
+        return cls(**{"size": size, **options})
+
     def __call__(self, image: np.ndarray, labels: list[np.ndarray], rng: np.random.Generator,
                  require_foreground: bool = False):  # fmt: skip
         """Returns (image float32 [h,w,3], labels, padding bool [h,w], CropResult)."""
-        if self.final not in ("crop", "resize"):
-            raise ValueError(f"final must be 'crop' or 'resize', got {self.final!r}")
         image = image.astype(np.float32, copy=False)
         padding = np.zeros(image.shape[:2], np.uint8)
         image, labels, padding = random_scale(image, labels, padding, rng, self.scale)

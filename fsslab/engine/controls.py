@@ -7,6 +7,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from fsslab.config import SUPPORT_MODES
+from fsslab.errors import ConfigError, DatasetError
 
 
 class MismatchedSupports(Dataset):
@@ -29,7 +30,7 @@ class MismatchedSupports(Dataset):
             )
         classes = [episode.class_id for episode in listed]
         if len(set(classes)) < 2:
-            raise ValueError(
+            raise DatasetError(
                 f"mismatched supports need episodes of at least two classes; all {len(classes)} are of class "
                 f"{classes[0] if classes else None}"
             )
@@ -66,7 +67,7 @@ class MismatchedSupports(Dataset):
 def with_supports(dataset: Dataset, mode: str) -> Dataset:
     """``dataset`` unchanged (``"matched"``) or wrapped in ``MismatchedSupports`` (``"mismatched"``)."""
     if mode not in SUPPORT_MODES:
-        raise ValueError(f"eval.supports must be one of {SUPPORT_MODES}, got {mode!r}")
+        raise ConfigError(f"eval.supports must be one of {SUPPORT_MODES}, got {mode!r}")
     return dataset if mode == "matched" else MismatchedSupports(dataset)
 
 

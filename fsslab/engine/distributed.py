@@ -9,6 +9,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from fsslab.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -47,9 +49,10 @@ def is_main_process() -> bool:
 def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     """ "auto": CUDA (this rank's GPU) when available, else CPU; "cuda" fails clearly without a GPU."""
     if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {preference!r}")
+        raise ConfigError(f"train.device must be 'auto', 'cpu' or 'cuda', got {preference!r}")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+        raise ConfigError("train.device=cuda but no CUDA device is visible (torch.cuda.is_available() is False: no "
+                          "GPU, no driver, or a CPU-only torch build); use train.device=auto or train.device=cpu")
     if preference != "cpu" and torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", torch.cuda.current_device())

@@ -34,6 +34,9 @@ class EvalResult:
     class_iou_mean: dict[int, float]
     episodes_per_seed: int
     settings: dict[str, Any] = field(default_factory=dict)
+    # loading counters summed over the seeds' episodes (fsslab.data.episodic.STAT_COUNTERS): queries without
+    # target pixels, supports without foreground; filled by fsslab.engine.runner.run_evaluation
+    data_stats: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (class ids as strings)."""
@@ -54,6 +57,7 @@ class EvalResult:
                 for r in self.per_seed
             ],
             "settings": self.settings,
+            "data_stats": self.data_stats,
         }
 
     def to_json(self) -> str:
@@ -85,6 +89,10 @@ class EvalResult:
         missing = sorted({c for r in self.per_seed for c in r["classes_without_episodes"]})
         if missing:
             lines.append(f"warning: classes without episodes (not in mIoU): {missing}")
+        if self.data_stats:
+            from fsslab.data.episodic import stats_line
+
+            lines.append(f"data: {stats_line(self.data_stats)}")
         return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from fsslab.config import RunConfig
 from fsslab.engine.checkpoint import load_checkpoint
 from fsslab.engine.evaluate import EvalResult, evaluate
 from fsslab.engine.run_dir import holds_run
+from fsslab.errors import CheckpointError, ConfigError
 from fsslab.models.oracle import QueryLabelOracle, is_control
 
 
@@ -33,6 +34,7 @@ def dataset_kwargs(cfg: RunConfig, split: str) -> dict[str, Any]:
     if data.dataset == "coco":
         kwargs["folds"] = data.coco_split
     extra = dict(data.params)
+    _check_data_params(extra, data.dataset)
     if training:
         augmentation = {
             "scale": (data.scale_min, data.scale_max),
@@ -45,6 +47,21 @@ def dataset_kwargs(cfg: RunConfig, split: str) -> dict[str, Any]:
         kwargs["eval_protocol"] = cfg.eval.protocol
     kwargs.update(extra)
     return kwargs
+
+
+def _check_data_params(params: dict[str, Any], dataset: str) -> None:
+    """data.params are keyword arguments of the episodic dataset: an unknown one is named with the valid ones
+    here, rather than surfacing as a TypeError from deep inside the dataset's constructor."""
+    from fsslab.data.episodic import CocoEpisodes, EpisodicDataset
+
+    # set from other config fields (or the dataset's positional arguments), not through data.params
+    derived = {"self", "root", "benchmark", "split", "fold", "shot"}
+    valid = {p for p in inspect.signature(EpisodicDataset.__init__).parameters if p not in derived}
+    if dataset == "coco":
+        valid |= {p for p in inspect.signature(CocoEpisodes.__init__).parameters if p not in derived | {"kwargs"}}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ConfigError(f"unknown data.params key(s) {unknown}; valid keys: {sorted(valid)}")
 
 
 def ensure_synthetic(cfg: RunConfig, progress: bool = True) -> None:
@@ -150,6 +167,23 @@ def build_run_model(cfg: RunConfig) -> nn.Module:
     return model
 
 
+def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], source: str | Path) -> nn.Module:
+    """Load an fsslab checkpoint's ``model`` weights into ``model`` (strictly).
+
+    A checkpoint of another model or width is a CheckpointError that counts the missing / unexpected /
+    mis-shaped keys, names the first few and says what the checkpoint was trained as, instead of torch's
+    listing of every key.
+    """
+    from fsslab.models.official import check_keys
+
+    recorded = (checkpoint.get("config") or {}).get("model") or {}
+    hint = (f"; the checkpoint was trained as model.name={recorded.get('name')} with model.params="
+            f"{recorded.get('params')}: evaluate it with the config it was trained with" if recorded else "")
+    check_keys(model, checkpoint["model"], str(source), hint=hint)
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
 def init_from_checkpoint(model: nn.Module, path: str | Path, prefix: str = "backbone.") -> int:
     """Copy the checkpoint's ``prefix*`` tensors that the model has with the same shape; returns how many."""
     if not Path(path).is_file():
@@ -161,7 +195,7 @@ def init_from_checkpoint(model: nn.Module, path: str | Path, prefix: str = "back
     own = model.state_dict()
     chosen = {k: v for k, v in state.items() if k.startswith(prefix) and k in own and own[k].shape == v.shape}
     if not chosen:
-        raise ValueError(
+        raise CheckpointError(
             f"model.init_checkpoint {path}: no '{prefix}*' tensor matches the model's keys/shapes"
         )
     model.load_state_dict(chosen, strict=False)
@@ -184,6 +218,13 @@ def run_evaluation(
 ) -> EvalResult:
     """Evaluate ``model`` as ``cfg.eval`` says (seeds, episodes, shot, support label, amp)."""
     factory, benchmark = eval_dataset_factory(cfg, shot, support_label)
+    built: list[Any] = []
+
+    def keeping(seed: int, count: int) -> Any:  # keeps every seed's episodes for their loading counters
+        dataset = factory(seed, count)
+        built.append(getattr(dataset, "dataset", dataset))  # the episodes inside a mismatched-support control
+        return dataset
+
     n_classes, novel = benchmark.n_classes, benchmark.novel_classes(cfg.data.fold)
     seeds = list(seeds or cfg.eval.seeds)
     episodes = episodes or cfg.eval.episodes
@@ -203,9 +244,9 @@ def run_evaluation(
         if hasattr(benchmark, "class_name")
         else {},
     }
-    return evaluate(
+    result = evaluate(
         model,
-        factory,
+        keeping,
         seeds,
         episodes,
         n_classes,
@@ -217,6 +258,10 @@ def run_evaluation(
         progress=progress,
         settings=settings,
     )
+    from fsslab.data.episodic import sum_stats
+
+    result.data_stats = sum_stats(d.stats for d in built if hasattr(d, "stats"))
+    return result
 
 
 @dataclasses.dataclass
@@ -324,7 +369,7 @@ def _check_same_benchmark(recorded: dict[str, Any], wanted: RunConfig, path: Pat
     same_root = Path(str(data.get("root"))).resolve() == Path(wanted.data.root).resolve()
     if same_root and data.get("synthetic") == wanted.data.synthetic:
         return
-    raise ValueError(
+    raise ConfigError(
         f"{path} was trained on {data.get('root')} (synthetic knobs {data.get('synthetic')}), but this run "
         f"uses {wanted.data.root} (knobs {wanted.data.synthetic}). Train the prerequisite for this data into its "
         f"own directory (`fsslab train {name} data.root=... train.out_dir=DIR`), then "
@@ -354,9 +399,12 @@ def run_training(
         cfg, model, train_set, evaluate_fn=validate if cfg.train.validate else None, out_dir=out_dir
     )
     try:
-        return trainer.fit(resume=resume, overwrite=overwrite)
+        summary = trainer.fit(resume=resume, overwrite=overwrite)
     finally:
         distributed.teardown_distributed()
+    if hasattr(train_set, "stats"):  # empty queries, support crops that fell back (this rank's, all its workers)
+        summary["data_stats"] = train_set.stats.to_dict()
+    return summary
 
 
 __all__ = [
@@ -367,6 +415,7 @@ __all__ = [
     "ensure_synthetic",
     "eval_dataset_factory",
     "init_from_checkpoint",
+    "load_model_weights",
     "run_controls",
     "run_evaluation",
     "run_training",

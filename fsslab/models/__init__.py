@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from fsslab.errors import ConfigError
 from fsslab.models.base import FewShotModel, OptimizerSpec, model_device
 from fsslab.models.output import FSSOutput
 
@@ -23,7 +24,7 @@ MODEL_REGISTRY: dict[str, str] = {
 def model_class(name: str) -> type:
     """The class registered under ``name`` (clear error listing the valid names)."""
     if name not in MODEL_REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid models: {sorted(MODEL_REGISTRY)}")
+        raise ConfigError(f"unknown model {name!r}; valid models: {sorted(MODEL_REGISTRY)}")
     module_name, cls_name = MODEL_REGISTRY[name].split(":")
     return getattr(importlib.import_module(module_name), cls_name)
 
@@ -38,12 +39,12 @@ def build_model(cfg: Mapping[str, Any] | Any) -> FewShotModel:
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name is None:
-        raise ValueError(f"model config needs a 'name' (one of {sorted(MODEL_REGISTRY)})")
+        raise ConfigError(f"model config needs a 'name' (one of {sorted(MODEL_REGISTRY)})")
     cls = model_class(name)
     valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(cfg) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid options: {valid}")
+        raise ConfigError(f"unknown option(s) {unknown} for model {name!r}; valid options: {valid}")
     return cls(**cfg)
 
 

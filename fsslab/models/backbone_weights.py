@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fsslab.errors import CheckpointError
+
 
 @dataclass
 class LoadReport:
@@ -41,13 +43,13 @@ def _read_state(path_or_state: str | Path | Mapping[str, Any]) -> tuple[dict[str
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle errors, non-tensor payloads refused by weights_only
-            raise ValueError(f"cannot read backbone weights from {str(path)!r}: {err}") from err
+            raise CheckpointError(f"cannot read backbone weights from {str(path)!r}: {err}") from err
         source = str(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{source}: expected a state_dict (name -> tensor), got {type(state).__name__}")
+        raise CheckpointError(f"{source}: expected a state_dict (name -> tensor), got {type(state).__name__}")
     state = dict(state)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -106,7 +108,7 @@ def load_backbone_weights(backbone: nn.Module, path_or_state: str | Path | Mappi
             hint = " (the file has a 7x7 torchvision stem: build the '_tv' backbone for it)"
         elif stem is not None and stem.shape[-1] == 3 and getattr(backbone, "stem", None) == "single":
             hint = " (the file has the deep 3x3 'v2' stem: build 'resnet50'/'resnet101' for it)"
-        raise ValueError(
+        raise CheckpointError(
             f"{source} does not match backbone {getattr(backbone, 'name', type(backbone).__name__)}{hint}: "
             f"{len(missing)} missing {missing[:8]}, {len(unexpected)} unexpected {unexpected[:8]}, "
             f"{len(mismatched)} shape mismatches {mismatched[:8]}")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.errors import ConfigError
 from fsslab.models.backbone_weights import LoadReport, load_backbone_weights
 
 BACKBONE_NAMES = ("resnet50", "resnet101", "resnet50_tv", "resnet101_tv", "vgg16", "resnet_tiny")
@@ -111,7 +112,7 @@ def make_norm(norm: str, channels: int) -> nn.Module:
         return FrozenBatchNorm2d(channels)
     if norm == "batch":
         return nn.BatchNorm2d(channels)
-    raise ValueError(f"unknown norm {norm!r}; valid: {list(NORM_KINDS)}")
+    raise ConfigError(f"unknown norm {norm!r}; valid: {list(NORM_KINDS)}")
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -175,7 +176,7 @@ def block_geometry(dilation: str, depths: tuple[int, ...]) -> list[list[tuple[in
     ``"none"``: plain strides, output stride 32.
     """
     if dilation not in DILATION_MODES:
-        raise ValueError(f"unknown dilation mode {dilation!r}; valid: {list(DILATION_MODES)}")
+        raise ConfigError(f"unknown dilation mode {dilation!r}; valid: {list(DILATION_MODES)}")
     geometry = [[(1, 1)] * depths[0], [(2, 1)] + [(1, 1)] * (depths[1] - 1)]
     for stage, depth in ((3, depths[2]), (4, depths[3])):
         rate = 2 if stage == 3 else 4
@@ -229,7 +230,7 @@ class ResNetBackbone(StagedBackbone):
             self.conv1 = nn.Conv2d(3, c3, 7, stride=2, padding=3, bias=False)
             self.bn1 = make_norm(norm, c3)
         else:
-            raise ValueError(f"unknown stem {stem!r}; valid: ['deep', 'single']")
+            raise ConfigError(f"unknown stem {stem!r}; valid: ['deep', 'single']")
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
         cin = c3
@@ -330,23 +331,23 @@ def build_backbone(name: str, pretrained: str | Path | Mapping[str, Any] | None 
               explicit http(s) URL.
     """
     if norm not in NORM_KINDS:
-        raise ValueError(f"unknown norm {norm!r}; valid: {list(NORM_KINDS)}")
+        raise ConfigError(f"unknown norm {norm!r}; valid: {list(NORM_KINDS)}")
     if name == "vgg16":
         if dilation not in (None, "none", "pspnet"):
-            raise ValueError(f"vgg16 has no dilation mode {dilation!r}; use None, 'none' or 'pspnet'")
+            raise ConfigError(f"vgg16 has no dilation mode {dilation!r}; use None, 'none' or 'pspnet'")
         backbone: nn.Module = VGGBackbone(norm=norm)
     elif name in _RESNET_SPECS:
         spec = dict(_RESNET_SPECS[name])
         spec.setdefault("widths", (64, 128, 256, 512))
         backbone = ResNetBackbone(dilation=dilation or "pspnet", norm=norm, **spec)
     else:
-        raise ValueError(f"unknown backbone {name!r}; valid: {list(BACKBONE_NAMES)}")
+        raise ConfigError(f"unknown backbone {name!r}; valid: {list(BACKBONE_NAMES)}")
     backbone.name = name
     set_norm_folding(backbone, fold_norm)
     if pretrained is not None:
         if isinstance(pretrained, str) and pretrained == "torchvision":
             if name not in TORCHVISION_URLS:
-                raise ValueError(f"no torchvision ImageNet file for {name!r} (available for "
+                raise ConfigError(f"no torchvision ImageNet file for {name!r} (available for "
                                  f"{sorted(TORCHVISION_URLS)}); pass a local file such as resnet50_v2.pth")
             pretrained = TORCHVISION_URLS[name]
         load_backbone_weights(backbone, pretrained)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.errors import ConfigError
 from fsslab.models.backbones import build_backbone
 from fsslab.models.base import FewShotModel, OptimizerSpec
 from fsslab.models.layers import masked_average_pool
@@ -40,7 +41,7 @@ class PrototypeBaseline(FewShotModel):
         self.backbone = build_backbone(backbone, pretrained=pretrained, dilation=dilation, norm=norm)
         unknown = [name for name in feature_layers if name not in self.backbone.stages]
         if not feature_layers or unknown:
-            raise ValueError(f"feature_layers {list(feature_layers)} must be non-empty stages of {backbone}: "
+            raise ConfigError(f"feature_layers {list(feature_layers)} must be non-empty stages of {backbone}: "
                              f"{self.backbone.stages}")
         self.feature_layers = tuple(feature_layers)
         self.last_stage = max(self.feature_layers, key=self.backbone.stages.index)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.errors import ConfigError
+
 
 def _level_shapes(spatial_shapes: torch.Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
     """(H, W) per level as Python ints (tensors are read once; keeps torch.compile graphs static)."""
@@ -116,7 +118,7 @@ class MultiScaleDeformableAttention(nn.Module):
         super().__init__()
         self.method = method  # sampling implementation of ``ms_deform_attn``
         if embed_dims % num_heads != 0:
-            raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
+            raise ConfigError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
         self.embed_dims, self.num_levels = embed_dims, num_levels
         self.num_heads, self.num_points = num_heads, num_points
         self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)

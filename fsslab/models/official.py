@@ -8,13 +8,15 @@ from typing import Any
 
 import torch
 
+from fsslab.errors import CheckpointError, ConfigError
+
 # arch -> module providing build_reference_model(**kw), official_to_fsslab(sd), fsslab_to_official(sd)
 _OFFICIAL_MODULES = {"ipmt": "fsslab.models.ipmt.official", "amformer": "fsslab.models.amformer.official"}
 
 
 def _arch_module(arch: str):
     if arch not in _OFFICIAL_MODULES:
-        raise ValueError(f"no official checkpoint format for {arch!r}; valid: {sorted(_OFFICIAL_MODULES)}")
+        raise ConfigError(f"no official checkpoint format for {arch!r}; valid: {sorted(_OFFICIAL_MODULES)}")
     return importlib.import_module(_OFFICIAL_MODULES[arch])
 
 
@@ -26,27 +28,34 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, or pickled objects that weights_only refuses
-        raise ValueError(f"cannot read checkpoint {path} safely (weights_only=True): {err}") from err
+        raise CheckpointError(f"cannot read checkpoint {path} safely (weights_only=True): {err}") from err
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds no state_dict of tensors (expected {{'state_dict': {{name: tensor}}}})")
+        raise CheckpointError(f"{path} holds no state_dict of tensors (expected {{'state_dict': {{name: tensor}}}})")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise a ValueError listing missing / unexpected / mis-shaped keys, if any."""
+def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, hint: str = "") -> None:
+    """Raise a CheckpointError summarising missing / unexpected / mis-shaped keys, if any.
+
+    Only the counts and the first few keys of each kind are named: torch's own error lists every key (tens of
+    kilobytes for another model), which hides the one fact that matters, that the checkpoint is of another
+    model or width. ``hint`` is appended (e.g. what the checkpoint was trained as).
+    """
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                     for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or shapes:
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:20]) + (f" ... (+{len(items) - 20} more)" if len(items) > 20 else "")
-        raise ValueError(
-            f"checkpoint {source} does not match the model: {len(missing)} missing key(s) [{show(missing)}], "
-            f"{len(unexpected)} unexpected key(s) [{show(unexpected)}], {len(shapes)} shape mismatch(es) "
-            f"[{show(shapes)}]")
+        def first(items: list[str]) -> str:
+            return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+
+        kinds = (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", shapes))
+        details = "; ".join(f"{name}: {first(items)}" for name, items in kinds if items)
+        raise CheckpointError(
+            f"checkpoint {source} does not match the model: {len(missing)} missing / {len(unexpected)} unexpected "
+            f"/ {len(shapes)} shape-mismatched keys (first few: {details}){hint}")
 
 
 def load_official(arch: str, path: str | Path, **kwargs: Any) -> torch.nn.Module:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.errors import ConfigError
 from fsslab.models.backbones import build_backbone
 from fsslab.models.base import FewShotModel, OptimizerSpec
 from fsslab.models.output import FSSOutput
@@ -86,7 +87,7 @@ class PSPNet(FewShotModel):
                  backbone_lr_multiplier: float = 1.0) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' (BAM) or 'adamw', got {optimizer!r}")
+            raise ConfigError(f"optimizer must be 'sgd' (BAM) or 'adamw', got {optimizer!r}")
         self.optimizer = optimizer
         self.n_classes, self.aux_weight, self.ignore_index = n_classes, aux_weight, ignore_index
         self.head_lr_multiplier = head_lr_multiplier

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.errors import ConfigError
 from fsslab.models.amformer.discriminator import PartDiscriminator, adversarial_branch
 from fsslab.models.amformer.fast_head import pyramid_embedding
 from fsslab.models.amformer.transformer import ObjectMiningTransformer
@@ -172,12 +173,23 @@ class AMFormerNetwork(FewShotModel):
         bg, fg = final[:, :1], final[:, 1:]
         return ((fg > REFINE_THRESHOLD) & ~(bg > fg)).to(final.dtype)
 
+    def _check_input_size(self, size: torch.Size, hw: torch.Size) -> None:
+        """Inputs too small for G's pyramid: say the minimum input size instead of torch's kernel-size error."""
+        need = self.generator.min_feature_size()
+        if min(hw) >= need:
+            return
+        stride = max(1, round(size[0] / hw[0]))  # input pixels per feature cell (8 for the dilated ResNets)
+        raise ConfigError(
+            f"AMFormer needs inputs of at least {need * stride}x{need * stride} pixels (its 1/{stride} feature map "
+            f"must be at least {need}x{need} for the transformer's pyramid), got {size[0]}x{size[1]}; raise "
+            "data.size / data.val_size")
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor], trace: bool = False) -> FSSOutput:
         query_img, support_imgs = batch["query_img"], batch["support_imgs"]
         b, k = support_imgs.shape[:2]
         if k != self.shot and self.shot_reweight is not None:
-            raise ValueError(f"AMFormer was built for shot={self.shot} (shot_reweight), got {k} support images")
+            raise ConfigError(f"AMFormer was built for shot={self.shot} (shot_reweight), got {k} support images")
         size = query_img.shape[-2:]
         fg = (batch["support_masks"] == 1).to(query_img.dtype).flatten(0, 1).unsqueeze(1)  # [BK,1,H,W]
         images = torch.cat([query_img, support_imgs.flatten(0, 1) * fg], dim=0)
@@ -188,6 +200,7 @@ class AMFormerNetwork(FewShotModel):
             q["layer2"] = up(q["layer2"], q["layer3"].shape[-2:])
             s["layer2"] = up(s["layer2"], s["layer3"].shape[-2:])
         hw = q["layer3"].shape[-2:]
+        self._check_input_size(size, hw)
 
         query_feat = self.reduce_query(torch.cat([q["layer3"], q["layer2"]], dim=1))  # [B,D,h,w]
         supp_feat = self.reduce_support(torch.cat([s["layer3"], s["layer2"]], dim=1))  # [BK,D,h,w]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fsslab.errors import CheckpointError, ConfigError
 from fsslab.models.official import read_official_state_dict
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def _rename(key: str, rules: list[tuple[str, str]], source: str) -> str:
     best = max((r for r in rules if key == r[0] or key.startswith(r[0] + ".")), key=lambda r: len(r[0]),
                default=None)
     if best is None:
-        raise ValueError(f"{source} key {key!r} has no counterpart (unknown AMFormer checkpoint layout)")
+        raise CheckpointError(f"{source} key {key!r} has no counterpart (unknown AMFormer checkpoint layout)")
     return best[1] + key[len(best[0]):]
 
 
@@ -112,8 +113,8 @@ def build_reference_model(shot: int = 1, layers: int = 50, dataset: str = "pasca
     from fsslab.models.amformer.model import AMFormer
 
     if dataset not in ("pascal", "coco"):
-        raise ValueError(f"unknown dataset {dataset!r}; valid: 'pascal', 'coco'")
+        raise ConfigError(f"unknown dataset {dataset!r}; valid: 'pascal', 'coco'")
     if layers not in (50, 101):
-        raise ValueError(f"AMFormer reference backbones are ResNet-50/101, got layers={layers}")
+        raise ConfigError(f"AMFormer reference backbones are ResNet-50/101, got layers={layers}")
     kw.setdefault("n_base_classes", 15 if dataset == "pascal" else 60)
     return AMFormer(backbone=f"resnet{layers}", shot=shot, reproduce_official=reproduce_official, **kw)

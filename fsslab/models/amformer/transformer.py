@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.errors import ConfigError
+
 LN_EPS = 1e-6  # every LayerNorm of G (mmcv norm_cfg=dict(type='LN', eps=1e-6))
 MINING_TEMPERATURE = 0.1
 
@@ -63,7 +65,7 @@ class EfficientAttention(nn.Module):
     def __init__(self, dims: int, heads: int, sr_ratio: int = 1, proj_drop: float = 0.0) -> None:
         super().__init__()
         if dims % heads:
-            raise ValueError(f"dims ({dims}) must be divisible by heads ({heads})")
+            raise ConfigError(f"dims ({dims}) must be divisible by heads ({heads})")
         self.heads, self.sr_ratio = heads, sr_ratio
         self.q_proj = nn.Linear(dims, dims, bias=False)
         self.k_proj = nn.Linear(dims, dims, bias=False)
@@ -190,6 +192,7 @@ class ObjectMiningTransformer(nn.Module):
         super().__init__()
         levels = len(heads)
         self.levels = levels
+        self.geometry = tuple(zip(patch_sizes, strides, sr_ratios))  # for min_feature_size
         self.encoder_stages = nn.ModuleList([
             EncoderStage(dims, heads[i], patch_sizes[i], strides[i], sr_ratios[i], mlp_ratio, drop)
             for i in range(levels)])
@@ -199,6 +202,25 @@ class ObjectMiningTransformer(nn.Module):
         self.fusion_heads = nn.ModuleList([conv_bn_stack(dims, dims, True) for _ in range(levels + refinements)])
         self.mask_heads = nn.ModuleList([conv_bn_stack(dims, 2, False) for _ in range(1 + refinements)])
         self.refinements = refinements
+
+    def min_feature_size(self) -> int:
+        """Smallest side of the input feature map the pyramid accepts: every stage's patch conv needs its
+        kernel to fit (padding included) and its key/value reduction (kernel = stride = sr_ratio) needs at
+        least sr_ratio cells, else torch fails with a kernel-size error that names no input size."""
+        for side in range(1, 4096):
+            size, fits = side, True
+            for patch, stride, sr_ratio in self.geometry:
+                padded = size + 2 * (stride // 2)
+                if padded < patch:
+                    fits = False
+                    break
+                size = (padded - patch) // stride + 1
+                if size < sr_ratio:
+                    fits = False
+                    break
+            if fits:
+                return side
+        raise AssertionError("no feature size fits the pyramid")  # unreachable for sane geometries
 
     def encode(self, feat: torch.Tensor) -> list[torch.Tensor]:
         """[B,C,h,w] -> pyramid coarse to fine: [[B,C,h/4,w/4], [B,C,h/2,w/2], [B,C,h,w]] (ceil sizes)."""

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from fsslab.errors import CheckpointError, ConfigError
 from fsslab.models.ipmt.network import IPMT
 
 # Official names of the head modules (IPMTnetwork attributes) -> fsslab attributes; indices inside are kept.
@@ -25,7 +26,7 @@ def build_reference_model(shot: int = 1, layers: int = 50, reproduce_official: b
                           **kwargs: Any) -> IPMT:
     """IPMT with the paper's hyper-parameters (ResNet-``layers``, hidden 384, 5 layers, 1 head, 9 points)."""
     if layers not in (50, 101):
-        raise ValueError(f"official IPMT uses ResNet-50 or ResNet-101, got layers={layers}")
+        raise ConfigError(f"official IPMT uses ResNet-50 or ResNet-101, got layers={layers}")
     options = {"backbone": f"resnet{layers}", "pretrained": None, "shot": shot, "hidden_dim": 384,
                "num_layers": _NUM_LAYERS, "num_heads": 1, "deform_points": 9,
                "reproduce_official": reproduce_official}
@@ -102,7 +103,7 @@ def official_to_fsslab(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if mapped is not None:
             out[mapped] = value
     if unknown:
-        raise ValueError(f"{len(unknown)} key(s) are not part of the official IPMT layout: {unknown[:10]}")
+        raise CheckpointError(f"{len(unknown)} key(s) are not part of the official IPMT layout: {unknown[:10]}")
     return out
 
 
