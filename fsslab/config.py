@@ -20,7 +20,9 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 class DataConfig:
     """Which episodes to train/evaluate on and how they are built."""
 
-    dataset: str = "synthetic"  # "pascal" | "coco" | "synthetic"
+    # "pascal" | "coco" | "synthetic" | "fss1000" | "folder" (class folders, your split: data.params.classes
+    # or data.params.split_file; fsslab.data.folder)
+    dataset: str = "synthetic"
     root: str = "data/synthetic"
     fold: int = 0
     shot: int = 1
@@ -108,7 +110,8 @@ class EvalConfig:
     split: str = "val"
     # how queries are resized and mapped back (fsslab.data.eval_protocols): "fsslab" (long side to
     # data.val_size, never upscaled), "ipmt" (PFENet/IPMT test_Resize: always to val_size), "amformer"
-    # (AMNet test.py: stretched to a square); each is scored by the exact inverse of its transform
+    # (AMNet test.py: stretched to a square), "hsnet" (the same stretch, HSNet's FSS-1000 test); each is
+    # scored by the exact inverse of its transform
     protocol: str = "fsslab"
     # "mismatched": a control where each query gets the supports of another class (engine.controls);
     # the drop from "matched" measures how much the model relies on its supports
@@ -153,7 +156,7 @@ class RunConfig:
 # eval.supports: the normal episodes, or the control of fsslab.engine.controls (which imports this tuple)
 SUPPORT_MODES = ("matched", "mismatched")
 _CHOICES = {
-    ("data", "dataset"): ("pascal", "coco", "synthetic"),
+    ("data", "dataset"): ("pascal", "coco", "synthetic", "fss1000", "folder"),
     ("data", "protocol"): ("pfenet", "bam"),
     ("data", "support_label"): ("mask", "box", "scribble"),
     ("data", "coco_split"): ("interleaved", "contiguous"),
@@ -166,7 +169,7 @@ _CHOICES = {
     ("eval", "amp"): ("none", "bf16", "fp16"),
     ("eval", "support_label"): (None, "mask", "box", "scribble"),
     ("eval", "supports"): SUPPORT_MODES,
-    ("eval", "protocol"): ("fsslab", "ipmt", "amformer"),
+    ("eval", "protocol"): ("fsslab", "ipmt", "amformer", "hsnet"),
 }
 _FREE_DICTS = {
     ("data", "params"),

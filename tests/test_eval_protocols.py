@@ -67,7 +67,7 @@ def _oracle_miou(dataset, batch_size: int = 3) -> float:
 # ------------------------------------------------------------------------------------------ transforms
 def test_protocol_names_match_the_config_choices():
     assert tuple(PROTOCOLS) == tuple(sorted(_CHOICES[("eval", "protocol")]))
-    with pytest.raises(ValueError, match="valid: \\['amformer', 'fsslab', 'ipmt'\\]"):
+    with pytest.raises(ValueError, match="valid: \\['amformer', 'fsslab', 'hsnet', 'ipmt'\\]"):
         get_protocol("pfenet")
 
 

@@ -1,4 +1,5 @@
-"""fsslab.data: episodic PASCAL-5i / COCO-20i / synthetic datasets, lists, transforms and weak labels."""
+"""fsslab.data: episodic PASCAL-5i / COCO-20i / FSS-1000 / class-folder / synthetic datasets, lists, transforms
+and weak labels."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from fsslab.data.episodic import (
     build_dataset,
 )
 from fsslab.data.eval_protocols import EVAL_PROTOCOLS, eval_resize, get_protocol
+from fsslab.data.folder import FolderEpisodes, FSS1000Episodes, fss1000_split, read_binary_mask
 from fsslab.data.io import DatasetError, read_image, read_label, read_pair
 from fsslab.data.lists import (
     MIN_AREA,
@@ -53,7 +55,9 @@ __all__ = [
     "Episode",
     "EpisodeStats",
     "EpisodicDataset",
+    "FSS1000Episodes",
     "FoldIndex",
+    "FolderEpisodes",
     "IndexSummary",
     "PascalEpisodes",
     "SyntheticEpisodes",
@@ -64,6 +68,7 @@ __all__ = [
     "denormalize",
     "eval_resize",
     "from_official",
+    "fss1000_split",
     "generate_synthetic",
     "get_benchmark",
     "get_protocol",
@@ -71,6 +76,7 @@ __all__ = [
     "mask_to_scribbles",
     "normalize",
     "official_forward_kwargs",
+    "read_binary_mask",
     "read_image",
     "read_label",
     "read_list",

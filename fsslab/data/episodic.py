@@ -183,9 +183,7 @@ class EpisodicDataset(Dataset):
             scale = COCO_SCALE if family == "coco" else (0.9, 1.1)
             augmentation = TrainAugment(size=self.size, scale=scale)
         self.augmentation = augmentation
-        self.index: FoldIndex = build_fold_index(
-            benchmark, self.root, split, fold, protocol, min_area, list_path, cache=cache, progress=progress
-        )
+        self.index: FoldIndex = self._build_index(split, fold, protocol, min_area, list_path, cache, progress)
         self.classes = list(self.index.summary.classes)
         if base_label == "all":  # every class keeps its id: a pretraining stand-in that sees all classes
             self.base_table = np.arange(256, dtype=np.uint8)
@@ -275,6 +273,17 @@ class EpisodicDataset(Dataset):
         sizes = [_label_size(self.root / self.index.items[item][1]) for item in {e.query for e in self.episodes}]
         return max(h for h, _ in sizes), max(w for _, w in sizes)
 
+    # ----- hooks of datasets in another layout (fsslab.data.folder: FSS-1000, class folders) -----------
+    def _build_index(self, split: str, fold: int, protocol: str, min_area: int, list_path: str | Path | None,
+                     cache: bool, progress: bool) -> FoldIndex:  # fmt: skip
+        """The split's class → image index: from the list files and labels of the VOC layout."""
+        return build_fold_index(self.benchmark, self.root, split, fold, protocol, min_area, list_path, cache=cache,
+                                progress=progress)  # fmt: skip
+
+    def _target(self, label: np.ndarray, class_id: int) -> np.ndarray:
+        """Binary target of ``class_id`` in a label from ``_read`` (1 the class, 0 the rest, 255 ignore)."""
+        return _binary_target(label, class_id)
+
     # ----- loading ----------------------------------------------------------------------------------
     def _read(self, item: int) -> tuple[np.ndarray, np.ndarray, tuple[Path, Path]]:
         image_rel, label_rel = self.index.items[item]
@@ -283,7 +292,7 @@ class EpisodicDataset(Dataset):
         return image, label, paths
 
     def _support_target(self, label: np.ndarray, class_id: int, seed: int) -> np.ndarray:
-        mask = _binary_target(label, class_id)
+        mask = self._target(label, class_id)
         return weak_label(mask, self.support_label, seed=seed, **self.weak_options)
 
     def __len__(self) -> int:
@@ -300,7 +309,7 @@ class EpisodicDataset(Dataset):
         if not self.training:
             rng = np.random.default_rng([self.seed, index])  # eval: only the scribble seeds draw from it
         image, label, _ = self._read(item)
-        query_mask = _binary_target(label, class_id)
+        query_mask = self._target(label, class_id)
         base_mask = self.base_table[label] if self.use_base_mask else np.full_like(label, IGNORE_INDEX)
         sample: dict[str, torch.Tensor] = {}
         q_img, (q_mask, q_base), q_pad, q_valid = self._transform(image, [query_mask, base_mask], rng, False)
@@ -408,8 +417,13 @@ def _label_size(path: Path) -> tuple[int, int]:
 def build_dataset(name: str, root: str | Path, split: str = "train", fold: int = 0, shot: int = 1,
                   **kwargs) -> EpisodicDataset:  # fmt: skip
     """Episodic dataset by benchmark name: "pascal", "coco" (kwarg `folds`), "coco_interleaved",
-    "coco_contiguous" or "synthetic"."""
+    "coco_contiguous", "synthetic", or a dataset in the class-folder layout (``fsslab.data.folder``):
+    "fss1000" (HSNet's class split) or "folder" (kwarg ``classes`` or ``split_file``: your own split)."""
     key = name.lower()
+    if key in ("fss1000", "folder"):
+        from fsslab.data.folder import FolderEpisodes, FSS1000Episodes
+
+        return (FSS1000Episodes if key == "fss1000" else FolderEpisodes)(root, split, fold, shot, **kwargs)
     if key == "coco":
         return CocoEpisodes(root, split, fold, shot, **kwargs)
     if key in ("coco_interleaved", "coco_contiguous"):

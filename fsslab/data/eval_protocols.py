@@ -11,6 +11,7 @@ image size or batch mix (``fsslab eval ... model.name=oracle`` checks exactly th
 | ``fsslab`` | long side → ``size`` only when larger (small images keep their pixels), sides floored to a multiple of 8, padded bottom/right to size×size | fsslab's default |
 | ``ipmt`` | long side → ``size`` always (small images are upscaled), floored to a multiple of 8, padded | PFENet/IPMT ``test_Resize`` |
 | ``amformer`` | stretched to size×size (aspect not kept), no padding | AMNet/AMFormer ``test.py`` |
+| ``hsnet`` | the same stretch (HSNet: ``Resize((400, 400))``, FSS-1000 at data.val_size=400) | HSNet ``test.py`` |
 
 The references map back slightly differently: PFENet/IPMT resize the whole square to L×L and score against
 the label padded to L×L, which ignores the flooring of the long side (472 of 473); both use
@@ -68,6 +69,8 @@ EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
     "fsslab": EvalProtocol("fsslab", upscale=False, source="fsslab default: no upscaling, exact inverse"),
     "ipmt": EvalProtocol("ipmt", upscale=True, source="PFENet/IPMT test_Resize (test.py)"),
     "amformer": EvalProtocol("amformer", stretch=True, source="AMNet/AMFormer test.py (square stretch)"),
+    # HSNet scores at the resized 400x400 mask (nearest); fsslab at the label's own size, by the exact inverse
+    "hsnet": EvalProtocol("hsnet", stretch=True, source="HSNet test.py (Resize to a 400x400 square)"),
 }
 
 

@@ -59,6 +59,11 @@ def _check_data_params(params: dict[str, Any], dataset: str) -> None:
     valid = {p for p in inspect.signature(EpisodicDataset.__init__).parameters if p not in derived}
     if dataset == "coco":
         valid |= {p for p in inspect.signature(CocoEpisodes.__init__).parameters if p not in derived | {"kwargs"}}
+    if dataset in ("fss1000", "folder"):  # class folders: the class split and the mask threshold
+        from fsslab.data.folder import FolderEpisodes, FSS1000Episodes
+
+        own = FSS1000Episodes if dataset == "fss1000" else FolderEpisodes
+        valid |= {p for p in inspect.signature(own.__init__).parameters if p not in derived | {"kwargs"}}
     unknown = sorted(set(params) - valid)
     if unknown:
         raise ConfigError(f"unknown data.params key(s) {unknown}; valid keys: {sorted(valid)}")
