@@ -44,6 +44,24 @@ VARIANTS: dict[str, tuple[dict, dict[str, list[str]]]] = {
                     {"backbone_pretrain_tiny": ["train.iterations=3000"], "ipmt_tiny": ["train.iterations=3000"],
                      "amformer_tiny": ["train.iterations=900"], "pspnet_base_tiny": ["train.iterations=1000"]}),
 }
+# Session 2026-11-30: everything at 96 px (scale 0.6-0.85 of the 128-160 px images, evaluated at val_size 112, so
+# objects keep their size between training and test), twice the steps in the same time; IPMT's backbone in the
+# layout it was pretrained in (pspnet dilation)
+_S96 = ["data.size=96", "data.scale_min=0.6", "data.scale_max=0.85", "data.val_size=112"]
+VARIANTS["multi96"] = ({"seed": 0, **PRESETS["multi"]}, {
+    "backbone_pretrain_tiny": [*_S96, "train.iterations=2400", "train.base_lr=0.002"],
+    "pspnet_base_tiny": [*_S96, "train.iterations=600"],
+    "ipmt_tiny": [*_S96, "model.params.dilation=pspnet", "train.iterations=2000"],
+    "amformer_tiny": [*_S96, "train.iterations=900"],
+    "baseline_tiny": list(_S96)})
+# the same at 96 px on a benchmark whose classes a CPU-length pretraining tells apart: 80% of the objects in their
+# class's typical appearance (the other 20% random: the shape decides), shape diversity 0.3
+_APP = {"class_appearance": 0.8, "diversity": 0.3}
+VARIANTS["multi96_app08"] = ({"seed": 0, **PRESETS["multi"], **_APP}, {
+    **VARIANTS["multi96"][1],
+    "backbone_pretrain_tiny": [*_S96, "train.iterations=2000", "train.base_lr=0.002"],
+    "ipmt_tiny": [*_S96, "model.params.dilation=pspnet", "train.iterations=1500"]})
+VARIANTS["multi96_app08_clean"] = ({**VARIANTS["multi96_app08"][0], "clutter": 0.1}, VARIANTS["multi96_app08"][1])
 
 
 def flow(knobs: dict) -> str:

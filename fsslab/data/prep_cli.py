@@ -12,6 +12,7 @@ import sys
 from fsslab.data.classes import get_benchmark
 from fsslab.data.lists import MIN_AREA, PROTOCOLS, build_fold_index, write_base_annotations
 from fsslab.data.prep import PrepError, prepare_coco, prepare_pascal
+from fsslab.errors import FsslabError
 
 LISTS_DOC = """Build (and cache) the per-fold class -> image index of a prepared dataset, and base annotations.
 
@@ -92,7 +93,7 @@ def lists_main(argv: list[str] | None = None) -> int:
                         f"base annotations {split} fold {fold}: {written['written']} labels "
                         f"({written['n_base']} base classes) -> {written['out_dir']}"
                     )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FsslabError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

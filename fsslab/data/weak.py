@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from fsslab.data.io import IGNORE_INDEX
+from fsslab.errors import ConfigError, DatasetError
 
 WEAK_LABELS = ("mask", "box", "scribble")
 
@@ -81,7 +82,7 @@ def mask_to_scribbles(
     Pixels ignored in `mask` stay `ignore_index`. Returns uint8 [H,W] with values 0/1/255.
     """
     if unlabeled not in ("background", "ignore"):
-        raise ValueError(f"unlabeled must be 'background' or 'ignore', got {unlabeled!r}")
+        raise ConfigError(f"unlabeled must be 'background' or 'ignore', got {unlabeled!r}")
     rng = np.random.default_rng(seed)
     foreground = _draw_strokes(mask == 1, rng, width, points_per_stroke)
     if unlabeled == "background":
@@ -103,7 +104,7 @@ def weak_label(mask: np.ndarray, kind: str, seed: int = 0, **options) -> np.ndar
         return mask_to_boxes(mask, **options)
     if kind == "scribble":
         return mask_to_scribbles(mask, seed, **options)
-    raise ValueError(f"support_label must be one of {WEAK_LABELS}, got {kind!r}")
+    raise ConfigError(f"support_label must be one of {WEAK_LABELS}, got {kind!r}")
 
 
 def box_to_label(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
@@ -112,7 +113,7 @@ def box_to_label(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.n
     x0, y0, x1, y1 = (int(v) for v in box)
     height, width = shape
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(f"box {box} does not fit a {height}x{width} (HxW) image")
+        raise DatasetError(f"box {box} does not fit a {height}x{width} (HxW) image")
     out = np.zeros(shape, np.uint8)
     out[y0:y1, x0:x1] = 1
     return out
@@ -123,7 +124,7 @@ def strokes_to_label(strokes: np.ndarray, unlabeled: str = "background",
     """Scribble label from drawn strokes (bool [H,W]): strokes 1, the rest 0 (``unlabeled="background"``,
     the default of ``mask_to_scribbles``) or ``ignore_index`` (``"ignore"``). uint8 [H,W]."""
     if unlabeled not in ("background", "ignore"):
-        raise ValueError(f"unlabeled must be 'background' or 'ignore', got {unlabeled!r}")
+        raise ConfigError(f"unlabeled must be 'background' or 'ignore', got {unlabeled!r}")
     out = np.full(strokes.shape, 0 if unlabeled == "background" else ignore_index, np.uint8)
     out[strokes.astype(bool)] = 1
     return out

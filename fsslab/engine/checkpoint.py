@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fsslab.errors import CheckpointError as _FsslabCheckpointError
+
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(_FsslabCheckpointError):
     """A checkpoint file is missing, unreadable or not an fsslab checkpoint."""
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from fsslab.engine.run_dir import atomic_write_text, notice
+from fsslab.errors import DatasetError
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -159,7 +160,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     records, _, bad = _parse_jsonl(path)
     if bad:
-        raise ValueError(f"{path}:{bad[0]}: not a JSON record")
+        raise DatasetError(f"{path}:{bad[0]}: not a JSON record")
     return [record for _, record in records]
 
 

@@ -23,6 +23,7 @@ from fsslab.engine.optim import BuiltOptimizer, build_optimizers, poly_factor
 from fsslab.engine.run_dir import atomic_write_text
 from fsslab.engine.runlog import RunLogger, episode_grid
 from fsslab.engine.sampling import EpochBatchSampler, SeededEpisodes
+from fsslab.errors import ConfigError, DatasetError
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -101,14 +102,14 @@ class Trainer:
             dist_utils.broadcast_module(self.model)
         world = self.dist.world_size
         if cfg.data.batch_size % world:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} (global) is not divisible by the {world} ranks"
             )
         self.batch_per_rank = cfg.data.batch_size // world
         self.train_set = train_set
         self.iters_per_epoch = len(train_set) // cfg.data.batch_size  # type: ignore[arg-type]
         if self.iters_per_epoch == 0:
-            raise ValueError(
+            raise DatasetError(
                 f"the training set has {len(train_set)} episodes, fewer than one global batch "  # type: ignore[arg-type]
                 f"({cfg.data.batch_size})"
             )
