@@ -131,7 +131,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.checkpoint and info.is_main:
             print(f"note: model.name=oracle is a control: --checkpoint {args.checkpoint} is ignored", file=sys.stderr)
     else:
-        model = build_run_model(cfg)
+        model = build_run_model(cfg, full_checkpoint=bool(args.checkpoint))
         if args.checkpoint:
             load_model_weights(model, load_checkpoint(args.checkpoint), args.checkpoint)  # summarises a mismatch
         elif info.is_main:

@@ -135,6 +135,7 @@ def train_or_resume(cfg: RunConfig, fresh: bool | None = None) -> dict[str, Any]
     """
     import shutil
 
+    from fsslab.engine.run_dir import holds_run
     from fsslab.engine.runner import run_training
 
     fresh = is_quick() if fresh is None else fresh
@@ -144,7 +145,8 @@ def train_or_resume(cfg: RunConfig, fresh: bool | None = None) -> dict[str, Any]
             raise ValueError(f"refusing to delete {out}: only quick notebook runs (runs/notebooks_quick/*) are reset")
         shutil.rmtree(out)
     with torch.enable_grad():  # notebooks often switch gradients off globally for their analysis cells
-        return run_training(cfg, resume=(out / "latest.pt").is_file())
+        # a directory holding any run (even one killed before its first checkpoint) is continued, never refused
+        return run_training(cfg, resume=holds_run(out))
 
 
 def ensure_prerequisites(name: str, quick: bool | None = None, fold: int = 0,
@@ -172,7 +174,8 @@ def load_run(cfg: RunConfig, checkpoint: str | Path | None = None) -> nn.Module:
     from fsslab.engine.runner import build_run_model, load_model_weights
 
     path = checkpoint or Path(cfg.train.out_dir) / "latest.pt"
-    return load_model_weights(build_run_model(cfg), load_checkpoint(path), path).eval()
+    return load_model_weights(build_run_model(cfg, full_checkpoint=True), load_checkpoint(path),
+                              path).eval()
 
 
 def predict_fn(model: nn.Module) -> Any:

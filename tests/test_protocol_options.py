@@ -124,3 +124,19 @@ def test_build_train_set_gives_base_data(voc_root):
     assert isinstance(dataset, BaseClassDataset) and len(dataset) == len(dataset.items)
     torch.manual_seed(0)
     assert dataset[0]["query_base_mask"].shape == (64, 64)
+
+
+@pytest.mark.parametrize("name, missing", [("synthetic/ipmt_tiny", "model.init_checkpoint=/nonexistent/latest.pt"),
+                                           ("synthetic/amformer_tiny", "model.params.pretrained=/nonexistent/s1.pt")])
+def test_a_full_checkpoint_needs_no_starting_point(name, missing, tmp_path):
+    """`fsslab eval --checkpoint` loads every weight: the runs the model started from need not exist."""
+    from fsslab.engine.runner import build_run_model, load_model_weights
+    from fsslab.errors import FsslabError
+
+    cfg = load_config(name, [missing, "model.prerequisite=null"])
+    with pytest.raises((FsslabError, FileNotFoundError), match="nonexistent"):
+        build_run_model(cfg)  # training from it still needs the starting point
+    model = build_run_model(cfg, full_checkpoint=True)
+    saved = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    loaded = load_model_weights(build_run_model(cfg, full_checkpoint=True), {"model": saved}, tmp_path / "x.pt")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())

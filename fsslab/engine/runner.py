@@ -153,8 +153,13 @@ def eval_dataset_factory(cfg: RunConfig, shot: int | None = None, support_label:
     return factory, probe.benchmark
 
 
-def build_run_model(cfg: RunConfig) -> nn.Module:
-    """Seeded ``build_model`` (same initial weights on every rank), optionally initialised from a file."""
+def build_run_model(cfg: RunConfig, full_checkpoint: bool = False) -> nn.Module:
+    """Seeded ``build_model`` (same initial weights on every rank), optionally initialised from a file.
+
+    full_checkpoint: the caller loads a whole checkpoint of this model next (``fsslab eval --checkpoint``),
+    so the starting points (``model.init_checkpoint``, a ``pretrained`` stage-1 file) are neither read
+    nor required: a run's weights evaluate without the runs it started from.
+    """
     from fsslab.engine.trainer import seed_everything
     from fsslab.models import build_model, model_class
 
@@ -166,8 +171,10 @@ def build_run_model(cfg: RunConfig) -> nn.Module:
         params.setdefault(
             "shot", cfg.data.shot
         )  # so that `data.shot=5` is the only override a 5-shot run needs
+    if full_checkpoint and "pretrained" in params:
+        params["pretrained"] = None
     model = build_model({"name": cfg.model.name, **params})
-    if cfg.model.init_checkpoint:
+    if cfg.model.init_checkpoint and not full_checkpoint:
         init_from_checkpoint(model, cfg.model.init_checkpoint, cfg.model.init_prefix)
     return model
 
