@@ -27,8 +27,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
+from fsslab.config import flow_yaml
 from fsslab.data.synthetic import PRESETS
 
 MODELS = ("baseline", "ipmt", "amformer")
@@ -67,7 +66,7 @@ VARIANTS["multi96_app08_clean"] = ({**VARIANTS["multi96_app08"][0], "clutter": 0
 def flow(knobs: dict) -> str:
     """The knobs as one YAML flow mapping, as a `data.synthetic=...` override takes them."""
     plain = {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items()}
-    return yaml.safe_dump(plain, default_flow_style=True, width=10**6).strip()
+    return flow_yaml(plain)
 
 
 # --smoke: a few images and iterations, to check the whole pipeline in a minute

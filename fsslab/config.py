@@ -13,6 +13,11 @@ import yaml
 
 from fsslab.errors import ConfigError  # defined there so that every layer can raise it; re-exported here
 
+
+def flow_yaml(value: Any) -> str:
+    """``value`` as one-line YAML (a flow mapping/list), the form a ``key=value`` override takes."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 

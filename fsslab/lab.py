@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fsslab.config import RunConfig, load_config, resolve_config_path
+from fsslab.config import RunConfig, flow_yaml, load_config, resolve_config_path
 from fsslab.data.synthetic import PRESETS
 
 # The synthetic configs' benchmark, the "default" preset with seed 0 (their data.synthetic; tests/test_lab.py
@@ -51,12 +51,6 @@ def synthetic_root(quick: bool | None = None, root: str | Path | None = None) ->
     return path
 
 
-def _flow(value: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-
-
 def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: int = 0,
                     overrides: list[str] | tuple[str, ...] = (), data_root: str | Path | None = None) -> RunConfig:
     """The shipped config ``synthetic/<name>`` with paths anchored at the repository root.
@@ -75,17 +69,17 @@ def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: i
     runs = top / "runs" / ("notebooks_quick" if quick else "synthetic")
     data_root = Path(data_root) if data_root is not None else synthetic_root(quick)
     knobs = None if data_root is not None else QUICK_SYNTHETIC if quick else FULL_SYNTHETIC  # None: used as is
-    items = [f"data.root={_flow(str(data_root))}", f"data.synthetic={_flow(knobs)}", f"data.fold={fold}",
+    items = [f"data.root={flow_yaml(str(data_root))}", f"data.synthetic={flow_yaml(knobs)}", f"data.fold={fold}",
              f"data.shot={shot}", "model.prerequisite=null"]
     shipped = load_config(f"synthetic/{name}", [f"data.shot={shot}", f"data.fold={fold}"])
-    items.append(f"train.out_dir={_flow(str(runs / Path(shipped.train.out_dir).name))}")
+    items.append(f"train.out_dir={flow_yaml(str(runs / Path(shipped.train.out_dir).name))}")
     # the runs a model starts from (synthetic ImageNet, stage 1) live in the same runs directory
     if shipped.model.init_checkpoint:
         start = runs / Path(shipped.model.init_checkpoint).parent.name / "latest.pt"
-        items.append(f"model.init_checkpoint={_flow(str(start))}")
+        items.append(f"model.init_checkpoint={flow_yaml(str(start))}")
     if shipped.model.params.get("pretrained"):
         stage1 = runs / Path(str(shipped.model.params["pretrained"])).parent.name / "latest.pt"
-        items.append(f"model.params.pretrained={_flow(str(stage1))}")
+        items.append(f"model.params.pretrained={flow_yaml(str(stage1))}")
     if quick:
         items += [f"train.iterations={QUICK_ITERATIONS}", "train.log_every=1", f"train.ckpt_every={QUICK_ITERATIONS}",
                   "train.tensorboard=false", "train.image_every=0", "train.validate=false", "data.workers=0",

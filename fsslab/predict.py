@@ -32,6 +32,7 @@ from torch import nn
 from fsslab.data.eval_protocols import EVAL_PROTOCOLS, get_protocol, to_label_resolution
 from fsslab.data.transforms import normalize
 from fsslab.data.weak import box_to_label, strokes_to_label
+from fsslab.engine.evaluate import AMP_DTYPES as ENGINE_AMP_DTYPES
 from fsslab.predict_io import (
     PredictError,
     check_box,
@@ -44,7 +45,7 @@ from fsslab.predict_io import (
     write_outputs,
 )
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"none": None, **ENGINE_AMP_DTYPES}
 DEFAULT_SIZE = 473  # the papers' evaluation size, for a bare nn.Module without a config
 
 

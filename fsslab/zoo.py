@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 import fsslab
-from fsslab.config import RunConfig, config_from_dict, load_config
+from fsslab.config import RunConfig, config_from_dict, flow_yaml, load_config
 from fsslab.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from fsslab.errors import ConfigError, FsslabError
 
@@ -126,10 +125,6 @@ def total_size(checkpoint_dir: str | Path | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------ run config
-def _flow(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-
-
 def _run_config(ckpt: dict[str, Any], path: Path) -> RunConfig:
     if not isinstance(ckpt.get("config"), dict):
         raise ZooError(f"{path}: the checkpoint carries no run config; pack a checkpoint written by `fsslab train`")
@@ -143,10 +138,10 @@ def derive_overrides(cfg: RunConfig) -> list[str]:
     except Exception:  # noqa: BLE001 - not a shipped config: the caller records the full config anyway
         return []
     ours, theirs = cfg.to_dict(), shipped.to_dict()
-    overrides = [f"{section}.{key}={_flow(value)}" for section, values in ours.items() if isinstance(values, dict)
+    overrides = [f"{section}.{key}={flow_yaml(value)}" for section, values in ours.items() if isinstance(values, dict)
                  for key, value in values.items() if theirs[section].get(key) != value and key != "out_dir"]
     if load_config(shipped_name(cfg), overrides).to_dict()["train"]["out_dir"] != ours["train"]["out_dir"]:
-        overrides.append(f"train.out_dir={_flow(ours['train']['out_dir'])}")
+        overrides.append(f"train.out_dir={flow_yaml(ours['train']['out_dir'])}")
     return overrides
 
 

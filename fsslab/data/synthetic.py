@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from fsslab.data.lists import MIN_AREA  # PFENet's rule: a class counts in an image only above it
 from fsslab.data.synthetic_shapes import (
     CLASS_NAMES,
     SHAPE_FAMILIES,
@@ -30,7 +31,6 @@ GENERATOR_VERSION = 1  # bump whenever the same config would produce different p
 BENCHMARK_NAME = "fsslab-synthetic"
 N_CLASSES = len(CLASS_NAMES)  # 20: folds of 5 like PASCAL-5i
 IGNORE_LABEL = 255
-MIN_AREA = 2 * 32 * 32  # PFENet's rule: a class counts in an image only above this many pixels
 SPLITS = ("train", "val", "pretrain")  # "pretrain": the backbone's own corpus (n_pretrain images, may be 0)
 _INCOMPLETE_MARKER = ".synthetic_incomplete"
 

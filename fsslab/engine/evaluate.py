@@ -18,7 +18,7 @@ from fsslab.engine import distributed as dist_utils
 from fsslab.engine.metrics import IoUAccumulator, logits_at_label_resolution
 from fsslab.models.base import model_device
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -131,7 +131,7 @@ def evaluate_seed(
         generator=torch.Generator().manual_seed(0),
     )
     accumulator = IoUAccumulator(num_classes)
-    dtype = _AMP_DTYPES.get(amp)
+    dtype = AMP_DTYPES.get(amp)
     was_training = model.training
     model.eval()
     from tqdm.auto import tqdm

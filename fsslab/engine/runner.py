@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fsslab.config import RunConfig
+from fsslab.config import RunConfig, flow_yaml
 from fsslab.engine.checkpoint import load_checkpoint
 from fsslab.engine.evaluate import EvalResult, evaluate
 from fsslab.engine.run_dir import holds_run
@@ -348,17 +348,13 @@ def train_prerequisite(cfg: RunConfig) -> None:
     """Train ``cfg.model.prerequisite`` (same data root, fold and generator knobs) unless already done."""
     if not cfg.model.prerequisite:
         return
-    import yaml
 
     from fsslab.config import load_config
 
-    def flow(value: Any) -> str:
-        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-
     overrides = [
         f"data.fold={cfg.data.fold}",
-        f"data.root={flow(cfg.data.root)}",
-        f"data.synthetic={flow(cfg.data.synthetic)}",
+        f"data.root={flow_yaml(cfg.data.root)}",
+        f"data.synthetic={flow_yaml(cfg.data.synthetic)}",
         f"train.device={cfg.train.device}",
     ]
     pre = load_config(cfg.model.prerequisite, overrides)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -11,33 +10,13 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from fsslab.engine.runlog import read_jsonl  # the one JSONL reader (a torn last record is left out)
 from fsslab.viz.palette import series_colour
 
 _X_KEYS = ("iteration", "iter", "step", "global_step", "epoch")
 # AMFormer's adversarial objectives get their own panel: their scale and dynamics differ from the CE losses.
 _ADVERSARIAL_MARKERS = ("loss_g", "loss_d", "g_loss", "d_loss", "generator", "discriminator", "adv", "diversity")
 _METRIC_MARKERS = ("miou", "fb_iou", "fbiou", "iou")
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL log; a malformed line raises with the file and line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training log not found: {path}")
-    records = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise TypeError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-    return records
 
 
 def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
