@@ -60,6 +60,13 @@ VARIANTS["multi96_app08"] = ({"seed": 0, **PRESETS["multi"], **_APP}, {
     **VARIANTS["multi96"][1],
     "backbone_pretrain_tiny": [*_S96, "train.iterations=2000", "train.base_lr=0.002"],
     "ipmt_tiny": [*_S96, "model.params.dilation=pspnet", "train.iterations=1500"]})
+# ... and every model on BAM's training lists (training images holding a novel-class object removed): on `multi`
+# half of the PFENet-list training images hold a novel object labelled background, which teaches IPMT to
+# suppress exactly the classes it is tested on (README, step 5 of the calibration)
+VARIANTS["multi96_app08_bam"] = (VARIANTS["multi96_app08"][0], {
+    **VARIANTS["multi96_app08"][1],
+    "ipmt_tiny": [*VARIANTS["multi96_app08"][1]["ipmt_tiny"], "data.protocol=bam"],
+    "baseline_tiny": [*_S96, "data.protocol=bam"]})
 VARIANTS["multi96_app08_clean"] = ({**VARIANTS["multi96_app08"][0], "clutter": 0.1}, VARIANTS["multi96_app08"][1])
 
 
