@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,12 +54,37 @@ def probe(checkpoint: str, overrides: list[str], episodes: int, seed: int = 0) -
             "classifier_matching_miou": 100.0 * float(np.mean(inter[seen] / union[seen]))}
 
 
+def novel_leakage(root: str, fold: int = 0) -> tuple[int, int]:
+    """(training images that qualify under PFENet's lists, those of them that also hold a novel-class object):
+    PFENet's lists label such objects background, teaching a model to suppress the classes it is tested on."""
+    import cv2
+
+    from fsslab.data.lists import MIN_AREA
+    from fsslab.data.synthetic import fold_classes
+
+    novel = fold_classes(fold)
+    qualifying = leaking = 0
+    for path in sorted(Path(root, "SegmentationClassAug").glob("train_*.png")):
+        counts = np.bincount(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).ravel(), minlength=256)
+        if any(counts[c] >= MIN_AREA for c in range(1, 21) if c not in novel):
+            qualifying += 1
+            leaking += bool(counts[novel].sum())
+    return qualifying, leaking
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="latest.pt of a backbone_pretrain_tiny run")
+    parser.add_argument("checkpoint", nargs="?", help="latest.pt of a backbone_pretrain_tiny run")
     parser.add_argument("overrides", nargs="*", help="config overrides of the benchmark (data.root, data.synthetic...)")
     parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--leakage", metavar="ROOT", help="only count the PFENet-list training images of the "
+                        "benchmark at ROOT (fold 0) that hold a novel-class object")
     args = parser.parse_args(argv)
+    if args.leakage:
+        qualifying, leaking = novel_leakage(args.leakage)
+        print(f"{leaking} of {qualifying} PFENet-list training images ({100 * leaking / qualifying:.1f}%) hold a "
+              "novel-class object (labelled background in their episodes)")
+        return 0
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = probe(args.checkpoint, args.overrides, args.episodes)
     print(f"support class right {out['support_class_accuracy']:.1f}% of {out['episodes']} episodes; "
