@@ -123,9 +123,8 @@ def test_live_predictions_follow_the_drawing_and_the_pickers(voc_root, baseline)
     live.drawer.mode.value = "scribble"
     assert live.support.kind == "mask"
     cy, cx = int(np.median(ys)), int(np.median(xs))
-    live.drawer.sketch.drag([(cx - 5, cy), (cx + 5, cy)])
+    live.drawer.drag([(cx - 5, cy), (cx + 5, cy)])  # a replayed gesture: the same path as the mouse
     live.drawer.release()  # nothing pending: no second prediction
-    live.refresh(live.drawer.sketch.label())
     assert live.support.kind == "scribble" and all(0 <= v <= 1 for v in live.scores["baseline"])
     before = live.support_image.copy()
     live.support_picker.value = 1  # another support image of the class

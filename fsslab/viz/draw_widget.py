@@ -44,7 +44,8 @@ class DrawSupport:
         self.scale, self.width = int(scale), int(width)
         self.on_change = on_change
         self.mode = widgets.ToggleButtons(options=list(MODES), value=mode, description="draw",
-                                          tooltips=["drag a box around the object", "paint strokes on the object"])
+                                          tooltips=["drag a box around the object", "paint strokes on the object"],
+                                          style={"button_width": "72px"})
         self.clear_button = widgets.Button(description="clear", icon="eraser")
         self.info = widgets.HTML()
         self.canvas: Any = None
@@ -102,6 +103,16 @@ class DrawSupport:
         self.redraw()
         if changed and self.on_change is not None:
             self.on_change(self.sketch.label())
+
+    def drag(self, points: list[tuple[float, float]]) -> None:
+        """Replay a whole gesture (press at the first point, moves, release at the last; canvas pixels), as the
+        mouse would: the canvas shows it and ``on_change`` runs."""
+        if not points:
+            raise ValueError("a drag needs at least one point")
+        self.press(*points[0])
+        for point in points[1:]:
+            self.move(*point)
+        self.release()
 
     # ----- state ------------------------------------------------------------------------------------------------
     def clear(self) -> None:
