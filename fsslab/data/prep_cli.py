@@ -99,6 +99,16 @@ def lists_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _add_conversion_options(parser: argparse.ArgumentParser, images_help: str) -> argparse.ArgumentParser:
+    """The options that `data pascal` and `data coco` share (image placement, overwrite, workers, strictness)."""
+    parser.add_argument("--images", choices=("symlink", "copy", "none"), default="symlink", help=images_help)
+    parser.add_argument("--overwrite", action="store_true", help="rewrite labels that already exist")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
 def pascal_parser() -> argparse.ArgumentParser:
     """Arguments of the VOC + SBD merge."""
     parser = argparse.ArgumentParser(
@@ -121,17 +131,7 @@ def pascal_parser() -> argparse.ArgumentParser:
         "aug: VOC train + SBD train/val - VOC val (10,582)",
     )
     parser.add_argument("--sbd-train-list", help="SBD's train_noval.txt, if downloaded (else it is derived)")
-    parser.add_argument(
-        "--images",
-        choices=("symlink", "copy", "none"),
-        default="symlink",
-        help="how images reach <out>/JPEGImages when --out is not the VOC directory",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="rewrite labels that already exist")
-    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
-    parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
+    return _add_conversion_options(parser, "how images reach <out>/JPEGImages when --out is not the VOC directory")
 
 
 def pascal_main(argv: list[str] | None = None) -> int:
@@ -182,17 +182,7 @@ def coco_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also list images without annotations (all-background labels)",
     )
-    parser.add_argument(
-        "--images",
-        choices=("symlink", "copy", "none"),
-        default="symlink",
-        help="how images reach <out>/<split>/ when --out is not the COCO root",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="rewrite labels that already exist")
-    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
-    parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
+    return _add_conversion_options(parser, "how images reach <out>/<split>/ when --out is not the COCO root")
 
 
 def coco_main(argv: list[str] | None = None) -> int:
