@@ -197,18 +197,9 @@ def class_pairs(root: str | Path, class_name: str) -> list[tuple[str, str]]:
     pairs = []
     for stem in sorted(images):
         image, mask = images[stem], masks[stem]
-        check_same_size(image_size(image), _mask_size(mask), image, mask)
+        check_same_size(image_size(image), image_size(mask, "mask"), image, mask)
         pairs.append((f"{class_name}/{image.name}", f"{class_name}/{mask.name}"))
     return pairs
-
-
-def _mask_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as pil:
-            width, height = pil.size
-    except (OSError, SyntaxError) as err:
-        raise DatasetError(f"corrupt mask {path}: {err}") from err
-    return height, width
 
 
 def read_binary_mask(path: str | Path, threshold: int = MASK_THRESHOLD) -> np.ndarray:

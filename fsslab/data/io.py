@@ -96,16 +96,17 @@ def check_label_values(label: np.ndarray, n_classes: int, path: str | Path) -> N
         )
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image from its header, without decoding the pixels."""
+def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
+    """(height, width) of an image (or, as ``what`` names it in errors, a mask) from its header, without decoding
+    the pixels."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         with Image.open(path) as pil:
             width, height = pil.size
     except (OSError, SyntaxError) as err:
-        raise DatasetError(f"corrupt image {path}: {err}") from err
+        raise DatasetError(f"corrupt {what} {path}: {err}") from err
     return height, width
 
 
