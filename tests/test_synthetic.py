@@ -146,19 +146,41 @@ def test_every_class_qualifies_in_both_splits_at_moderate_size():
         assert qualifying.min() >= 2, (split, qualifying.tolist())
 
 
-@pytest.mark.parametrize(("preset", "min_spread"), [("default", 20.0), ("medium", 25.0)])
-def test_colour_does_not_identify_the_class(preset, min_spread):
-    # Mean object colour varies within a class far more than a prototype could exploit (more so with the
-    # diversity of the harder presets).
-    config = SyntheticConfig.preset(preset, seed=1)
+def _object_colours(config: SyntheticConfig, n: int = 60) -> dict[int, np.ndarray]:
+    """Mean colour of every object of more than 300 pixels in the first n training images, by class."""
     colours: dict[int, list[np.ndarray]] = {}
-    for i in range(60):
+    for i in range(n):
         image, label = render_sample(config, "train", i)
         for c in np.unique(label):
             if 0 < c < IGNORE_LABEL and (label == c).sum() > 300:
                 colours.setdefault(int(c), []).append(image[label == c].mean(0))
-    spreads = [np.std(np.stack(v), axis=0).mean() for v in colours.values() if len(v) >= 4]
+    return {c: np.stack(v) for c, v in colours.items() if len(v) >= 4}
+
+
+@pytest.mark.parametrize(("preset", "min_spread"), [("salient", 20.0), ("multi", 20.0), ("medium", 25.0)])
+def test_colour_does_not_identify_the_class(preset, min_spread):
+    # Mean object colour varies within a class far more than a prototype could exploit (more so with the
+    # diversity of the harder presets).
+    spreads = [np.std(v, axis=0).mean() for v in _object_colours(SyntheticConfig.preset(preset, seed=1)).values()]
     assert spreads and np.median(spreads) > min_spread  # uint8 units
+
+
+def test_default_preset_colour_hints_at_the_class_without_deciding_it():
+    # 80% of the objects wear their class's typical look, 20% random colours: most objects sit near their class's
+    # median colour, but a real share (the random ones) lies far from it, where only the shape names the class.
+    config = SyntheticConfig.preset("default", seed=1)
+    assert config.distinct_classes and config.min_objects >= 2 and 0 < config.class_appearance < 1
+    distances = np.concatenate([np.linalg.norm(v - np.median(v, axis=0), axis=1)
+                                for v in _object_colours(config).values()])
+    far = (distances > 60).mean()  # uint8 units; measured 0.15 on these 60 images
+    assert len(distances) > 100 and 0.08 < far < 0.4, far
+
+
+def test_a_preset_key_names_the_starting_preset():
+    config = SyntheticConfig.from_dict({"preset": "default", "seed": 3, "n_train": 10})
+    assert config == SyntheticConfig.preset("default", seed=3, n_train=10)
+    with pytest.raises(ValueError, match="unknown synthetic preset"):
+        SyntheticConfig.from_dict({"preset": "nope"})
 
 
 def test_class_appearance_ties_colour_to_the_class():

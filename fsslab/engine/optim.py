@@ -29,6 +29,15 @@ def poly_factor(iteration: int, total: int, power: float, warmup: int = 0) -> fl
     return max(1.0 - current / total, 0.0) ** power
 
 
+def _fast_implementation(params: list[nn.Parameter]) -> dict[str, bool]:
+    """The fused (one kernel over all parameters) update where PyTorch has it for these tensors: on CPU its
+    default is a Python loop over the parameters, which cost IPMT-tiny a third of its training step. Same
+    update rule; only float rounding may differ from the loop. An optimizer spec may still set foreach/fused."""
+    fusable = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16,
+                                                                    torch.float64) for p in params)
+    return {"fused": True} if fusable and params else {"foreach": True}
+
+
 def build_optimizers(model: nn.Module, base_lr: float, weight_decay: float) -> list[BuiltOptimizer]:
     """Optimisers from ``model.optimizer_specs``; each group remembers its initial lr (``base_lr``)."""
     built, owner = [], {}
@@ -56,7 +65,7 @@ def build_optimizers(model: nn.Module, base_lr: float, weight_decay: float) -> l
             groups.append(group)
             params += group["params"]
         if groups:
-            optimizer = _OPTIMIZERS[spec.kind](groups, **spec.options)
+            optimizer = _OPTIMIZERS[spec.kind](groups, **{**_fast_implementation(params), **spec.options})
             built.append(BuiltOptimizer(spec.name, spec.objective, optimizer, params))
     if not built:
         raise ValueError("the model has no trainable parameters in its optimizer_specs")

@@ -1,0 +1,73 @@
+"""The README's quality tables, printed from the `fsslab eval --json` files of `benchmarks/train_synthetic_zoo.sh`.
+
+    python benchmarks/quality_table.py [--evals runs/evals] [--timings runs/synthetic/timings.tsv]
+
+Nothing is typed by hand: every cell is read from an evaluation file (named by the script's `evaluate` calls) or
+from the timings the chain recorded; a missing file prints as "–".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+MODELS = {"baseline": "prototype baseline", "ipmt": "IPMT", "amformer": "AMFormer"}
+
+
+def _load(evals: Path, tag: str) -> dict | None:
+    path = evals / f"{tag}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pm(result: dict | None, key: str = "miou") -> str:
+    return "–" if result is None else f"{result[key]:.2f} ± {result[key + '_std']:.2f}"
+
+
+def main_table(evals: Path) -> list[str]:
+    lines = ["| model | 1-shot | oracle | mismatched supports (drop) | 1-shot model given 5 shots (gain) "
+             "| trained 5-shot (− 1-shot) | box supports (− masks) |", "|---|---|---|---|---|---|---|"]
+    for key, name in MODELS.items():
+        one, five, box = (_load(evals, f"{key}_{t}") for t in ("1shot", "5shot", "1shot_box"))
+        controls = (one or {}).get("controls") or {}
+        oracle = f"{controls['oracle']['miou']:.2f}" if controls else "–"
+        mismatched = (f"{controls['mismatched']['miou']:.2f} (−{controls['drop']:.2f})" if controls else "–")
+        given5 = (f"{controls['five_shot']['miou']:.2f} ({controls['shot_gain']:+.2f})" if controls else "–")
+        trained5 = "–" if five is None or one is None else f"{_pm(five)} ({five['miou'] - one['miou']:+.2f})"
+        boxed = "–" if box is None or one is None else f"{_pm(box)} ({box['miou'] - one['miou']:+.2f})"
+        lines.append(f"| {name} | {_pm(one)} | {oracle} | {mismatched} | {given5} | {trained5} | {boxed} |")
+    return lines
+
+
+def fold_table(evals: Path, fold: int) -> list[str]:
+    lines = [f"| fold {fold}, 1-shot | mIoU | FB-IoU | oracle | mismatched (drop) |", "|---|---|---|---|---|"]
+    for key, name in MODELS.items():
+        one = _load(evals, f"{key}_fold{fold}_1shot")
+        controls = (one or {}).get("controls") or {}
+        extra = (f"{controls['oracle']['miou']:.2f} | {controls['mismatched']['miou']:.2f} (−{controls['drop']:.2f})"
+                 if controls else "– | –")
+        lines.append(f"| {name} | {_pm(one)} | {_pm(one, 'fbiou')} | {extra} |")
+    return lines
+
+
+def timing_table(timings: Path) -> list[str]:
+    if not timings.is_file():
+        return ["(no timings recorded)"]
+    lines = ["| step | wall time |", "|---|---|"]
+    for row in timings.read_text().splitlines():
+        name, seconds, _ = row.split("\t", 2)
+        lines.append(f"| {name} | {int(seconds) // 60} min {int(seconds) % 60:02d} s |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--evals", type=Path, default=Path("runs/evals"))
+    parser.add_argument("--timings", type=Path, default=Path("runs/synthetic/timings.tsv"))
+    args = parser.parse_args(argv)
+    print("\n".join([*main_table(args.evals), "", *fold_table(args.evals, 1), "", *timing_table(args.timings)]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
