@@ -105,16 +105,17 @@ def summarize(times: dict[tuple[str, str], list[float]], columns: dict[str, str]
     return out
 
 
+def _median_and_range(stats: dict[str, float]) -> str:
+    return f"{stats['median']:.2f} ({stats['min']:.2f}-{stats['max']:.2f})"
+
+
 def format_ratio_table(summary: dict[str, dict], title: str) -> str:
     """One row per support object: official seconds, then fsslab/official per column (per-round min-max)."""
-    head = f"{'support':8} {'official s (min-max)':>22}" + "".join(f" {c:>20}" for c in RATIO_COLUMNS)
+    head = f"{'support':8}" + "".join(f" {c:>20}" for c in ("official s", *RATIO_COLUMNS))
     lines = [title, head, "-" * len(head)]
     for support, row in summary.items():
-        off = row["seconds"]["official"]
-        cells = "".join(
-            f" {r['median']:>7.2f} ({r['min']:.2f}-{r['max']:.2f})".rjust(21)
-            for r in (row["ratio_to_official"][c] for c in RATIO_COLUMNS))
-        lines.append(f"{support:8} {off['median']:>9.2f} ({off['min']:.2f}-{off['max']:.2f})".ljust(31) + cells)
+        cells = [row["seconds"]["official"], *(row["ratio_to_official"][c] for c in RATIO_COLUMNS)]
+        lines.append(f"{support:8}" + "".join(f" {_median_and_range(cell):>20}" for cell in cells))
     return "\n".join(lines)
 
 
