@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,48 +113,72 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``; no autocast for fp32 (``dtype`` None)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def make_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], mode: str,
+              dtype: torch.dtype | None) -> Callable[[], None]:
+    """One eval forward (``forward``, under inference_mode) or training step (``train``: forward, ``loss``,
+    backward of ``step_objectives``; no optimizer step) of an fsslab model; the caller sets train()/eval()."""
+    device = batch["query_img"].device
+
+    def step() -> None:
+        if mode == "forward":
+            with torch.inference_mode(), autocast(device, dtype):
+                model(batch)
+            return
+        model.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            out = model(batch)
+            objectives = model.step_objectives(model.loss(out, batch), iteration=0)
+        sum(v.float() for v in objectives.values()).backward()
+
+    return step
+
+
+def time_step(step: Callable[[], object], device: torch.device, warmup: int,
+              repeats: int) -> tuple[list[float], list[float], float | None]:
+    """Wall and process-CPU seconds of ``repeats`` calls after ``warmup`` calls, and the peak memory (MiB)."""
+    times, cpu_times = [], []
+    with PeakMemory(device) as memory:
+        for index in range(warmup + repeats):
+            _sync(device)  # CUDA runs asynchronously: time the work, not the launch
+            start, cpu_start = time.perf_counter(), time.process_time()
+            step()
+            _sync(device)
+            if index >= warmup:
+                times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times, memory.peak_mib
+
+
+def model_config(name: str, setting: str, shots: int, mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The ``build_model`` config of a benchmarked model: the setting's options, what training needs, overrides."""
+    cfg = {"name": name, **SETTINGS[setting][name], **(TRAIN_KWARGS.get(name, {}) if mode == "train" else {}),
+           **overrides}
+    if name in SHOT_AWARE:
+        cfg["shot"] = shots
+    return cfg
+
+
 def run_one(name: str, setting: str, shots: int, size: int, device: torch.device, precision: str, mode: str,
             args: argparse.Namespace) -> dict[str, Any]:
     """Build one model and time ``repeats`` eval forwards (``forward``) or training steps (``train``)."""
-    cfg = {"name": name, **SETTINGS[setting][name], **(TRAIN_KWARGS.get(name, {}) if mode == "train" else {}),
-           **args.model_kwargs.get(name, {})}
-    if name in SHOT_AWARE:
-        cfg["shot"] = shots
+    cfg = model_config(name, setting, shots, mode, args.model_kwargs.get(name, {}))
     torch.manual_seed(args.seed)
     model = build_model(cfg).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     batch_size = max(args.batch_size, MIN_TRAIN_BATCH.get(name, 1)) if mode == "train" else args.batch_size
     batch = make_batch(batch_size, shots, size, device, seed=args.seed)
-    dtype = PRECISIONS[precision]
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-    def step() -> None:
-        if mode == "forward":
-            with torch.inference_mode(), autocast():
-                model(batch)
-            return
-        model.zero_grad(set_to_none=True)
-        with autocast():
-            out = model(batch)
-            objectives = model.step_objectives(model.loss(out, batch), iteration=0)
-        sum(v.float() for v in objectives.values()).backward()
-
+    step = make_step(model, batch, mode, PRECISIONS[precision])
     model.train(mode == "train")
-    times, cpu_times = [], []
-    with PeakMemory(device) as memory:
-        for index in range(args.warmup + args.repeats):
-            _sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            step()
-            _sync(device)
-            if index >= args.warmup:
-                times.append(time.perf_counter() - start)
-                cpu_times.append(time.process_time() - cpu_start)
+    times, cpu_times, peak_mib = time_step(step, device, args.warmup, args.repeats)
     # process CPU time (all threads) is far less sensitive than wall time to other jobs on a shared machine
     return {"median_s": statistics.median(times), "min_s": min(times), "cpu_s": statistics.median(cpu_times),
-            "peak_mib": memory.peak_mib,
+            "peak_mib": peak_mib,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "batch_size": batch_size,
             "model_cfg": {k: v for k, v in cfg.items() if k != "name"}}
 

@@ -1,0 +1,126 @@
+"""Helpers shared by ``parity_ipmt.py`` and ``parity_amformer.py``: the harness import, small and
+whole-image support objects, interleaved timing and the fsslab/official ratio table.
+
+Not a benchmark of its own; the parity scripts import it from this folder (they run as scripts, so
+``benchmarks/`` is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Hashable, Iterable
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+DEFAULT_HARNESS = os.environ.get("OFFICIAL_REF_DIR", "/work/shared/tools/official_ref")
+SUPPORT_OBJECTS = ("small", "whole")
+# "whole": label 1 everywhere but a background frame this wide. 8 px at 473x473 is one cell of the
+# 60x60 feature grid, so neither model's "support is all foreground" guard (IPMT resets the corners)
+# fires, and the object's bounding box is the whole image.
+WHOLE_BORDER_PX = 8
+# the ratio table's columns -> the variant each script runs for it (fsslab variants only)
+RATIO_COLUMNS = ("fp32", "channels_last", "bf16")
+
+
+def load_harness(path: str | Path, env_vars: Iterable[str]) -> ModuleType:
+    """Import ``official_ref`` from the harness folder ``path``; exit with a hint when it cannot run."""
+    missing = [name for name in env_vars if not os.environ.get(name)]
+    if missing:
+        raise SystemExit(f"set {', '.join(missing)} (see /work/shared/tools/official_ref/README.md)")
+    if not (Path(path) / "official_ref.py").is_file():
+        raise SystemExit(f"no official_ref.py in {str(path)!r} (pass --harness or set OFFICIAL_REF_DIR)")
+    sys.path.insert(0, str(Path(path).resolve()))
+    import official_ref  # outside the repository: imported only here, at run time
+
+    return official_ref
+
+
+def add_support_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--support-object", choices=(*SUPPORT_OBJECTS, "both"), default="both",
+                        help="small: the harness's ellipse; whole: label 1 on all but a thin frame "
+                             "(no advantage for code that only looks around the object); default both")
+
+
+def support_objects(choice: str) -> tuple[str, ...]:
+    return SUPPORT_OBJECTS if choice == "both" else (choice,)
+
+
+def whole_image_support(inputs: dict, border: int = WHOLE_BORDER_PX) -> dict:
+    """The harness episode with every support mask replaced by a whole-image object (images unchanged)."""
+    s_y = torch.zeros_like(inputs["s_y"])
+    s_y[..., border:-border, border:-border] = 1
+    return {**inputs, "s_y": s_y}
+
+
+def harness_inputs(ref: ModuleType, shot: int, support_object: str, seed: int = 0) -> dict:
+    """The harness's seeded episode with a ``small`` (its own) or ``whole`` support object."""
+    inputs = ref.make_inputs(shot=shot, seed=seed)
+    return whole_image_support(inputs) if support_object == "whole" else inputs
+
+
+def interleaved_times(runs: dict[Hashable, Callable[[], object]], rounds: int
+                      ) -> tuple[dict[Hashable, list[float]], dict[Hashable, list[float]]]:
+    """Wall and process-CPU seconds of every run, ``rounds`` times; each round runs every callable once,
+    so a change of machine load hits all of them alike."""
+    wall: dict[Hashable, list[float]] = {key: [] for key in runs}
+    cpu: dict[Hashable, list[float]] = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            wall[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def ratio_spread(mine: list[float], official: list[float]) -> dict[str, float]:
+    """Ratio of the medians, and min/max of the per-round ratios (a round runs both back to back)."""
+    per_round = [m / o for m, o in zip(mine, official)]
+    return {"median": statistics.median(mine) / statistics.median(official),
+            "min": min(per_round), "max": max(per_round)}
+
+
+def summarize(times: dict[tuple[str, str], list[float]], columns: dict[str, str]) -> dict[str, dict]:
+    """Per support object: seconds (median/min/max) of every variant and fsslab/official ratios per column.
+
+    ``times`` is keyed by (support object, variant); ``columns`` maps a ratio column to its variant."""
+    out: dict[str, dict] = {}
+    for support in dict.fromkeys(s for s, _ in times):
+        official = times[(support, "official")]
+        out[support] = {
+            "seconds": {variant: spread(t) for (s, variant), t in times.items() if s == support},
+            "ratio_to_official": {column: ratio_spread(times[(support, variant)], official)
+                                  for column, variant in columns.items()},
+        }
+    return out
+
+
+def _median_and_range(stats: dict[str, float]) -> str:
+    return f"{stats['median']:.2f} ({stats['min']:.2f}-{stats['max']:.2f})"
+
+
+def format_ratio_table(summary: dict[str, dict], title: str) -> str:
+    """One row per support object: official seconds, then fsslab/official per column (per-round min-max)."""
+    head = f"{'support':8}" + "".join(f" {c:>20}" for c in ("official s", *RATIO_COLUMNS))
+    lines = [title, head, "-" * len(head)]
+    for support, row in summary.items():
+        cells = [row["seconds"]["official"], *(row["ratio_to_official"][c] for c in RATIO_COLUMNS)]
+        lines.append(f"{support:8}" + "".join(f" {_median_and_range(cell):>20}" for cell in cells))
+    return "\n".join(lines)
+
+
+def format_seconds(summary: dict[str, dict], label: str) -> str:
+    """Every variant's median and min/max seconds, one line each."""
+    return "\n".join(f"  {label:>4} {support:6} {variant:<28} median {s['median']:7.3f} s  "
+                     f"min {s['min']:7.3f}  max {s['max']:7.3f}"
+                     for support, row in summary.items() for variant, s in row["seconds"].items())

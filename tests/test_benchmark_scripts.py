@@ -1,0 +1,72 @@
+"""The parts of the benchmark scripts that need neither the official code nor a model run (fast).
+
+The scripts themselves are smoke-tested by hand (benchmarks/README.md): with ResNet-50 models they take
+minutes on a CPU, too long for the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import gpu_bench
+import parity_common
+
+
+def test_whole_image_support_covers_all_but_a_frame():
+    inputs = {"x": torch.ones(1, 3, 473, 473), "s_y": torch.zeros(1, 2, 473, 473, dtype=torch.long)}
+    whole = parity_common.whole_image_support(inputs)
+    border = parity_common.WHOLE_BORDER_PX
+    inner = whole["s_y"][..., border:-border, border:-border]
+    assert bool((inner == 1).all())
+    assert int(whole["s_y"].sum()) == inner.numel()  # the frame is background
+    assert whole["x"] is inputs["x"] and bool((inputs["s_y"] == 0).all())  # images kept, input untouched
+
+
+def test_ratio_table_has_one_row_per_support_object():
+    times = {}
+    for support in parity_common.SUPPORT_OBJECTS:
+        times[(support, "official")] = [2.0, 4.0, 3.0]
+        times[(support, "mine")] = [1.0, 1.0, 3.0]
+    columns = dict.fromkeys(parity_common.RATIO_COLUMNS, "mine")
+    summary = parity_common.summarize(times, columns)
+    ratio = summary["whole"]["ratio_to_official"]["bf16"]
+    assert ratio == {"median": pytest.approx(1 / 3), "min": pytest.approx(0.25), "max": pytest.approx(1.0)}
+    assert summary["small"]["seconds"]["official"] == {"median": 3.0, "min": 2.0, "max": 4.0}
+    table = parity_common.format_ratio_table(summary, "title").splitlines()
+    assert [line.split()[0] for line in table[3:]] == ["small", "whole"]
+    assert parity_common.support_objects("both") == ("small", "whole")
+
+
+def test_gpu_bench_without_harness_writes_notes_and_json(tmp_path, capsys):
+    """Official rows only, harness absent: every row says why, nothing is built, the JSON is written."""
+    out = tmp_path / "bench.json"
+    rows = gpu_bench.main(["--device", "cpu", "--size", "97", "--rounds", "1", "--implementations", "official",
+                           "--harness", str(tmp_path / "no_harness"), "--json", str(out)])
+    assert len(rows) == 2 * 2 * 2 * 2 * 2  # models x shots x layouts x modes x precisions
+    assert all(row["note"].startswith("no official run") for row in rows)
+    written = json.loads(out.read_text())
+    assert written["meta"]["device"] == "cpu" and len(written["rows"]) == len(rows)
+    assert "x off.fp32" in capsys.readouterr().out
+
+
+def test_gpu_bench_ratios_and_official_limits():
+    rows = [{"model": "ipmt", "shots": 1, "mode": "forward", "impl": impl, "precision": prec, "channels_last": cl,
+             "median_s": t, "note": ""}
+            for impl, prec, cl, t in (("official", "fp32", False, 2.0), ("official", "fp32", True, 1.0),
+                                      ("fsslab", "bf16", True, 0.5))]
+    gpu_bench.add_ratios(rows)
+    assert [row["x_official_fp32"] for row in rows] == [1.0, 0.5, 0.25]
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert gpu_bench.official_limit("ipmt", 1, 97, "forward", cuda)
+    assert gpu_bench.official_limit("amformer", 5, 473, "forward", cuda)
+    assert gpu_bench.official_limit("amformer", 1, 473, "train", cpu)
+    assert gpu_bench.official_limit("amformer", 1, 473, "train", cuda) is None
+    quick = gpu_bench.parse_args(["--device", "cpu", "--quick"])
+    assert (quick.shots, quick.rounds, quick.precisions) == ([1], 2, ["fp32", "bf16"])
