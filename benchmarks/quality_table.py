@@ -25,8 +25,9 @@ def _pm(result: dict | None, key: str = "miou") -> str:
 
 
 def main_table(evals: Path) -> list[str]:
-    lines = ["| model | 1-shot | oracle | mismatched supports (drop) | 1-shot model given 5 shots (gain) "
-             "| trained 5-shot (− 1-shot) | box supports (− masks) |", "|---|---|---|---|---|---|---|"]
+    header = ("| model | 1-shot | oracle | mismatched supports (drop) | 1-shot model given 5 shots (gain) "
+              "| trained 5-shot (− 1-shot) | box supports (− masks) |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
     for key, name in MODELS.items():
         one, five, box = (_load(evals, f"{key}_{t}") for t in ("1shot", "5shot", "1shot_box"))
         controls = (one or {}).get("controls") or {}

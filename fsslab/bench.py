@@ -33,10 +33,13 @@ N_BASE_CLASSES = 15  # PASCAL-5i / synthetic folds: 15 base classes (+ backgroun
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {"ipmt": {"backbone": "resnet50"}, "amformer": {"backbone": "resnet50", "n_base_classes": N_BASE_CLASSES},
              "baseline": {"backbone": "resnet50"}, "pspnet": {"backbone": "resnet50", "n_classes": N_BASE_CLASSES + 1}},
-    "tiny": {"ipmt": {"backbone": "resnet_tiny"},
-             "amformer": {"backbone": "resnet_tiny", "n_base_classes": N_BASE_CLASSES},
+    # the shipped synthetic configs' models (fsslab/configs/synthetic/*_tiny.yaml), without their weights
+    "tiny": {"ipmt": {"backbone": "resnet_tiny", "hidden_dim": 64, "transformer_lr": 0.001, "dilation": "pspnet"},
+             "amformer": {"backbone": "resnet_tiny", "hidden_dim": 64, "transformer_dim": 32,
+                          "base_head_channels": 128, "n_base_classes": N_BASE_CLASSES},
              "baseline": {"backbone": "resnet_tiny"},
-             "pspnet": {"backbone": "resnet_tiny", "n_classes": N_BASE_CLASSES + 1}},
+             "pspnet": {"backbone": "resnet_tiny", "n_classes": N_BASE_CLASSES + 1, "dilation": "pspnet",
+                        "optimizer": "adamw", "head_channels": 128}},
 }
 SHOT_AWARE = {"ipmt", "amformer"}  # constructors that take ``shot``
 # Training-mode needs: the default baseline is training-free; PSPNet's 1x1 pyramid BN needs >= 2 images.
@@ -121,8 +124,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 def make_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], mode: str,
               dtype: torch.dtype | None) -> Callable[[], None]:
     """One eval forward (``forward``, under inference_mode) or training step (``train``: forward, ``loss``,
-    backward of ``step_objectives``; no optimizer step) of an fsslab model; the caller sets train()/eval()."""
+    backward of ``step_objectives`` and the step of their optimisers, built as the trainer builds them); the
+    caller sets train()/eval()."""
+    from fsslab.engine.optim import build_optimizers
+
     device = batch["query_img"].device
+    optimizers = build_optimizers(model, 1e-3, 1e-4) if mode == "train" else []
 
     def step() -> None:
         if mode == "forward":
@@ -134,6 +141,9 @@ def make_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], mode: str,
             out = model(batch)
             objectives = model.step_objectives(model.loss(out, batch), iteration=0)
         sum(v.float() for v in objectives.values()).backward()
+        for built in optimizers:
+            if built.objective in objectives:
+                built.optimizer.step()
 
     return step
 

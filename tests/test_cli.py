@@ -167,3 +167,16 @@ def test_a_delegated_script_returning_its_results_exits_zero(monkeypatch):
     assert cli._delegate("benchmarks/bench_models.py", "fsslab bench")(argparse.Namespace(rest=[])) == 0
     monkeypatch.setattr(cli, "_script_main", lambda relative: (lambda argv: 3))
     assert cli._delegate("benchmarks/bench_models.py", "fsslab bench")(argparse.Namespace(rest=[])) == 3
+
+
+def test_bench_tiny_models_are_the_shipped_synthetic_configs():
+    # `fsslab bench --settings tiny` times the models the synthetic configs train (weights aside)
+    from fsslab.bench import SETTINGS
+    from fsslab.config import load_config
+
+    for name, config in {"ipmt": "ipmt_tiny", "amformer": "amformer_tiny", "baseline": "baseline_tiny",
+                         "pspnet": "pspnet_base_tiny"}.items():
+        params = {k: v for k, v in load_config(f"synthetic/{config}").model.params.items()
+                  if k not in ("pretrained", "learn_threshold", "n_classes")}
+        tiny = {k: v for k, v in SETTINGS["tiny"][name].items() if k != "n_classes"}
+        assert tiny == params, name
