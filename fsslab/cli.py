@@ -207,7 +207,7 @@ def _cmd_zoo_list(args: argparse.Namespace) -> int:
         fbiou = f"{metrics['fbiou']:.2f}" if "fbiou" in metrics else "-"
         print(f"{name:<32} {e['model']:<9} {e['data']['shot']:>4} {miou:>7} {fbiou:>7} "
               f"{e['check']['miou']:>10.2f} {e['size'] / 1e6:>8.2f}")
-    print(f"total on disk: {total_size(args.dir) / 1e6:.2f} MB (budget {manifest['budget_bytes'] / 1e6:.0f} MB)")
+    print(f"total on disk: {total_size(args.dir) / 1e6:.2f} MB (budget {manifest['budget_bytes'] / 1e6:.1f} MB)")
     return 0
 
 
