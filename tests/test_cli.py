@@ -120,6 +120,10 @@ def test_prerequisite_is_trained_first_once(tmp_path, toy_world, capsys):
     err = capsys.readouterr().err
     assert str(stage1) in err and "was trained on unused" in err and "uses elsewhere" in err
     assert stage1.stat().st_mtime_ns == stamp
+    # pointed at another starting checkpoint (fold 0's stage 1 for fold 2): the prerequisite is not trained
+    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=2", f"model.init_checkpoint={stage1}",
+                 f"train.out_dir={tmp_path}/s2_fold2"]) == 0
+    assert not (tmp_path / "s1_2").exists() and "training the prerequisite" not in capsys.readouterr().out
 
 
 def test_train_resume_eval_end_to_end(tmp_path, toy_world, capsys):

@@ -359,6 +359,9 @@ def train_prerequisite(cfg: RunConfig) -> None:
     ]
     pre = load_config(cfg.model.prerequisite, overrides)
     latest = Path(pre.train.out_dir) / "latest.pt"
+    starts_from = [cfg.model.init_checkpoint, cfg.model.params.get("pretrained")]
+    if not any(path and Path(str(path)).resolve() == latest.resolve() for path in starts_from):
+        return  # the run was pointed at another starting checkpoint: the prerequisite's run is not read
     if latest.is_file():
         previous = load_checkpoint(latest)
         _check_same_benchmark(previous.get("config") or {}, pre, latest, cfg.model.prerequisite)
