@@ -7,7 +7,9 @@ Times, on the shipped synthetic configs' models and real episodes of the default
 - ``train forward + loss``, ``backward``, ``optimiser step`` of one training step, the optimiser once with
   PyTorch's CPU default (a Python loop over the parameters, fsslab's default until 2026-11-30) and once fused
   (one kernel over every parameter, the default now: ``fsslab.engine.optim``);
-- ``loader``: one batch from the trainer's DataLoader (``data.workers`` processes), the main process idle.
+- ``loader``: one batch from the trainer's DataLoader (``data.workers`` processes), the main process idle;
+  ``batch built in-process``: the CPU time those workers spend on one batch (episode sampling, decoding,
+  augmentation), which a 2-core machine takes from the step.
 Rounds interleave the variants so that machine load hits each alike; medians with min-max. The ratio
 step/forward is what the speed issue (#15) bounds (≤ 2.5), and episodes/s what a training run logs.
 """
@@ -50,6 +52,7 @@ def profile(name: str, rounds: int) -> dict:
     dataset = build_train_set(cfg)
     batches = iter(_loader(cfg, dataset, cfg.data.workers))
     batch = next(batches)
+    in_process = SeededEpisodes(dataset)
     variants = {"loop": _optimisers(model, cfg, fused=False), "fused": _optimisers(model, cfg, fused=True)}
     times: dict[str, list[float]] = {}
 
@@ -76,6 +79,8 @@ def profile(name: str, rounds: int) -> dict:
             active = [b.optimizer for b in optimisers if b.objective in objectives]
             clock(f"optimiser step ({variant})", lambda steps=active: [o.step() for o in steps])
         clock("loader", lambda: next(batches))
+        clock("batch built in-process", lambda first=index * cfg.data.batch_size: [
+            in_process[(first + i) % len(dataset), first + i] for i in range(cfg.data.batch_size)])
         if index == 0:
             times.clear()
     summary = {key: {"median": statistics.median(v), "min": min(v), "max": max(v)} for key, v in times.items()}

@@ -33,6 +33,7 @@ from fsslab.data.eval_protocols import EVAL_PROTOCOLS, get_protocol, to_label_re
 from fsslab.data.transforms import normalize
 from fsslab.data.weak import box_to_label, strokes_to_label
 from fsslab.engine.evaluate import AMP_DTYPES as ENGINE_AMP_DTYPES
+from fsslab.engine.evaluate import warn_if_emulated_bf16
 from fsslab.predict_io import (
     PredictError,
     check_box,
@@ -279,6 +280,7 @@ def iter_predictions(model: nn.Module | PredictModel, supports: Sequence[Support
     if amp == "fp16" and device.type != "cuda":
         raise PredictError("amp fp16 needs a CUDA device; use bf16 on the CPU")
     items = _as_queries(queries)
+    warn_if_emulated_bf16(amp, device)
     module = module.to(device).eval()
     shots = {k: v.to(device) for k, v in _support_batch(supports, size, protocol).items()}
     from tqdm.auto import tqdm

@@ -245,3 +245,22 @@ def test_autocast_and_channels_last_train(tmp_path, amp):
     assert trainer.scaler.is_enabled() == (amp == "fp16")
     assert all(np.isfinite(loss) for _, loss in _losses(tmp_path))
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_bf16_on_a_cpu_without_native_bf16_says_it_is_emulated(monkeypatch):
+    import torch
+
+    from fsslab.engine.evaluate import warn_if_emulated_bf16
+    from fsslab.errors import FsslabWarning
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    with pytest.warns(FsslabWarning, match="emulated and slower than fp32"):
+        warn_if_emulated_bf16("bf16", "cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_emulated_bf16("bf16", "cpu")  # native: silent
+        warn_if_emulated_bf16("none", "cpu")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,23 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fsslab.engine import distributed as dist_utils
 from fsslab.engine.metrics import IoUAccumulator, logits_at_label_resolution
+from fsslab.errors import FsslabWarning
 from fsslab.models.base import model_device
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def warn_if_emulated_bf16(amp: str, device: torch.device | str) -> None:
+    """bf16 autocast on a CPU without native bf16 instructions (AVX512-BF16 or AMX) is emulated and far slower
+    than fp32 (IPMT at 473x473 on an AVX2 EPYC: 6x the official fp32 time, README "Speed"): say so once."""
+    if amp != "bf16" or torch.device(device).type != "cpu":
+        return
+    native = [getattr(torch.cpu, name, lambda: True)() for name in ("_is_avx512_bf16_supported",
+                                                                    "_is_amx_tile_supported")]
+    if not any(native):
+        warnings.warn(f"bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 or AMX) is "
+                      "emulated and slower than fp32: use amp none here; bf16 pays off on recent Xeons and GPUs",
+                      FsslabWarning, stacklevel=3)
 
 
 @dataclass
@@ -132,6 +147,7 @@ def evaluate_seed(
     )
     accumulator = IoUAccumulator(num_classes)
     dtype = AMP_DTYPES.get(amp)
+    warn_if_emulated_bf16(amp, device)
     was_training = model.training
     model.eval()
     from tqdm.auto import tqdm

@@ -19,7 +19,7 @@ from fsslab.config import RunConfig
 from fsslab.engine import checkpoint as ckpt
 from fsslab.engine import distributed as dist_utils
 from fsslab.engine import resume as resume_mod
-from fsslab.engine.evaluate import AMP_DTYPES
+from fsslab.engine.evaluate import AMP_DTYPES, warn_if_emulated_bf16
 from fsslab.engine.optim import BuiltOptimizer, build_optimizers, poly_factor
 from fsslab.engine.run_dir import atomic_write_text
 from fsslab.engine.runlog import RunLogger, episode_grid
@@ -85,6 +85,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizers = build_optimizers(self.model, tc.base_lr, tc.weight_decay)
         self.amp_dtype = AMP_DTYPES.get(tc.amp)
+        warn_if_emulated_bf16(tc.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.amp == "fp16")
         objectives = {o.objective for o in self.optimizers}
         self.grad_sync = (
