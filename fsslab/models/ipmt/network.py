@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsslab.models.backbones import build_backbone
+from fsslab.models.backbones import build_backbone, frozen_stage_runner
 from fsslab.models.base import FewShotModel, OptimizerSpec
-from fsslab.models.ipmt.frozen_resnet import can_fold, folded_stage
 from fsslab.models.ipmt.loss import ipmt_losses
 from fsslab.models.ipmt.transformer import MASKED_LOGIT, IPMTransformer, mask_to_bias
 from fsslab.models.layers import masked_average_pool, prior_mask
@@ -126,11 +125,7 @@ class IPMT(FewShotModel):
         multiplies it by the (soft) foreground mask, so layer4 is computed on the union bounding box of that
         mask plus layer4's receptive-field radius and is zero elsewhere: exactly the same prior, less work.
         """
-        if can_fold(self.backbone):  # frozen BN folded into the convs: same function, two passes fewer
-            def run(stage: str, x: torch.Tensor) -> torch.Tensor:
-                return folded_stage(self.backbone, stage, x)
-        else:
-            run = self.backbone.forward_stage
+        run = frozen_stage_runner(self.backbone)  # frozen BN folded into the convs, weights cached
         layer2 = run("layer2", run("layer1", run("layer0", images)))
         layer3 = run("layer3", layer2)
         window = None if layer4_fg is None else self._layer4_window(layer4_fg, tuple(layer3.shape[-2:]))
