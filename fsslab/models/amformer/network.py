@@ -49,7 +49,7 @@ from fsslab.models.amformer.transformer import ObjectMiningTransformer
 from fsslab.models.base import FewShotModel
 from fsslab.models.layers import masked_average_pool, prior_mask
 from fsslab.models.output import FSSOutput
-from fsslab.models.pspnet import PSPNet
+from fsslab.models.pspnet import PSPNet, load_pspnet_weights
 
 INIT_TEMPERATURE = 0.1
 INIT_THRESHOLD = 0.7  # initial-prediction values below this are set to 0
@@ -101,7 +101,6 @@ class AMFormerNetwork(FewShotModel):
         self.base_learner = PSPNet(backbone, n_classes=n_base_classes + 1, norm="batch",
                                    head_channels=base_head_channels)
         if pretrained is not None:
-            from fsslab.models.amformer.official import load_pspnet_weights
             load_pspnet_weights(self.base_learner, pretrained)
         self.base_learner.requires_grad_(False)
         chans = self.base_learner.backbone.out_channels
