@@ -30,7 +30,7 @@ def make_batch(shots: int, batch: int = 2, seed: int = 0) -> dict[str, torch.Ten
 
 
 def make_ipmt_trace(shots: int, batch: int = 2, channels: int = 6) -> dict[str, torch.Tensor]:
-    """Shaped as fsslab.models.ipmt.network.TRACE_KEYS: per-layer entries layer-first [L,B,...]."""
+    """Shaped as fsslab.models.ipmt.model.TRACE_KEYS: per-layer entries layer-first [L,B,...]."""
     g = torch.Generator().manual_seed(1)
     heads, points = 2, 9
     return {
