@@ -1,7 +1,7 @@
 """IPMT (Liu et al., NeurIPS'22): frozen ResNet, prior, feature merging, the IPMT layers and the classifiers.
 
-The model class holds its layers, ``forward`` (the paper's overview figure in numbered steps), ``loss`` (``loss.py``),
-the reference's two optimisers and ``TRACE_KEYS``; the transformer is in ``transformer.py``.
+The model class holds its layers, ``forward`` (the paper's overview figure in numbered steps), ``loss``
+(``loss.py``), the reference's two optimisers and ``TRACE_KEYS``; the transformer is in ``transformer.py``.
 """
 
 from __future__ import annotations
