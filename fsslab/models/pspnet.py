@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.errors import ConfigError
 from fsslab.models.backbones import build_backbone
 from fsslab.models.backbones.weights import DEEP_STEM_FROM_SEQUENTIAL
@@ -86,7 +87,7 @@ class PSPNet(FewShotModel):
 
     def __init__(self, backbone: str = "resnet50", n_classes: int = 16, pretrained: str | None = None,
                  dilation: str = "pspnet", norm: str = "batch", bins: tuple[int, ...] = (1, 2, 3, 6),
-                 dropout: float = 0.1, aux_weight: float = 0.0, ignore_index: int = 255,
+                 dropout: float = 0.1, aux_weight: float = 0.0, ignore_index: int = IGNORE_INDEX,
                  head_lr_multiplier: float = 10.0, optimizer: str = "sgd", head_channels: int = 512,
                  backbone_lr_multiplier: float = 1.0) -> None:
         super().__init__()

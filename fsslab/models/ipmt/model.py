@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.models.backbones import build_backbone, frozen_stage_runner
 from fsslab.models.base import FewShotModel, OptimizerSpec
 from fsslab.models.ipmt.loss import ipmt_losses
@@ -173,7 +174,7 @@ class IPMT(FewShotModel):
             if "query_mask" not in batch:
                 raise KeyError("IPMT(reproduce_official=True) reads batch['query_mask'] (its 255 cells) even in "
                                "eval, as the official code does; the batch has none")
-            source = (batch["query_mask"] == 255)
+            source = (batch["query_mask"] == IGNORE_INDEX)
         elif "query_padding" in batch:
             source = batch["query_padding"]
         else:  # no padding information: nothing is excluded
