@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.config import load_config
 from fsslab.engine.checkpoint import load_checkpoint
 from fsslab.engine.runner import eval_dataset_factory
@@ -45,7 +46,7 @@ def probe(checkpoint: str, overrides: list[str], episodes: int, seed: int = 0) -
             votes[0] = 0  # background never names the class
             guess = int(votes.argmax())
             right += guess == class_id
-            target, valid = sample["query_mask"] == 1, sample["query_mask"] != 255
+            target, valid = sample["query_mask"] == 1, sample["query_mask"] != IGNORE_INDEX
             pred = query_pred == guess
             inter[class_id] += (pred & target & valid).sum().item()
             union[class_id] += ((pred | target) & valid).sum().item()

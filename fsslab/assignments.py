@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
+from fsslab.batch import IGNORE_INDEX
+
 POOL_EPS = 5e-4  # masked average pooling: PFENet / BAM / AMFormer use this epsilon on the mask area
 PRIOR_EPS = 1e-7  # prior mask: cosine normalisation and min-max normalisation
 MASK_BIAS = -1e4  # attention logit added outside the query mask (IPMT uses -10000, not -inf)
-IGNORE = 255
 
 
 class CheckFailed(AssertionError):
@@ -22,6 +23,9 @@ class CheckFailed(AssertionError):
 # ----------------------------------------------------------------------------- reference implementations
 # They define the exercises; the reference solutions in notebooks/assignments/solutions are written
 # independently and checked against them like any student answer.
+# They stay separate from the models' own primitives on purpose (``fsslab.models.layers.masked_average_pool``,
+# ``prior_mask``): the exercises' contracts are simpler (``[N,C]`` prototypes, no shots, no chunking) and a
+# speed or layout change in the models must not change what a student's answer is checked against.
 
 def _masked_average_pool(feat: torch.Tensor, mask: torch.Tensor, eps: float = POOL_EPS) -> torch.Tensor:
     return (feat * mask).sum(dim=(2, 3)) / (mask.sum(dim=(2, 3)) + eps)  # [N,C]
@@ -42,7 +46,7 @@ def _prior_mask(query: torch.Tensor, support: torch.Tensor, mask: torch.Tensor, 
 
 
 def _intersection_union(pred: torch.Tensor, target: torch.Tensor, ignore: bool = True) -> tuple[int, int]:
-    valid = target != IGNORE if ignore else torch.ones_like(target, dtype=torch.bool)
+    valid = target != IGNORE_INDEX if ignore else torch.ones_like(target, dtype=torch.bool)
     p, t = (pred == 1) & valid, (target == 1) & valid
     return int((p & t).sum()), int((p | t).sum())
 
@@ -212,7 +216,7 @@ def iou_example() -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
     def episode(target_box, pred_box, class_id):
         target = torch.zeros(size, size, dtype=torch.long)
         y0, y1, x0, x1 = target_box
-        target[max(0, y0 - 1):y1 + 1, max(0, x0 - 1):x1 + 1] = IGNORE  # boundary band
+        target[max(0, y0 - 1):y1 + 1, max(0, x0 - 1):x1 + 1] = IGNORE_INDEX  # boundary band
         target[y0:y1, x0:x1] = 1
         pred = torch.zeros(size, size, dtype=torch.long)
         if pred_box is not None:

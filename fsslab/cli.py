@@ -285,12 +285,8 @@ def _add_zoo_parser(commands: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ parser
-def build_parser() -> argparse.ArgumentParser:
-    from fsslab.predict_cli import add_predict_parser
-
-    parser = argparse.ArgumentParser(prog="fsslab", description="Few-shot semantic segmentation lab.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_data_parser(commands: Any) -> None:
+    """``fsslab data synth|lists|pascal|coco``."""
     data = commands.add_parser(
         "data",
         help="prepare datasets (synthetic benchmark, PASCAL, COCO, fold lists)",
@@ -332,21 +328,26 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("rest", nargs=argparse.REMAINDER)
         sub.set_defaults(func=_delegate(script, f"fsslab data {name}"))
 
-    def add_config_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "config",
-            help="a YAML file or a shipped name such as synthetic/ipmt_tiny "
-            "(list them with `fsslab config --list`)",
-        )
-        sub.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
 
+def _add_config_args(sub: argparse.ArgumentParser) -> None:
+    """The positional config and its overrides, shared by train and eval."""
+    sub.add_argument(
+        "config",
+        help="a YAML file or a shipped name such as synthetic/ipmt_tiny "
+        "(list them with `fsslab config --list`)",
+    )
+    sub.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+
+
+def _add_train_parser(commands: Any) -> None:
+    """``fsslab train CONFIG [overrides]``."""
     train = commands.add_parser(
         "train",
         help="train a model from a config",
         epilog=EPILOG,
         description="Train (single process, or every rank under torchrun).",
     )
-    add_config_args(train)
+    _add_config_args(train)
     train.add_argument(
         "--resume",
         nargs="?",
@@ -361,13 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="run directory (overrides train.out_dir)")
     train.set_defaults(func=_cmd_train)
 
+
+def _add_eval_parser(commands: Any) -> None:
+    """``fsslab eval CONFIG [overrides]``."""
     evaluate = commands.add_parser(
         "eval",
         help="evaluate a checkpoint episodically",
         epilog=EPILOG,
         description="Class-wise mIoU and FB-IoU over seeded episodes (mean ± std over eval.seeds).",
     )
-    add_config_args(evaluate)
+    _add_config_args(evaluate)
     evaluate.add_argument("--checkpoint", default=None, help="fsslab checkpoint (best.pt/latest.pt)")
     evaluate.add_argument(
         "--official",
@@ -380,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", default=None, help="also write the results as JSON to this file")
     evaluate.set_defaults(func=_cmd_eval)
 
+
+def _add_config_parser(commands: Any) -> None:
+    """``fsslab config [CONFIG] [overrides] | --list``."""
     config = commands.add_parser(
         "config",
         help="list shipped configs or print a resolved config",
@@ -391,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--list", action="store_true", help="list the shipped configs")
     config.set_defaults(func=_cmd_config)
 
+
+def _add_bench_parser(commands: Any) -> None:
+    """``fsslab bench ...``, delegated to fsslab.bench."""
     bench = commands.add_parser(
         "bench",
         help="model speed/memory benchmark (fsslab.bench)",
@@ -400,6 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_delegate("fsslab.bench:main", "fsslab bench"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fsslab.predict_cli import add_predict_parser
+
+    parser = argparse.ArgumentParser(prog="fsslab", description="Few-shot semantic segmentation lab.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_data_parser(commands)
+    _add_train_parser(commands)
+    _add_eval_parser(commands)
+    _add_config_parser(commands)
+    _add_bench_parser(commands)
     _add_zoo_parser(commands)
     add_predict_parser(commands)
     return parser

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fsslab.batch import batch_of_one
 from fsslab.config import RunConfig, flow_yaml, load_config, resolve_config_path
 from fsslab.data.synthetic import PRESETS
 
@@ -178,7 +179,7 @@ def predict_fn(model: nn.Module) -> Any:
 
     @torch.no_grad()
     def predict(sample: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
+        batch = batch_of_one(sample)
         return model.eval()(batch).logits.argmax(1)[0]
 
     return predict
@@ -193,7 +194,7 @@ def discriminator_score_fn(model: nn.Module) -> Any:
     def score(sample: dict[str, torch.Tensor], mask: torch.Tensor) -> float:
         key = int(sample.get("episode_index", torch.tensor(id(sample))))
         if key not in cache:
-            batch = {k: v.unsqueeze(0) for k, v in sample.items() if k != "query_mask" and isinstance(v, torch.Tensor)}
+            batch = batch_of_one(sample, drop=("query_mask",))
             cache[key] = model.eval()(batch, trace=True).trace["fused_features"]
         fg = (torch.as_tensor(mask) == 1).float()[None]  # [1,H,W]; 255 and background count as background
         return float(model.discriminator_scores(cache[key], fg)["score"].mean())

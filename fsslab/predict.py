@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.data.eval_protocols import EVAL_PROTOCOLS, get_protocol, to_label_resolution
 from fsslab.data.transforms import normalize
 from fsslab.data.weak import box_to_label, strokes_to_label
@@ -70,7 +71,7 @@ class Support:
         if label.shape != image.shape[:2]:
             raise PredictError(f"support {self.source}: label {tuple(label.shape)} and image "
                                f"{tuple(image.shape[:2])} differ in size")
-        if not set(np.unique(label).tolist()) <= {0, 1, 255}:
+        if not set(np.unique(label).tolist()) <= {0, 1, IGNORE_INDEX}:
             raise PredictError(f"support {self.source}: the label must hold 0 (background), 1 (object) and "
                                f"255 (ignore) only, got {np.unique(label)[:8].tolist()}")
         if not (label == 1).any():

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.data.classes import Benchmark, synthetic_benchmark
-from fsslab.data.io import IGNORE_INDEX, read_pair
+from fsslab.data.io import read_pair
 from fsslab.data.lists import FoldIndex, build_fold_index
 from fsslab.data.weak import WEAK_LABELS
 from fsslab.predict import PredictError, Support, predict

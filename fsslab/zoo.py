@@ -220,6 +220,68 @@ def _eval_summary(eval_json: str | Path | None) -> dict[str, Any] | None:
     return summary
 
 
+def _pack_shared(base: str | Path | None, state: dict[str, torch.Tensor], out: Path, manifest: dict[str, Any],
+                 storage: str) -> tuple[dict[str, str], str | None]:
+    """Store the tensors of ``state`` equal to one of ``base``'s once in ``shared/<base name>.pt`` (added to
+    what is there; its manifest entry updated). Returns ({key in state: key in base}, the shared file or None)."""
+    if base is None:
+        return {}, None
+    shared_refs: dict[str, str] = {}
+    base_path = _resolve_checkpoint(base)
+    base_ckpt = load_checkpoint(base_path)
+    base_state = base_ckpt["model"]
+    out_dir_name = Path(str((base_ckpt.get("config") or {}).get("train", {}).get("out_dir", ""))).name
+    base_name = out_dir_name or base_path.parent.name
+    shared_file = f"shared/{base_name}.pt"
+    by_value = {_fingerprint(v): k for k, v in base_state.items()}
+    for key, tensor in state.items():
+        match = by_value.get(_fingerprint(tensor))
+        if match is not None:
+            shared_refs[key] = match
+    shared_path = out / shared_file
+    shared = {"format": FORMAT, "storage": storage, "source": str(base_path), "tensors": {}}
+    if shared_path.is_file():
+        shared = _load_verified(shared_path, manifest["shared"].get(shared_file, {}).get("sha256"))
+        if shared["storage"] != storage:
+            raise ZooError(f"{shared_path} stores {shared['storage']}; pack with --storage {shared['storage']}")
+    for base_key in sorted(set(shared_refs.values()) - set(shared["tensors"])):
+        shared["tensors"][base_key] = _encode(base_state[base_key], storage)
+    atomic_save(shared, shared_path)
+    os.chmod(shared_path, 0o644)
+    manifest["shared"][shared_file] = {"sha256": sha256_file(shared_path), "size": shared_path.stat().st_size,
+                                       "source": str(base_path), "storage": storage}
+    return shared_refs, shared_file
+
+
+def _manifest_entry(name: str, path: Path, packed: dict[str, Any], cfg: RunConfig, ckpt: dict[str, Any],
+                    source: Path, command: str | None, eval_json: str | Path | None,
+                    measured: dict[str, Any]) -> dict[str, Any]:
+    """The manifest entry of the packed file ``path``: what it holds, how it was trained, its metrics."""
+    overrides = derive_overrides(cfg)
+    return {
+        "name": name,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "size": path.stat().st_size,
+        "storage": packed["storage"],
+        "shared_file": packed["shared_file"],
+        "shared_tensors": len(packed["shared_keys"]),
+        "model": cfg.model.name,
+        "config": shipped_name(cfg),
+        "overrides": overrides,
+        "command": command or " ".join(["fsslab train", shipped_name(cfg), *overrides]),
+        "data": {"dataset": cfg.data.dataset, "root": cfg.data.root, "synthetic": cfg.data.synthetic,
+                 "fold": cfg.data.fold, "shot": cfg.data.shot, "protocol": cfg.data.protocol,
+                 "val_size": cfg.data.val_size},
+        "iteration": int(ckpt.get("iteration", -1)),
+        "fsslab_version": fsslab.__version__,
+        "trained_with_fsslab": ckpt.get("fsslab_version"),
+        "source": str(source),
+        "metrics": _eval_summary(eval_json),
+        "check": {**measured, "tolerance": DEFAULT_TOLERANCE},
+    }
+
+
 def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Path | None = None,
                     command: str | None = None, out_dir: str | Path | None = None,
                     base: str | Path | None = None, storage: str = "fp16",
@@ -251,32 +313,7 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
                        f"(missing {sorted(own_keys - set(state))[:5]}, unexpected {sorted(set(state) - own_keys)[:5]})")
     manifest = read_manifest(out)
 
-    shared_refs: dict[str, str] = {}
-    shared_file = None
-    if base is not None:
-        base_path = _resolve_checkpoint(base)
-        base_ckpt = load_checkpoint(base_path)
-        base_state = base_ckpt["model"]
-        out_dir_name = Path(str((base_ckpt.get("config") or {}).get("train", {}).get("out_dir", ""))).name
-        base_name = out_dir_name or base_path.parent.name
-        shared_file = f"shared/{base_name}.pt"
-        by_value = {_fingerprint(v): k for k, v in base_state.items()}
-        for key, tensor in state.items():
-            match = by_value.get(_fingerprint(tensor))
-            if match is not None:
-                shared_refs[key] = match
-        shared_path = out / shared_file
-        shared = {"format": FORMAT, "storage": storage, "source": str(base_path), "tensors": {}}
-        if shared_path.is_file():
-            shared = _load_verified(shared_path, manifest["shared"].get(shared_file, {}).get("sha256"))
-            if shared["storage"] != storage:
-                raise ZooError(f"{shared_path} stores {shared['storage']}; pack with --storage {shared['storage']}")
-        for base_key in sorted(set(shared_refs.values()) - set(shared["tensors"])):
-            shared["tensors"][base_key] = _encode(base_state[base_key], storage)
-        atomic_save(shared, shared_path)
-        os.chmod(shared_path, 0o644)
-        manifest["shared"][shared_file] = {"sha256": sha256_file(shared_path), "size": shared_path.stat().st_size,
-                                           "source": str(base_path), "storage": storage}
+    shared_refs, shared_file = _pack_shared(base, state, out, manifest, storage)
 
     packed = {
         "format": FORMAT,
@@ -295,29 +332,7 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
     restored = _restore(packed, out, manifest)
     check = {**DEFAULT_CHECK, **(check or {})}
     measured = check_eval(restored, cfg, list(check["seeds"]), int(check["episodes"]), data_root)
-    overrides = derive_overrides(cfg)
-    entry = {
-        "name": name,
-        "file": path.name,
-        "sha256": sha256_file(path),
-        "size": path.stat().st_size,
-        "storage": storage,
-        "shared_file": shared_file,
-        "shared_tensors": len(shared_refs),
-        "model": cfg.model.name,
-        "config": shipped_name(cfg),
-        "overrides": overrides,
-        "command": command or " ".join(["fsslab train", shipped_name(cfg), *overrides]),
-        "data": {"dataset": cfg.data.dataset, "root": cfg.data.root, "synthetic": cfg.data.synthetic,
-                 "fold": cfg.data.fold, "shot": cfg.data.shot, "protocol": cfg.data.protocol,
-                 "val_size": cfg.data.val_size},
-        "iteration": int(ckpt.get("iteration", -1)),
-        "fsslab_version": fsslab.__version__,
-        "trained_with_fsslab": ckpt.get("fsslab_version"),
-        "source": str(source),
-        "metrics": _eval_summary(eval_json),
-        "check": {**measured, "tolerance": DEFAULT_TOLERANCE},
-    }
+    entry = _manifest_entry(name, path, packed, cfg, ckpt, source, command, eval_json, measured)
     manifest["entries"][name] = entry
     manifest["budget_bytes"] = BUDGET_BYTES
     _write_manifest(manifest, out)

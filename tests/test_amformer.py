@@ -233,15 +233,15 @@ def test_official_key_mapping_round_trip() -> None:
 
 @pytest.mark.parametrize("layout", ["fsslab", "official"])
 def test_pretrained_pspnet_checkpoint_loads(tmp_path, layout: str) -> None:
-    from fsslab.models.amformer.official import _pspnet_rules, _rename
-    from fsslab.models.pspnet import PSPNet
+    from fsslab.models.official import rename_by_prefix
+    from fsslab.models.pspnet import PSPNet, bam_pspnet_rules
 
     torch.manual_seed(3)
     psp = PSPNet("resnet_tiny", n_classes=16)
     state = psp.state_dict()
     if layout == "official":  # BAM model/PSPNet.py names, DataParallel prefix
-        rules = [(b, a) for a, b in _pspnet_rules("cls.4", "")]
-        state = {"module." + _rename(k, rules, "test"): v for k, v in state.items()}
+        rules = [(b, a) for a, b in bam_pspnet_rules("cls.4", "")]
+        state = {"module." + rename_by_prefix(k, rules, "test"): v for k, v in state.items()}
     torch.save({"epoch": 1, "state_dict": state}, tmp_path / "psp.pth")
     m = tiny(pretrained=str(tmp_path / "psp.pth"))
     for k, v in psp.state_dict().items():

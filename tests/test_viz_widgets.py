@@ -119,7 +119,7 @@ def _tiny_batch(shots: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("shots", [1, 5])
 def test_figures_read_the_real_ipmt_trace(shots):
-    ipmt = pytest.importorskip("fsslab.models.ipmt.network")
+    ipmt = pytest.importorskip("fsslab.models.ipmt.model")
     torch.manual_seed(0)
     model = ipmt.IPMT(backbone="resnet_tiny", hidden_dim=16, num_layers=2).eval()
     batch = _tiny_batch(shots)

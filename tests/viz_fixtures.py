@@ -30,7 +30,7 @@ def make_batch(shots: int, batch: int = 2, seed: int = 0) -> dict[str, torch.Ten
 
 
 def make_ipmt_trace(shots: int, batch: int = 2, channels: int = 6) -> dict[str, torch.Tensor]:
-    """Shaped as fsslab.models.ipmt.network.TRACE_KEYS: per-layer entries layer-first [L,B,...]."""
+    """Shaped as fsslab.models.ipmt.model.TRACE_KEYS: per-layer entries layer-first [L,B,...]."""
     g = torch.Generator().manual_seed(1)
     heads, points = 2, 9
     return {
@@ -48,7 +48,7 @@ def make_ipmt_trace(shots: int, batch: int = 2, channels: int = 6) -> dict[str, 
 
 
 def make_amformer_trace(batch: int = 2, parts: int = 5, stages: int = 3, levels: int = 2) -> dict[str, torch.Tensor]:
-    """Shaped as the AMFormer trace (fsslab/models/amformer/network.py ``_trace``)."""
+    """Shaped as the AMFormer trace (fsslab/models/amformer/model.py ``TRACE_KEYS``)."""
     g = torch.Generator().manual_seed(2)
     return {
         "initial_prediction": torch.rand(batch, 1, h, w, generator=g) * 10,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.data.classes import Benchmark
 from fsslab.data.io import read_pair
 from fsslab.data.lists import base_label_table, default_list_path, read_list
@@ -48,7 +49,7 @@ class BaseClassDataset(Dataset):
         image_rel, label_rel = self.items[index]
         image, label = read_pair(self.root / image_rel, self.root / label_rel, self.benchmark.n_classes)
         base = self.base_table[label]  # novel → 0, base → 1..n_base, 255 stays
-        foreground = np.where(base == 255, 255, base > 0).astype(np.uint8)
+        foreground = np.where(base == IGNORE_INDEX, IGNORE_INDEX, base > 0).astype(np.uint8)
         image, (foreground, base), padding, _ = self.augmentation(image, [foreground, base], rng)
         return {
             "query_img": normalize(image),  # [3,H,W]

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.data.classes import PASCAL, Benchmark, coco_benchmark, get_benchmark, synthetic_benchmark
 from fsslab.data.eval_protocols import get_protocol
-from fsslab.data.io import IGNORE_INDEX, DatasetError, read_pair
+from fsslab.data.io import DatasetError, read_pair
 from fsslab.data.lists import MIN_AREA, TRAINING_SPLITS, FoldIndex, base_label_table, build_fold_index
 from fsslab.data.transforms import TrainAugment, normalize
 from fsslab.data.weak import WEAK_LABELS, weak_label

@@ -8,9 +8,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.errors import DatasetError  # re-exported: fsslab.data.io.DatasetError is its historical home
-
-IGNORE_INDEX = 255
 
 
 def _read_bytes(path: str | Path, what: str) -> bytes:

@@ -13,8 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.data.classes import Benchmark
-from fsslab.data.io import IGNORE_INDEX, DatasetError, check_same_size, image_size, read_label
+from fsslab.data.io import DatasetError, check_same_size, image_size, read_label
 from fsslab.errors import ConfigError, FsslabWarning
 
 MIN_AREA = 2 * 32 * 32  # PFENet/Shaban: a class counts in an image only with >= 2048 pixels

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.data.classes import voc_palette
 from fsslab.data.prep_coco import coco_semantic_label, prepare_coco
 from fsslab.data.prep_common import (
@@ -29,7 +30,6 @@ __all__ = [
 ]  # fmt: skip
 
 N_PASCAL_CLASSES = 20
-IGNORE = 255
 TRAIN_LISTS = ("pfenet", "aug")
 
 
@@ -90,7 +90,7 @@ def read_voc_label(path: str | os.PathLike) -> np.ndarray:
 def _colours_to_indices(rgb: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     palette = voc_palette(256)
     lookup = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(palette) if i <= N_PASCAL_CLASSES}
-    lookup[(224 << 16) | (224 << 8) | 192] = IGNORE  # VOC draws the void band in this colour
+    lookup[(224 << 16) | (224 << 8) | 192] = IGNORE_INDEX  # VOC draws the void band in this colour
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     unique, inverse = np.unique(codes, return_inverse=True)
     unknown = [f"#{c:06x}" for c in unique if c not in lookup]
@@ -116,7 +116,7 @@ def read_sbd_label(path: str | os.PathLike) -> np.ndarray:
     label = np.asarray(segmentation)
     if label.ndim != 2 or label.size == 0:
         raise PrepError(f"{path}: GTcls.Segmentation has shape {label.shape}, expected a 2-D map")
-    if label.min() < 0 or label.max() > IGNORE:
+    if label.min() < 0 or label.max() > IGNORE_INDEX:
         raise PrepError(f"{path}: GTcls.Segmentation values outside 0..255")
     label = label.astype(np.uint8)
     _check_values(label, path)
@@ -125,9 +125,9 @@ def read_sbd_label(path: str | os.PathLike) -> np.ndarray:
 
 def _check_values(label: np.ndarray, path: str | os.PathLike) -> None:
     present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
-    bad = [int(v) for v in present if N_PASCAL_CLASSES < v < IGNORE]
+    bad = [int(v) for v in present if N_PASCAL_CLASSES < v < IGNORE_INDEX]
     if bad:
-        raise PrepError(f"{path}: label values {bad[:10]} outside 0..{N_PASCAL_CLASSES} and {IGNORE}")
+        raise PrepError(f"{path}: label values {bad[:10]} outside 0..{N_PASCAL_CLASSES} and {IGNORE_INDEX}")
 
 
 def pascal_name_sets(voc_root: Path, sbd_root: Path | None, sbd_train_list: Path | None = None) -> dict:

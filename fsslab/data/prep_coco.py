@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.data.io import image_size
 from fsslab.data.prep_coco_checks import (
     as_integer,
@@ -32,7 +33,6 @@ from fsslab.data.prep_common import (
     write_list,
 )
 
-IGNORE = 255
 CROWD_MODES = ("ignore", "class", "background")
 
 
@@ -57,7 +57,7 @@ def category_index(categories: list[dict]) -> dict[int, int]:
 
     The records were checked by load_instances (each has an integer id)."""
     ids = sorted(int(c["id"]) for c in categories)
-    if len(ids) != len(set(ids)) or not 0 < len(ids) < IGNORE:
+    if len(ids) != len(set(ids)) or not 0 < len(ids) < IGNORE_INDEX:
         raise PrepError(f"expected 1..254 distinct category ids, got {len(ids)} ({len(set(ids))} distinct)")
     return {cid: i + 1 for i, cid in enumerate(ids)}
 
@@ -124,7 +124,7 @@ def coco_semantic_label(
             problems.append(f"annotation {ann.get('id')}: bad segmentation ({err})")
             continue
         problems.extend(f"annotation {ann.get('id')}: {problem} (dropped; the rest kept)" for problem in dropped)
-        label[mask] = IGNORE if is_crowd and crowd == "ignore" else class_index
+        label[mask] = IGNORE_INDEX if is_crowd and crowd == "ignore" else class_index
     return label, problems
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from fsslab.data.io import IGNORE_INDEX
+from fsslab.batch import IGNORE_INDEX
 from fsslab.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fsslab.data.io import IGNORE_INDEX
+from fsslab.batch import IGNORE_INDEX
 from fsslab.errors import ConfigError, DatasetError
 
 WEAK_LABELS = ("mask", "box", "scribble")

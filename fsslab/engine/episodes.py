@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from fsslab.engine.metrics import IGNORE_INDEX, intersection_union, logits_at_label_resolution
+from fsslab.batch import IGNORE_INDEX
+from fsslab.engine.metrics import intersection_union, logits_at_label_resolution
 from fsslab.models.base import model_device
 
 # A failure mode is read off the areas: how much of the target the prediction covers (recall) and how much of

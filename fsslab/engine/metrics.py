@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.data.eval_protocols import to_label_resolution
 
-IGNORE_INDEX = 255
 _EPS = 1e-10  # PFENet's convention: a class whose union is 0 scores 0, not NaN
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.engine.run_dir import atomic_write_text, notice
 from fsslab.errors import DatasetError
 
@@ -21,7 +22,7 @@ def _mask_to_rgb(mask: torch.Tensor) -> torch.Tensor:
     """[H,W] in {0,1,255} → [3,H,W]: background black, foreground white, ignore grey."""
     rgb = torch.zeros(3, *mask.shape)
     rgb[:, mask == 1] = 1.0
-    rgb[:, mask == 255] = 0.5
+    rgb[:, mask == IGNORE_INDEX] = 0.5
     return rgb
 
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.errors import ConfigError
 from fsslab.models.backbones import build_backbone
 from fsslab.models.base import FewShotModel, OptimizerSpec
@@ -36,7 +37,7 @@ class PrototypeBaseline(FewShotModel):
     def __init__(self, backbone: str = "resnet50", pretrained: str | None = None, dilation: str = "pspnet",
                  norm: str = "frozen", feature_layers: tuple[str, ...] = ("layer2", "layer3"),
                  threshold: float = 0.5, scale: float = 10.0, learn_threshold: bool = False,
-                 freeze_backbone: bool = True, ignore_index: int = 255, channels_last: bool = True) -> None:
+                 freeze_backbone: bool = True, ignore_index: int = IGNORE_INDEX, channels_last: bool = True) -> None:
         super().__init__()
         # channels_last input: oneDNN's convolutions on CPU are faster in that layout (same function; measured
         # -32% at the tiny setting, -13% at ResNet-50 473x473, benchmarks/README.md)

@@ -1,4 +1,5 @@
-"""Layers shared by the few-shot models: masked pooling, the PFENet prior, sine positions, FFN, Dice loss."""
+"""Layers shared by the few-shot models: masked pooling, the PFENet prior, tokens <-> maps, sine positions,
+FFN, Dice loss."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def masked_average_pool(feat: torch.Tensor, mask: torch.Tensor, eps: float = 5e-
     """
     area = mask.sum(dim=(2, 3), keepdim=True)  # [N,1,1,1]
     return (feat * mask).sum(dim=(2, 3), keepdim=True) / (area + eps)
+
+
+def tokens_to_map(tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """[B,h*w,C] tokens -> [B,C,h,w]; a channels_last view (no copy) when ``tokens`` is contiguous."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], hw[0], hw[1])
 
 
 def _pool_channels(tokens: torch.Tensor, size: int) -> torch.Tensor:
@@ -157,4 +163,5 @@ def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: float
     raise ValueError(f"unknown reduction {reduction!r}; valid: 'sum', 'mean', 'none'")
 
 
-__all__ = ["FFN", "SinePositionalEncoding", "masked_average_pool", "prior_mask", "weighted_dice_loss"]
+__all__ = ["FFN", "SinePositionalEncoding", "masked_average_pool", "prior_mask", "tokens_to_map",
+           "weighted_dice_loss"]

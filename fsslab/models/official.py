@@ -58,6 +58,15 @@ def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
             f"/ {len(shapes)} shape-mismatched keys (first few: {details}){hint}")
 
 
+def rename_by_prefix(key: str, rules: list[tuple[str, str]], source: str, layout: str = "AMFormer") -> str:
+    """``key`` renamed through its longest matching ``(old prefix, new prefix)`` rule (a whole dotted prefix)."""
+    best = max((r for r in rules if key == r[0] or key.startswith(r[0] + ".")), key=lambda r: len(r[0]),
+               default=None)
+    if best is None:
+        raise CheckpointError(f"{source} key {key!r} has no counterpart (unknown {layout} checkpoint layout)")
+    return best[1] + key[len(best[0]):]
+
+
 def load_official(arch: str, path: str | Path, **kwargs: Any) -> torch.nn.Module:
     """Build ``arch`` with the reference hyper-parameters (kwargs: shot, layers, reproduce_official, ...)
     and load the official checkpoint at ``path``; the model is returned in eval mode."""

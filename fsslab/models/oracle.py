@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.models.base import FewShotModel
 from fsslab.models.output import FSSOutput
 
-IGNORE_INDEX = 255  # the label value every fsslab dataset uses for "not scored"
 TRACE_KEYS: dict[str, str] = {}  # nothing to trace: the prediction is the label
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.errors import ConfigError
 from fsslab.models.backbones import build_backbone
+from fsslab.models.backbones.weights import DEEP_STEM_FROM_SEQUENTIAL
 from fsslab.models.base import FewShotModel, OptimizerSpec
+from fsslab.models.official import check_keys, read_official_state_dict, rename_by_prefix
 from fsslab.models.output import FSSOutput
 
 TRACE_KEYS = {
@@ -82,7 +87,7 @@ class PSPNet(FewShotModel):
 
     def __init__(self, backbone: str = "resnet50", n_classes: int = 16, pretrained: str | None = None,
                  dilation: str = "pspnet", norm: str = "batch", bins: tuple[int, ...] = (1, 2, 3, 6),
-                 dropout: float = 0.1, aux_weight: float = 0.0, ignore_index: int = 255,
+                 dropout: float = 0.1, aux_weight: float = 0.0, ignore_index: int = IGNORE_INDEX,
                  head_lr_multiplier: float = 10.0, optimizer: str = "sgd", head_channels: int = 512,
                  backbone_lr_multiplier: float = 1.0, channels_last: bool = True) -> None:
         super().__init__()
@@ -157,4 +162,28 @@ class PSPNet(FewShotModel):
                               options={"momentum": 0.9, "weight_decay": weight_decay})]
 
 
-__all__ = ["PPM", "TRACE_KEYS", "PSPNet", "SegmentationHead"]
+def bam_pspnet_rules(official_head: str, prefix: str) -> list[tuple[str, str]]:
+    """(official BAM/AMFormer name, fsslab PSPNet name) prefix pairs; ``official_head`` names the final 1x1
+    classifier (``cls.4`` in BAM's PSPNet, ``base_learnear.2`` inside AMFormer), ``prefix`` is put before
+    every fsslab name (``base_learner.`` inside AMFormer)."""
+    rules = [(f"layer0.{i}", f"{prefix}backbone.{name}") for i, name in DEEP_STEM_FROM_SEQUENTIAL.items()]
+    rules += [(f"layer{i}", f"{prefix}backbone.layer{i}") for i in range(1, 5)]
+    for i in range(4):
+        rules += [(f"ppm.features.{i}.1", f"{prefix}ppm.branches.{i}.conv"),
+                  (f"ppm.features.{i}.2", f"{prefix}ppm.branches.{i}.bn")]
+    rules += [("cls.0", f"{prefix}head.conv"), ("cls.1", f"{prefix}head.bn"), (official_head, f"{prefix}head.out")]
+    return rules
+
+
+def load_pspnet_weights(pspnet: nn.Module, path: str | Path) -> None:
+    """Load a stage-1 PSPNet checkpoint (fsslab ``PSPNet`` or official BAM ``model/PSPNet.py`` layout) strictly."""
+    state = read_official_state_dict(path)
+    if not any(k.startswith("backbone.") for k in state):  # official BAM layout: layer0.., ppm.features, cls
+        rules = bam_pspnet_rules("cls.4", "")
+        state = {rename_by_prefix(k, rules, f"PSPNet checkpoint {path}", layout="PSPNet"): v
+                 for k, v in state.items()}
+    check_keys(pspnet, state, str(path))
+    pspnet.load_state_dict(state, strict=True)
+
+
+__all__ = ["PPM", "TRACE_KEYS", "PSPNet", "SegmentationHead", "bam_pspnet_rules", "load_pspnet_weights"]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from fsslab.models.layers import masked_average_pool
 from fsslab.viz.palette import denormalize, to_numpy
 
 # Keys whose tensors carry no batch dimension in a single dataset sample: decides batch vs sample.
@@ -119,15 +120,13 @@ def heat_over_image(ax: Axes, img: torch.Tensor | np.ndarray | None, heat: torch
     return artist
 
 
-def masked_average_pool(feat: torch.Tensor, mask: torch.Tensor, eps: float = 5e-4) -> torch.Tensor:
-    """[N,C,h,w] features, [N,h,w] 0/1 mask (resized to the features) -> [N,C] masked mean.
-
-    A local copy so that viz does not depend on model internals (fsslab.models.layers has the model one).
-    """
+def masked_prototype(feat: torch.Tensor, mask: torch.Tensor, eps: float = 5e-4) -> torch.Tensor:
+    """[N,C,h,w] features, [N,H,W] 0/1 mask -> [N,C]: the models' ``masked_average_pool``, the mask resized to
+    the features as the models resize theirs (bilinear, corners aligned)."""
     mask = mask.float()
     if mask.shape[-2:] != feat.shape[-2:]:
-        mask = F.interpolate(mask[:, None], size=feat.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return (feat * mask[:, None]).sum(dim=(2, 3)) / (mask.sum(dim=(1, 2))[:, None] + eps)
+        mask = F.interpolate(mask[:, None], size=feat.shape[-2:], mode="bilinear", align_corners=True)[:, 0]
+    return masked_average_pool(feat, mask[:, None], eps).flatten(1)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.viz._common import (
     blank_axes,
     fg_probability,
@@ -103,7 +104,7 @@ def perturb_mask(mask: torch.Tensor, kind: str, strength: float, seed: int = 0) 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     """Foreground IoU of two 0/1/255 masks, pixels labelled 255 in either ignored (1.0 when both are empty)."""
     a, b = torch.as_tensor(a), torch.as_tensor(b)
-    valid = (a != 255) & (b != 255)
+    valid = (a != IGNORE_INDEX) & (b != IGNORE_INDEX)
     a, b = (a == 1) & valid, (b == 1) & valid
     union = (a | b).sum()
     return 1.0 if union == 0 else float((a & b).sum() / union)

@@ -10,12 +10,12 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.viz._common import blank_axes, image_axes, new_figure, select_sample
 from fsslab.viz.palette import (
     BOX,
     FOREGROUND,
     IGNORE,
-    IGNORE_LABEL,
     SCRIBBLE,
     denormalize,
     overlay_mask,
@@ -102,7 +102,7 @@ def show_episode(batch_or_sample: Mapping[str, Any], index: int = 0,
             blank_axes(axes[r, 1 + k])
 
     handles = [Patch(color=FOREGROUND, label="target class"),
-               Patch(facecolor=IGNORE, edgecolor="k", label=f"ignore ({IGNORE_LABEL})")]
+               Patch(facecolor=IGNORE, edgecolor="k", label=f"ignore ({IGNORE_INDEX})")]
     handles += [Patch(color=_WEAK_COLOURS.get(kind, series_colour(i)), label=f"{kind} support")
                 for i, (kind, _) in enumerate(rows[1:], start=1)]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
@@ -111,7 +111,7 @@ def show_episode(batch_or_sample: Mapping[str, Any], index: int = 0,
 
 def ignore_fraction(mask: torch.Tensor) -> float:
     """Fraction of pixels labelled 255 (boundary band + padding) in a mask."""
-    return float((torch.as_tensor(mask) == IGNORE_LABEL).float().mean())
+    return float((torch.as_tensor(mask) == IGNORE_INDEX).float().mean())
 
 
 def _as_series(stats: Mapping[Any, Any]) -> dict[str, dict[Any, float]]:

@@ -14,7 +14,7 @@ from fsslab.viz._common import (
     cosine,
     heat_over_image,
     image_axes,
-    masked_average_pool,
+    masked_prototype,
     new_figure,
     select_sample,
 )
@@ -99,9 +99,9 @@ def _reference_prototypes(trace: Mapping[str, Any], sample: Mapping[str, Any] | 
     sfeat = _get(trace, "support_feat", index, required=False)
     if support is None and sfeat is not None and sample is not None:
         sfeat = sfeat[None] if sfeat.dim() == 3 else sfeat
-        support = masked_average_pool(sfeat.float(), (sample["support_masks"] == 1).float()).mean(0)
+        support = masked_prototype(sfeat.float(), (sample["support_masks"] == 1).float()).mean(0)
     if query is None and qfeat is not None and sample is not None:
-        query = masked_average_pool(qfeat[None].float(), (sample["query_mask"] == 1).float()[None])[0]
+        query = masked_prototype(qfeat[None].float(), (sample["query_mask"] == 1).float()[None])[0]
     if support is None:
         mined = _get(trace, "mined_prototypes", index, required=False)
         if mined is not None:

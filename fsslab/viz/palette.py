@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from fsslab.batch import IGNORE_INDEX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_LABEL = 255
 
 # Overlay colours (RGB in [0, 1]); chosen to stay distinguishable for the common colour-vision deficiencies.
 FOREGROUND = (0.90, 0.16, 0.12)  # target class
@@ -63,7 +64,7 @@ def overlay_mask(img: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor
         raise ValueError(f"overlay_mask expects an [H,W,3] image, got shape {tuple(base.shape)}")
     if m.shape != base.shape[:2]:
         raise ValueError(f"mask shape {tuple(m.shape)} does not match image shape {tuple(base.shape[:2])}")
-    ignore = m == IGNORE_LABEL
+    ignore = m == IGNORE_INDEX
     weight = np.where(ignore, 0.0, np.clip(m, 0.0, 1.0))[..., None] * alpha
     out = base * (1.0 - weight) + np.asarray(colour, np.float32) * weight
     if ignore_colour is not None and ignore.any():

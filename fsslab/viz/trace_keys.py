@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 # canonical name -> (accepted trace keys in order of preference, shape and meaning, batch dimension).
-# The shapes follow the models' own ``TRACE_KEYS`` (fsslab/models/ipmt/network.py, fsslab/models/amformer):
+# The shapes follow the models' own ``TRACE_KEYS`` (fsslab/models/ipmt/model.py, fsslab/models/amformer):
 # IPMT stacks per-layer entries layer-first ([L,B,...]); everything else is batch-first. L = layers, K = shots,
 # h,w = feature grid, M = heads, P = points, S = generator stages (mining + refinements), N = parts.
 IPMT_TRACE: dict[str, tuple[tuple[str, ...], str, int]] = {

@@ -10,6 +10,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fsslab.batch import batch_of_one
 from fsslab.viz.amformer import PERTURBATIONS, perturb_mask, plot_perturbation
 from fsslab.viz.episodes import show_episode, weak_supports
 from fsslab.viz.ipmt import num_layers, plot_ipmt_overview
@@ -110,7 +111,7 @@ def trace_runner(model: torch.nn.Module, datasets: Mapping[int, Sequence[Mapping
         if shot not in datasets:
             raise KeyError(f"no dataset for {shot} shot(s); available: {sorted(datasets)}")
         sample = datasets[shot][episode]
-        batch = {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
+        batch = batch_of_one(sample)
         device = next(model.parameters()).device
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         model.eval()

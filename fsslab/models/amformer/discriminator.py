@@ -16,6 +16,7 @@ them by default (``train_part_queries=False``).
 from __future__ import annotations
 
 import contextlib
+import random
 
 import torch
 import torch.nn.functional as F
@@ -161,3 +162,38 @@ def adversarial_branch(disc: PartDiscriminator, fused_maps: list[torch.Tensor], 
     return {"adversarial_g": loss_g / levels, "adversarial_d": loss_d / levels, "diversity": diversity / levels,
             "part_maps_fake": torch.stack(maps_fake, 1), "part_maps_real": torch.stack(maps_real, 1),
             "d_score_fake": torch.stack(scores_fake, 1), "d_score_real": torch.stack(scores_real, 1)}
+
+
+def diversity_draws(levels: int, parts: int, device: torch.device, python_rng: bool = False
+                    ) -> list[tuple[torch.Tensor, ...]]:
+    """Per level, the (fake, real) part-map indices of the diversity terms: int(2N/3) of the N parts each.
+
+    python_rng: draw them with Python's ``random.sample`` as the reference does (fake first, then real,
+    per level); otherwise with torch's RNG.
+    """
+    count = int(parts * 2 / 3)
+    if python_rng:
+        draws = [tuple(torch.tensor(random.sample(range(parts), count)) for _ in range(2)) for _ in range(levels)]
+    else:
+        draws = [tuple(torch.randperm(parts)[:count] for _ in range(2)) for _ in range(levels)]
+    return [tuple(d.to(device) for d in pair) for pair in draws]
+
+
+@torch.no_grad()
+def judge_masks(disc: PartDiscriminator, features: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How D judges foreground masks ``masks`` [B,M,H,W] (any resolution, bilinearly resized) on G's fused
+    maps ``features`` [B,levels,C,h,w]: ``score`` [B,M,levels] (P(real) averaged over parts), ``part_scores``
+    [B,M,levels,N] and ``part_maps`` [B,M,levels,N,h,w]."""
+    b, m = masks.shape[:2]
+    levels = features.shape[1]
+    feats = features.unsqueeze(1).expand(-1, m, -1, -1, -1, -1).flatten(0, 1)  # [B*M,levels,C,h,w]
+    small = F.interpolate(masks.flatten(0, 1).unsqueeze(1).float(), size=features.shape[-2:],
+                          mode="bilinear", align_corners=True).to(features.dtype)
+    scores, maps = [], []
+    for level in range(levels):
+        parts, part_maps = disc.parts(level, feats[:, level], small)
+        scores.append(disc.score(level, parts).squeeze(-1))  # [B*M,N]
+        maps.append(part_maps)
+    part_scores = torch.stack(scores, 1).view(b, m, levels, -1)
+    return {"score": part_scores.mean(-1), "part_scores": part_scores,
+            "part_maps": torch.stack(maps, 1).view(b, m, levels, *maps[0].shape[1:])}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from fsslab.batch import IGNORE_INDEX
+
 REAL_LABEL_SMOOTHED = 0.9  # one-sided label smoothing of D's "real" target
 
 

@@ -1,4 +1,4 @@
-"""Official AMFormer (github:Wyxdm/AMNet) checkpoints <-> fsslab AMFormer, and stage-1 PSPNet weight loading.
+"""Official AMFormer (github:Wyxdm/AMNet) checkpoints <-> fsslab AMFormer.
 
 Key layout differences are pure renames (listed in ``_rules``), with one exception: the official
 ``supp_merge`` conv (a support-side 1x1 conv whose output is never used by the official forward) has
@@ -10,18 +10,17 @@ outputs.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
-from torch import nn
 
-from fsslab.errors import CheckpointError, ConfigError
-from fsslab.models.official import read_official_state_dict
+from fsslab.errors import ConfigError
+from fsslab.models.amformer.model import AMFormer
+from fsslab.models.official import rename_by_prefix
+from fsslab.models.pspnet import bam_pspnet_rules
 
 log = logging.getLogger(__name__)
 
 DEAD_OFFICIAL_PREFIXES = ("supp_merge.",)
-_STEM = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3", "7": "bn3"}
 _BLOCK = {"norm1": "norm1", "norm2": "norm2", "attn.attn.linear_q": "attn.q_proj",
           "attn.attn.linear_k": "attn.k_proj", "attn.attn.linear_v": "attn.v_proj",
           "attn.attn.linear_o": "attn.out_proj", "attn.sr": "attn.reduce", "attn.norm": "attn.reduce_norm",
@@ -30,20 +29,9 @@ _PART = {"parts": "part_queries", "q_fc": "q_proj", "k_fc": "k_proj", "v_fc": "v
          "layer_norms": "norm", "ffn.layers.0.0": "ffn_in", "ffn.layers.1": "ffn_out"}
 
 
-def _pspnet_rules(official_head: str, fss: str) -> list[tuple[str, str]]:
-    """Rules for the PSPNet part (official BAM/AMFormer names -> fsslab PSPNet module names)."""
-    rules = [(f"layer0.{i}", f"{fss}backbone.{name}") for i, name in _STEM.items()]
-    rules += [(f"layer{i}", f"{fss}backbone.layer{i}") for i in range(1, 5)]
-    for i in range(4):
-        rules += [(f"ppm.features.{i}.1", f"{fss}ppm.branches.{i}.conv"),
-                  (f"ppm.features.{i}.2", f"{fss}ppm.branches.{i}.bn")]
-    rules += [("cls.0", f"{fss}head.conv"), ("cls.1", f"{fss}head.bn"), (official_head, f"{fss}head.out")]
-    return rules
-
-
 def _rules() -> list[tuple[str, str]]:
     """(official prefix, fsslab prefix) pairs; a key maps through its longest matching prefix."""
-    rules = _pspnet_rules("base_learnear.2", "base_learner.")
+    rules = bam_pspnet_rules("base_learnear.2", "base_learner.")
     rules += [("down_supp", "reduce_support"), ("down_query", "reduce_query"), ("query_merge", "query_fusion"),
               ("gram_merge", "gram_fusion"), ("cls_merge", "learner_fusion"), ("kshot_rw", "shot_reweight")]
     mt, g = "transformer.mix_transformer.", "generator."
@@ -69,49 +57,27 @@ def _rules() -> list[tuple[str, str]]:
     return rules
 
 
-def _rename(key: str, rules: list[tuple[str, str]], source: str) -> str:
-    best = max((r for r in rules if key == r[0] or key.startswith(r[0] + ".")), key=lambda r: len(r[0]),
-               default=None)
-    if best is None:
-        raise CheckpointError(f"{source} key {key!r} has no counterpart (unknown AMFormer checkpoint layout)")
-    return best[1] + key[len(best[0]):]
-
-
 def official_to_fsslab(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official AMFormer state_dict (no ``module.`` prefix) -> fsslab ``AMFormer`` state_dict."""
     rules = _rules()
     dead = sorted(k for k in sd if k.startswith(DEAD_OFFICIAL_PREFIXES))
     if dead:
         log.info("dropping %d official key(s) of the unused supp_merge branch: %s", len(dead), dead)
-    return {_rename(k, rules, "official"): v for k, v in sd.items() if k not in dead}
+    return {rename_by_prefix(k, rules, "official"): v for k, v in sd.items() if k not in dead}
 
 
 def fsslab_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """fsslab ``AMFormer`` state_dict -> official layout (``supp_merge.0.weight`` exported as zeros)."""
     rules = [(b, a) for a, b in _rules()]
-    out = {_rename(k, rules, "fsslab"): v for k, v in sd.items()}
+    out = {rename_by_prefix(k, rules, "fsslab"): v for k, v in sd.items()}
     hidden, fused = sd["reduce_support.0.weight"].shape[0], sd["query_fusion.0.weight"].shape[0]
     out["supp_merge.0.weight"] = sd["query_fusion.0.weight"].new_zeros(fused, 2 * hidden, 1, 1)
     return out
 
 
-def load_pspnet_weights(pspnet: nn.Module, path: str | Path) -> None:
-    """Load a stage-1 PSPNet checkpoint (fsslab ``PSPNet`` or official BAM ``model/PSPNet.py`` layout) strictly."""
-    state = read_official_state_dict(path)
-    if not any(k.startswith("backbone.") for k in state):  # official BAM layout: layer0.., ppm.features, cls
-        rules = _pspnet_rules("cls.4", "")
-        state = {_rename(k, rules, f"PSPNet checkpoint {path}"): v for k, v in state.items()}
-    from fsslab.models.official import check_keys
-
-    check_keys(pspnet, state, str(path))
-    pspnet.load_state_dict(state, strict=True)
-
-
 def build_reference_model(shot: int = 1, layers: int = 50, dataset: str = "pascal",
-                          reproduce_official: bool = False, **kw) -> nn.Module:
+                          reproduce_official: bool = False, **kw) -> AMFormer:
     """AMFormer with the hyper-parameters of ``config/<dataset>/<dataset>_split0_resnet<layers>_manet.yaml``."""
-    from fsslab.models.amformer.model import AMFormer
-
     if dataset not in ("pascal", "coco"):
         raise ConfigError(f"unknown dataset {dataset!r}; valid: 'pascal', 'coco'")
     if layers not in (50, 101):

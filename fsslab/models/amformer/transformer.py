@@ -22,18 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsslab.errors import ConfigError
+from fsslab.models.layers import tokens_to_map
 
 LN_EPS = 1e-6  # every LayerNorm of G (mmcv norm_cfg=dict(type='LN', eps=1e-6))
 MINING_TEMPERATURE = 0.1
 
 
-def tokens_to_map(tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """[B,L,C] -> [B,C,h,w]."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], hw[0], hw[1])
-
-
 def map_to_tokens(feat: torch.Tensor) -> torch.Tensor:
-    """[B,C,h,w] -> [B,h*w,C]."""
+    """[B,C,h,w] -> [B,h*w,C], always a view (strided for an NCHW map). IPMT's ``map_to_tokens`` copies an NCHW
+    map instead; the two stay apart because either choice for both would change the memory layout that one
+    model's layers read, and with it their float rounding."""
     return feat.flatten(2).transpose(1, 2)
 
 

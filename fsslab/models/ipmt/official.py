@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from fsslab.errors import CheckpointError, ConfigError
-from fsslab.models.ipmt.network import IPMT
+from fsslab.models.ipmt.model import IPMT
 
 # Official names of the head modules (IPMTnetwork attributes) -> fsslab attributes; indices inside are kept.
 _HEAD_NAMES = {

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsslab.models.deformable import MultiScaleDeformableAttention, reference_grid
-from fsslab.models.layers import FFN, SinePositionalEncoding
+from fsslab.models.layers import FFN, SinePositionalEncoding, tokens_to_map
 
 # Additive attention bias of masked-out tokens (the reference adds -10000, not -inf: a fully masked
 # row then degrades to plain attention instead of NaN).
@@ -19,13 +19,9 @@ def mask_to_bias(keep: torch.Tensor) -> torch.Tensor:
     return ((~keep).float() * MASKED_LOGIT).unsqueeze(1)
 
 
-def tokens_to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """[B,h*w,C] -> [B,C,h,w] as a channels_last view (no copy when ``tokens`` is contiguous)."""
-    return tokens.view(tokens.shape[0], h, w, tokens.shape[2]).permute(0, 3, 1, 2)
-
-
 def map_to_tokens(feat: torch.Tensor) -> torch.Tensor:
-    """[B,C,h,w] -> [B,h*w,C] (no copy when ``feat`` is channels_last)."""
+    """[B,C,h,w] -> contiguous [B,h*w,C] (no copy when ``feat`` is channels_last; an NCHW map is copied).
+    AMFormer's ``map_to_tokens`` returns a strided view instead (see there why both exist)."""
     return feat.permute(0, 2, 3, 1).reshape(feat.shape[0], -1, feat.shape[1])
 
 
@@ -129,7 +125,7 @@ class QueryUpdate(nn.Module):
         weight = self.merge.weight.flatten(1)  # [C, 2C]: the concat's two halves act separately
         # the prototype half is constant over positions: a per-image bias instead of a concat
         merged = F.relu(F.linear(query, weight[:, :dims]) + F.linear(prototype, weight[:, dims:]))
-        feat = tokens_to_map(merged.contiguous(), h, w)  # channels_last view
+        feat = tokens_to_map(merged.contiguous(), (h, w))  # channels_last view
         return map_to_tokens(feat + self.residual(feat))
 
 
@@ -237,4 +233,4 @@ class IPMTransformer(nn.Module):
         if need_masks:
             masks = {"query_masks": torch.stack(query_masks).reshape(-1, b, h, w),
                      "support_masks": torch.stack(support_masks)}
-        return tokens_to_map(query.contiguous(), h, w), masks
+        return tokens_to_map(query.contiguous(), (h, w)), masks

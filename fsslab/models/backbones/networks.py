@@ -1,4 +1,4 @@
-"""Feature backbones (deep-stem / torchvision ResNets, VGG-16-bn, a tiny ResNet) with dilation and weight loading."""
+"""The backbone networks (deep-stem / torchvision ResNets, VGG-16-bn, a tiny ResNet) with dilation, and ``build_backbone``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsslab.errors import ConfigError
-from fsslab.models.backbone_weights import LoadReport, load_backbone_weights
+from fsslab.models.backbones.weights import load_backbone_weights
 
 BACKBONE_NAMES = ("resnet50", "resnet101", "resnet50_tv", "resnet101_tv", "vgg16", "resnet_tiny")
 DILATION_MODES = ("torchvision", "pspnet", "none")
@@ -353,19 +353,3 @@ def build_backbone(name: str, pretrained: str | Path | Mapping[str, Any] | None 
         load_backbone_weights(backbone, pretrained)
     return backbone
 
-
-__all__ = [
-    "BACKBONE_NAMES",
-    "DILATION_MODES",
-    "NORM_KINDS",
-    "FrozenBatchNorm2d",
-    "LoadReport",
-    "ResNetBackbone",
-    "VGGBackbone",
-    "block_geometry",
-    "build_backbone",
-    "conv_norm",
-    "load_backbone_weights",
-    "make_norm",
-    "set_norm_folding",
-]

@@ -1,22 +1,24 @@
 """Inference path of a frozen ResNet with each FrozenBatchNorm folded into its conv, folded weights cached.
 
-``backbones.conv_norm`` folds too but recomputes ``W * scale`` (and, under autocast, the bf16 cast) at
-every call; IPMT's backbone never trains, so the folded weights are cached per (layout, dtype) until a
-tensor changes -- 2-5% of a 473x473 forward on CPU.
+``networks.conv_norm`` folds too but recomputes ``W * scale`` (and, under autocast, the bf16 cast) at
+every call; a backbone that never trains (IPMT's) can cache the folded weights per (layout, dtype) until
+a tensor changes -- 2-5% of a 473x473 forward on CPU. ``frozen_stage_runner`` is the one entry point.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsslab.models.backbones import BasicBlock, Bottleneck, FrozenBatchNorm2d, ResNetBackbone
+from fsslab.models.backbones.networks import BasicBlock, Bottleneck, FrozenBatchNorm2d, ResNetBackbone
 
 
 def can_fold(backbone: nn.Module) -> bool:
     """True for a ResNetBackbone whose norms are all FrozenBatchNorm2d with folding left on
-    (``backbones.set_norm_folding(backbone, False)`` asks for the references' exact arithmetic)."""
+    (``set_norm_folding(backbone, False)`` asks for the references' exact arithmetic)."""
     return isinstance(backbone, ResNetBackbone) and all(
         getattr(m, "fold_into_conv", True) for m in backbone.modules() if isinstance(m, FrozenBatchNorm2d)) and not any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
@@ -78,3 +80,17 @@ def folded_stage(backbone: ResNetBackbone, name: str, x: torch.Tensor) -> torch.
     for block in getattr(backbone, name):
         x = _block(block, x)
     return x
+
+
+def frozen_stage_runner(backbone: nn.Module) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """``run(stage, x)`` for a frozen backbone: ``backbone.forward_stage`` with every FrozenBatchNorm folded
+    into its conv and the folded weights cached (``folded_stage``) when ``can_fold``, else the plain stage."""
+    if can_fold(backbone):  # same function, two passes over each activation fewer
+        def run(stage: str, x: torch.Tensor) -> torch.Tensor:
+            return folded_stage(backbone, stage, x)
+
+        return run
+    return backbone.forward_stage
+
+
+__all__ = ["can_fold", "folded_stage", "frozen_stage_runner"]

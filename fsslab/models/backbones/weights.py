@@ -27,7 +27,8 @@ class LoadReport:
         return f"{self.source}: loaded {self.loaded} tensors, ignored {len(self.ignored)} ({'; '.join(reasons)})"
 
 
-_DEEP_STEM_FROM_SEQUENTIAL = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3", "7": "bn3"}
+# PSPNet/BAM ``layer0`` Sequential index -> deep-stem module name (also used for BAM PSPNet checkpoints)
+DEEP_STEM_FROM_SEQUENTIAL = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3", "7": "bn3"}
 
 
 def _read_state(path_or_state: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
@@ -75,7 +76,7 @@ def _translate_keys(backbone: nn.Module, state: dict[str, torch.Tensor],
         else:
             match = re.fullmatch(r"layer0\.(\d+)\.(.+)", key)
             if match and getattr(backbone, "stem", None) == "deep":  # PSPNet/BAM `layer0` Sequential
-                key = f"{_DEEP_STEM_FROM_SEQUENTIAL.get(match.group(1), 'layer0.' + match.group(1))}.{match.group(2)}"
+                key = f"{DEEP_STEM_FROM_SEQUENTIAL.get(match.group(1), 'layer0.' + match.group(1))}.{match.group(2)}"
         out[key] = value
     return out
 
@@ -119,4 +120,4 @@ def load_backbone_weights(backbone: nn.Module, path_or_state: str | Path | Mappi
     return LoadReport(source=source, loaded=len(state), ignored=ignored)
 
 
-__all__ = ["LoadReport", "load_backbone_weights"]
+__all__ = ["DEEP_STEM_FROM_SEQUENTIAL", "LoadReport", "load_backbone_weights"]

@@ -1,4 +1,8 @@
-"""IPMT (Liu et al., NeurIPS'22): frozen ResNet, prior, feature merging, the IPMT layers and the classifiers."""
+"""IPMT (Liu et al., NeurIPS'22): frozen ResNet, prior, feature merging, the IPMT layers and the classifiers.
+
+The model class holds its layers, ``forward`` (the paper's overview figure in numbered steps), ``loss``
+(``loss.py``), the reference's two optimisers and ``TRACE_KEYS``; the transformer is in ``transformer.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsslab.models.backbones import build_backbone
+from fsslab.batch import IGNORE_INDEX
+from fsslab.models.backbones import build_backbone, frozen_stage_runner
 from fsslab.models.base import FewShotModel, OptimizerSpec
-from fsslab.models.ipmt.frozen_resnet import can_fold, folded_stage
 from fsslab.models.ipmt.loss import ipmt_losses
 from fsslab.models.ipmt.transformer import MASKED_LOGIT, IPMTransformer, mask_to_bias
 from fsslab.models.layers import masked_average_pool, prior_mask
@@ -126,11 +130,7 @@ class IPMT(FewShotModel):
         multiplies it by the (soft) foreground mask, so layer4 is computed on the union bounding box of that
         mask plus layer4's receptive-field radius and is zero elsewhere: exactly the same prior, less work.
         """
-        if can_fold(self.backbone):  # frozen BN folded into the convs: same function, two passes fewer
-            def run(stage: str, x: torch.Tensor) -> torch.Tensor:
-                return folded_stage(self.backbone, stage, x)
-        else:
-            run = self.backbone.forward_stage
+        run = frozen_stage_runner(self.backbone)  # frozen BN folded into the convs, weights cached
         layer2 = run("layer2", run("layer1", run("layer0", images)))
         layer3 = run("layer3", layer2)
         window = None if layer4_fg is None else self._layer4_window(layer4_fg, tuple(layer3.shape[-2:]))
@@ -174,7 +174,7 @@ class IPMT(FewShotModel):
             if "query_mask" not in batch:
                 raise KeyError("IPMT(reproduce_official=True) reads batch['query_mask'] (its 255 cells) even in "
                                "eval, as the official code does; the batch has none")
-            source = (batch["query_mask"] == 255)
+            source = (batch["query_mask"] == IGNORE_INDEX)
         elif "query_padding" in batch:
             source = batch["query_padding"]
         else:  # no padding information: nothing is excluded
@@ -197,55 +197,65 @@ class IPMT(FewShotModel):
         corners[0, 0] = corners[-1, -1] = corners[0, -1] = corners[-1, 0] = True
         return fg & ~((fg.flatten(2).all(-1))[..., None, None] & corners)
 
+    # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor], trace: bool = False) -> FSSOutput:
         query_img, support_imgs, support_masks = batch["query_img"], batch["support_imgs"], batch["support_masks"]
-        b, k = support_imgs.shape[:2]
+        b, k = support_imgs.shape[:2]  # query_img (B, 3, H, W); support_imgs (B, K, 3, H, W)
         height, width = query_img.shape[-2:]
         # channels_last end to end: faster convs / pooling on CPU (oneDNN) and GPU, and the [B,C,h,w] maps
         # then share memory with the transformer's [B,h*w,C] tokens (no copies between the two)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
 
+        # 1. Frozen backbone: mid-level cat[layer2, layer3] and high-level layer4, query and supports
         query_mid, query_high = self._backbone_features(query_img.contiguous(memory_format=fmt))
         support_mid, support_high = self._backbone_features(
             support_imgs.flatten(0, 1).contiguous(memory_format=fmt), layer4_fg=(support_masks == 1).flatten(0, 1))
         size = tuple(query_mid.shape[-2:])
         h, w = size
-        query_feat = self.query_reduce(query_mid)  # [B,C,h,w]
-        support_feat = self.support_reduce(support_mid)  # [B*K,C,h,w]
+        query_feat = self.query_reduce(query_mid)  # (B, C, h, w)
+        support_feat = self.support_reduce(support_mid)  # (B*K, C, h, w)
         del query_mid, support_mid
 
-        # soft (bilinear) foreground for pooling and the prior, as the reference
+        # 2. Support prototypes by masked average pooling, and the training-free prior from layer4;
+        # soft (bilinear) foreground for both, as the reference
         soft_fg = F.interpolate((support_masks == 1).flatten(0, 1).unsqueeze(1).to(support_feat.dtype),
-                                size=size, mode="bilinear", align_corners=True)  # [B*K,1,h,w]
-        shot_prototypes = masked_average_pool(support_feat, soft_fg)  # [B*K,C,1,1]
-        global_prototype = shot_prototypes.view(b, k, -1, 1, 1).mean(1)  # [B,C,1,1]
+                                size=size, mode="bilinear", align_corners=True)  # (B*K, 1, h, w)
+        shot_prototypes = masked_average_pool(support_feat, soft_fg)  # (B*K, C, 1, 1)
+        global_prototype = shot_prototypes.view(b, k, -1, 1, 1).mean(1)  # (B, C, 1, 1)
         with torch.no_grad():
             prior = prior_mask(query_high, support_high.view(b, k, *support_high.shape[1:]),
                                soft_fg.view(b, k, 1, h, w), normalize=True, eps=1e-7,
-                               channel_pool=self.hidden_dim).to(query_feat.dtype)  # [B,1,h,w]
+                               channel_pool=self.hidden_dim).to(query_feat.dtype)  # (B, 1, h, w)
         del query_high, support_high
 
-        query_feat = merge_with_vector(self.query_merge[0], query_feat, global_prototype, prior)
+        # 3. Merge the query with the prototype and the prior, the supports with their own prototype;
+        # the initial classifier's prediction masks the first query layer
+        query_feat = merge_with_vector(self.query_merge[0], query_feat, global_prototype, prior)  # (B, C, h, w)
         # the residual branch feeds only the initial classifier; the transformer gets the merged map
-        initial_logits = self.initial_classifier(self.query_residual(query_feat) + query_feat)  # [B,2,h,w]
-        support_feat = merge_with_vector(self.support_merge[0], support_feat, shot_prototypes)
-
-        initial_fg = initial_logits.detach().argmax(1).flatten(1)  # [B,h*w] int64
+        initial_logits = self.initial_classifier(self.query_residual(query_feat) + query_feat)  # (B, 2, h, w)
+        support_feat = merge_with_vector(self.support_merge[0], support_feat, shot_prototypes)  # (B*K, C, h, w)
+        initial_fg = initial_logits.detach().argmax(1).flatten(1)  # (B, h*w) int64
         if self.reproduce_official:  # reference: (~int64_mask) * -10000 -> +10000 bg / +20000 fg
             initial_bias = ((initial_fg + 1).float() * -MASKED_LOGIT).unsqueeze(1)
         else:
-            initial_bias = mask_to_bias(initial_fg == 1)
-        support_fg = self._guarded_support_fg(support_masks, size)
-        query_ignore = self._query_ignore(batch, size)
+            initial_bias = mask_to_bias(initial_fg == 1)  # (B, 1, h*w)
+
+        # 4. Intermediate prototype mining transformer: each layer mines the prototype from the supports,
+        # then activates it on the query; the query features it returns are fused over the layers
+        support_fg = self._guarded_support_fg(support_masks, size)  # (B, K, h, w) bool
+        query_ignore = self._query_ignore(batch, size)  # (B, h, w) bool
         need_masks = self.training or trace
         trace_dict: dict[str, torch.Tensor] | None = {} if trace else None
         fused, masks = self.transformer(query_feat, query_ignore, support_feat.view(b, k, *support_feat.shape[1:]),
                                         support_fg, initial_bias, need_masks=need_masks, trace=trace_dict)
-        fused = self.fusion_reduce(fused)
+
+        # 5. Fusion and the final classifier, upsampled to the input size
+        fused = self.fusion_reduce(fused)  # (B, C, h, w)
         fused = self.fusion_residual(fused) + fused
-        final_logits = self.classifier(fused)  # [B,2,h,w]
+        final_logits = self.classifier(fused)  # (B, 2, h, w)
         logits = F.interpolate(final_logits, size=(height, width), mode="bilinear", align_corners=True)
 
+        # 6. Training: the initial logits and every layer's masks for the loss; the trace
         aux: dict[str, torch.Tensor] = {}
         if self.training:
             aux = {"initial_logits": initial_logits, **masks}
