@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from fsslab.batch import IGNORE_INDEX
 from fsslab.data.lists import MIN_AREA  # PFENet's rule: a class counts in an image only above it
 from fsslab.data.synthetic_shapes import (
     CLASS_NAMES,
@@ -30,7 +31,7 @@ from fsslab.errors import ConfigError, DatasetError, TargetExistsError
 GENERATOR_VERSION = 1  # bump whenever the same config would produce different pixels
 BENCHMARK_NAME = "fsslab-synthetic"
 N_CLASSES = len(CLASS_NAMES)  # 20: folds of 5 like PASCAL-5i
-IGNORE_LABEL = 255
+IGNORE_LABEL = IGNORE_INDEX  # the VOC boundary band: the one ignore value of fsslab.batch
 SPLITS = ("train", "val", "pretrain")  # "pretrain": the backbone's own corpus (n_pretrain images, may be 0)
 _INCOMPLETE_MARKER = ".synthetic_incomplete"
 
