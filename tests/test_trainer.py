@@ -264,3 +264,11 @@ def test_bf16_on_a_cpu_without_native_bf16_says_it_is_emulated(monkeypatch):
         warnings.simplefilter("error")
         warn_if_emulated_bf16("bf16", "cpu")  # native: silent
         warn_if_emulated_bf16("none", "cpu")
+
+
+def test_optimisers_use_the_fused_update_on_cpu():
+    # PyTorch's CPU default is a per-parameter Python loop; fsslab asks for the fused kernel (same update rule)
+    from fsslab.engine.optim import build_optimizers
+
+    built = build_optimizers(ToyGD(), 0.01, 1e-4)
+    assert built and all(g["fused"] for b in built for g in b.optimizer.param_groups)
