@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from batches import episode_batch
 
 from fsslab.models import build_model
 from fsslab.models.amformer import TRACE_KEYS, AMFormer
@@ -23,18 +24,7 @@ def tiny(shot: int = 1, **kw) -> AMFormer:
     return AMFormer(shot=shot, **{**TINY, **kw})
 
 
-def episode(b: int = 2, k: int = 1, h: int = 50, w: int = 70, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    blob = (((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 4)) ** 2 <= 1).long()
-    query_mask = blob.expand(b, h, w).clone()
-    query_mask[:, :2] = 255
-    return {"query_img": torch.randn(b, 3, h, w, generator=g),
-            "support_imgs": torch.randn(b, k, 3, h, w, generator=g),
-            "support_masks": blob.expand(b, k, h, w).clone(),
-            "query_mask": query_mask,
-            "query_base_mask": torch.where(query_mask == 1, 3, 0),
-            "class_id": torch.full((b,), 3)}
+episode = episode_batch  # the shared episode batch (its default size, 50 x 70, is this module's)
 
 
 @pytest.fixture(scope="module")

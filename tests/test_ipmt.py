@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from batches import episode_batch
 
 from fsslab.models import build_model, load_official
 from fsslab.models.ipmt import IPMT, TRACE_KEYS
@@ -26,19 +28,8 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
 
-def make_batch(b: int = 2, k: int = 1, h: int = 97, w: int = 97, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    blob = (((ys - h / 2) / (h / 4)) ** 2 + ((xs - w / 2) / (w / 4)) ** 2 <= 1).long()  # a centred ellipse
-    query_mask = blob.expand(b, h, w).clone()
-    query_mask[:, :, -5:] = 255  # padding band on the right
-    padding = torch.zeros(b, h, w, dtype=torch.bool)
-    padding[:, :, -5:] = True
-    support_masks = blob.expand(b, k, h, w).clone()
-    support_masks[..., :3, :] = 255
-    return {"query_img": torch.randn(b, 3, h, w, generator=g), "query_mask": query_mask, "query_padding": padding,
-            "support_imgs": torch.randn(b, k, 3, h, w, generator=g), "support_masks": support_masks,
-            "support_padding": torch.zeros(b, k, h, w, dtype=torch.bool), "class_id": torch.ones(b, dtype=torch.long)}
+# the shared episode batch at this module's default size
+make_batch = functools.partial(episode_batch, h=97, w=97)
 
 
 @pytest.fixture(scope="module")

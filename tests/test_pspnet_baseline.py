@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+from batches import episode_batch
 
 from fsslab.models import build_model
 from fsslab.models.baseline import TRACE_KEYS as BASELINE_TRACE_KEYS
@@ -12,16 +15,8 @@ from fsslab.models.pspnet import TRACE_KEYS as PSPNET_TRACE_KEYS
 torch.set_num_threads(1)
 
 
-def _batch(b: int = 2, k: int = 1, h: int = 50, w: int = 61, n_classes: int = 6, seed: int = 0) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    support_masks = torch.randint(0, 2, (b, k, h, w), generator=gen)
-    support_masks[:, :, :3] = 255
-    query_mask = torch.randint(0, 2, (b, h, w), generator=gen)
-    query_mask[:, -2:] = 255
-    return {"query_img": torch.randn(b, 3, h, w, generator=gen),
-            "support_imgs": torch.randn(b, k, 3, h, w, generator=gen),
-            "support_masks": support_masks, "query_mask": query_mask,
-            "query_base_mask": torch.randint(0, n_classes, (b, h, w), generator=gen)}
+# the shared episode batch at this module's default size; base classes 0..5 for the 6-class PSPNet
+_batch = functools.partial(episode_batch, h=50, w=61, base_class=5)
 
 
 @pytest.mark.parametrize("aux_weight", [0.0, 0.4])

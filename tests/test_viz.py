@@ -195,9 +195,8 @@ def test_ipmt_figures(shots):
 def test_prototype_trajectory_measures_motion_from_support_to_query():
     support, query = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
     steps = torch.linspace(0, 1, LAYERS)[:, None]
-    trace = {"query_prototypes": ((1 - steps) * support + steps * query)[:, None],
-             "support_only_prototype": support[None], "query_only_prototype": query[None]}
-    traj = viz.prototype_trajectory(trace)
+    trace = {"query_prototypes": ((1 - steps) * support + steps * query)[:, None]}
+    traj = viz.prototype_trajectory(trace, references={"support-only": support, "query-only": query})
     assert traj["labels"] == ["layer 1", "layer 2", "layer 3"]
     np.testing.assert_allclose(traj["cosine"]["support-only"], [1.0, 1 / np.sqrt(2), 0.0], atol=1e-6)
     np.testing.assert_allclose(traj["cosine"]["query-only"], [0.0, 1 / np.sqrt(2), 1.0], atol=1e-6)
@@ -255,7 +254,7 @@ def test_deformable_samples_are_placed_in_image_pixels():
 def test_missing_trace_key_names_the_expected_entry():
     trace = make_ipmt_trace(1)
     del trace["query_attention"]
-    with pytest.raises(KeyError, match=r"query_cross_attention.*\[L,B,h,w\]"):
+    with pytest.raises(KeyError, match=r"query_attention.*\[L,B,h,w\]"):
         viz.plot_cross_attention(trace, make_batch(1))
     assert_labelled(viz.plot_ipmt_overview(trace, make_batch(1)))  # the overview leaves that panel blank
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fsslab.batch import Batch
 from fsslab.models.output import FSSOutput
 
 
@@ -33,10 +34,10 @@ class OptimizerSpec:
 class FewShotModel(nn.Module):
     """Contract: ``forward(batch, trace=False) -> FSSOutput``, ``loss``, ``optimizer_specs``, ``step_objectives``."""
 
-    def forward(self, batch: dict[str, torch.Tensor], trace: bool = False) -> FSSOutput:  # pragma: no cover
+    def forward(self, batch: Batch, trace: bool = False) -> FSSOutput:  # pragma: no cover
         raise NotImplementedError
 
-    def loss(self, output: FSSOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss(self, output: FSSOutput, batch: Batch) -> dict[str, torch.Tensor]:
         """Training losses; the dict always has a ``"total"`` entry."""
         raise NotImplementedError  # pragma: no cover
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsslab.batch import IGNORE_INDEX
+from fsslab.batch import IGNORE_INDEX, Batch
 from fsslab.errors import ConfigError
 from fsslab.models.backbones import build_backbone
 from fsslab.models.base import FewShotModel, OptimizerSpec
@@ -74,7 +74,7 @@ class PrototypeBaseline(FewShotModel):
                   for name in self.feature_layers]
         return torch.cat(picked, dim=1)
 
-    def forward(self, batch: dict[str, torch.Tensor], trace: bool = False) -> FSSOutput:
+    def forward(self, batch: Batch, trace: bool = False) -> FSSOutput:
         query_img, support_imgs = batch["query_img"], batch["support_imgs"]  # [B,3,H,W], [B,K,3,H,W]
         b, k = support_imgs.shape[:2]
         size = query_img.shape[-2:]
@@ -98,7 +98,7 @@ class PrototypeBaseline(FewShotModel):
     def _trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def loss(self, output: FSSOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss(self, output: FSSOutput, batch: Batch) -> dict[str, torch.Tensor]:
         """Cross-entropy on ``query_mask`` (ignore 255); raises for the training-free configuration."""
         if not self._trainable():
             raise RuntimeError("PrototypeBaseline with a frozen backbone and a fixed threshold has nothing to "

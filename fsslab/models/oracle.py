@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsslab.batch import IGNORE_INDEX
+from fsslab.batch import IGNORE_INDEX, Batch
 from fsslab.models.base import FewShotModel
 from fsslab.models.output import FSSOutput
 
@@ -35,7 +35,7 @@ class QueryLabelOracle(FewShotModel):
         # a buffer so that `.to(device)` moves something and the evaluation can read the device from it
         self.register_buffer("anchor", torch.zeros(()), persistent=False)
 
-    def forward(self, batch: dict[str, torch.Tensor], trace: bool = False) -> FSSOutput:
+    def forward(self, batch: Batch, trace: bool = False) -> FSSOutput:
         device = self.anchor.device
         height, width = batch["query_img"].shape[-2:]
         if "query_mask_ori" not in batch:
@@ -50,7 +50,7 @@ class QueryLabelOracle(FewShotModel):
             logits[i, :, : size[0], : size[1]] = one_hot[0]
         return FSSOutput(logits=logits, trace={} if trace else None)
 
-    def loss(self, output: FSSOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss(self, output: FSSOutput, batch: Batch) -> dict[str, torch.Tensor]:
         raise RuntimeError("the oracle is an evaluation control: it has nothing to train")
 
     def optimizer_specs(self, base_lr: float, weight_decay: float) -> list:

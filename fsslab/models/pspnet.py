@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsslab.batch import IGNORE_INDEX
+from fsslab.batch import IGNORE_INDEX, Batch
 from fsslab.errors import ConfigError
 from fsslab.models.backbones import build_backbone
 from fsslab.models.backbones.weights import DEEP_STEM_FROM_SEQUENTIAL
@@ -114,7 +114,7 @@ class PSPNet(FewShotModel):
         embedding = self.head.embed(self.ppm(layer4))
         return embedding, self.head.classify(embedding)
 
-    def forward(self, batch: dict[str, torch.Tensor], trace: bool = False) -> FSSOutput:
+    def forward(self, batch: Batch, trace: bool = False) -> FSSOutput:
         image = batch["query_img"]  # [B,3,H,W]
         size = image.shape[-2:]
         if self.channels_last:
@@ -130,7 +130,7 @@ class PSPNet(FewShotModel):
                          "base_logits": logits.detach()}
         return out
 
-    def loss(self, output: FSSOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss(self, output: FSSOutput, batch: Batch) -> dict[str, torch.Tensor]:
         """``main``: CE(logits, query_base_mask); ``aux`` (with an aux head) weighted by ``aux_weight``."""
         target = batch["query_base_mask"].long()  # [B,H,W]: 0 bg, 1..n_base, 255 ignore
         losses = {"main": F.cross_entropy(output.logits.float(), target, ignore_index=self.ignore_index)}

@@ -118,7 +118,7 @@ def mask_evolution(trace: Mapping[str, Any], index: int = 0) -> dict[str, torch.
     if init is not None:
         init = init.float().reshape(-1, *init.shape[-2:])[0]
         stages["initial"] = init / init.max().clamp_min(1.0)
-    logits = _get(trace, "stage_logits", index)  # [S,2,h,w]
+    logits = _get(trace, "meta_logits", index)  # [S,2,h,w]
     probs = fg_probability(logits[None] if logits.dim() == 3 else logits, two_channel=True)
     for s in range(probs.shape[0]):
         stages["mined" if s == 0 else f"refined {s}"] = probs[s]
@@ -147,7 +147,7 @@ def plot_mining(trace: Mapping[str, Any], batch_or_sample: Mapping[str, Any], in
     """What G's object mining adds: the support-activated region, G's mined region and their difference."""
     sample = select_sample(batch_or_sample, index)
     img = denormalize(sample["query_img"])
-    activated = _get(trace, "support_activation", index).float()
+    activated = _get(trace, "similarity", index).float()
     activated = activated.reshape(-1, *activated.shape[-2:]).mean(0).clamp(0, 1)  # mean over feature levels
     mined = _get(trace, "mined_mask", index, required=False)
     mined = mask_evolution(trace, index)["mined"] if mined is None else fg_probability(mined)

@@ -28,7 +28,7 @@ def _get(trace: Mapping[str, Any], name: str, index: int, required: bool = True)
 
 def num_layers(trace: Mapping[str, Any]) -> int:
     """Number of IPM layers recorded in the trace."""
-    for name in ("prototypes", "query_masks", "query_cross_attention"):
+    for name in ("query_prototypes", "query_layer_query_masks", "query_attention"):
         value = find(trace, IPMT_TRACE, name, required=False)
         if value is not None:
             return int(value.shape[0])
@@ -46,11 +46,11 @@ def prototype_activation(trace: Mapping[str, Any], index: int = 0, shot: int = 0
     """Per-layer foreground probabilities [L,h,w]: "query" (query layers), "support" (support ``shot``, query
     layers) and, when traced, "query (mined)": the query as seen by the support-mined prototypes, before any
     query update — the gap between it and "query" is what the query layers recover."""
-    out = {"query": _get(trace, "query_masks", index).float().sigmoid()}  # logits -> probabilities
-    mined = _get(trace, "mined_query_masks", index, required=False)
+    out = {"query": _get(trace, "query_layer_query_masks", index).float().sigmoid()}  # logits -> probabilities
+    mined = _get(trace, "support_layer_query_masks", index, required=False)
     if mined is not None:
         out["query (mined)"] = mined.float().sigmoid()
-    support = _get(trace, "support_masks", index, required=False)
+    support = _get(trace, "query_layer_support_masks", index, required=False)
     if support is not None:
         if support.dim() == 3:  # [L,h,w]: single shot without a K dimension
             support = support[:, None]
@@ -88,22 +88,21 @@ def _reference_prototypes(trace: Mapping[str, Any], sample: Mapping[str, Any] | 
                           index: int) -> dict[str, torch.Tensor]:
     """{"support-only": [C], "query-only": [C]} as far as the trace allows.
 
-    Taken from explicit trace entries, else pooled from the trace's features with the episode's GT masks
-    (K shots: mean of the per-shot prototypes); without features the last support-mined prototype stands for
-    the support-only one (it has seen nothing of the query) and no query-only reference exists.
+    Pooled from the trace's features with the episode's GT masks (K shots: mean of the per-shot prototypes);
+    without features the last support-mined prototype stands for the support-only one (it has seen nothing of
+    the query) and no query-only reference exists.
     """
     refs: dict[str, torch.Tensor] = {}
-    support = _get(trace, "support_prototype", index, required=False)
-    query = _get(trace, "query_prototype", index, required=False)
+    support = query = None
     qfeat = _get(trace, "query_feat", index, required=False)
     sfeat = _get(trace, "support_feat", index, required=False)
-    if support is None and sfeat is not None and sample is not None:
+    if sfeat is not None and sample is not None:
         sfeat = sfeat[None] if sfeat.dim() == 3 else sfeat
         support = masked_prototype(sfeat.float(), (sample["support_masks"] == 1).float()).mean(0)
-    if query is None and qfeat is not None and sample is not None:
+    if qfeat is not None and sample is not None:
         query = masked_prototype(qfeat[None].float(), (sample["query_mask"] == 1).float()[None])[0]
     if support is None:
-        mined = _get(trace, "mined_prototypes", index, required=False)
+        mined = _get(trace, "support_prototypes", index, required=False)
         if mined is not None:
             support = mined[-1]
     if support is not None:
@@ -112,8 +111,8 @@ def _reference_prototypes(trace: Mapping[str, Any], sample: Mapping[str, Any] | 
         refs["query-only"] = query.float().flatten()
     if not refs:
         raise KeyError("the prototype trajectory needs a reference prototype: 'support_prototypes' (mining "
-                       "layers), 'support_only_prototype'/'query_only_prototype', or 'query_feat'/'support_feat' "
-                       f"with the episode; trace keys are {sorted(trace)}")
+                       "layers), 'query_feat'/'support_feat' with the episode, or references=...; trace keys are "
+                       f"{sorted(trace)}")
     return refs
 
 
@@ -132,17 +131,19 @@ def pca_2d(points: torch.Tensor) -> torch.Tensor:
 
 
 def prototype_trajectory(trace: Mapping[str, Any], batch_or_sample: Mapping[str, Any] | None = None,
-                         index: int = 0) -> dict[str, Any]:
+                         index: int = 0, references: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """How the intermediate prototype moves across layers, relative to the support-only and query-only ones.
 
     Returns {"labels": names of the path points ("mine 1".. for support mining layers, then "layer 1".. for
     the query layers), "path": [N,C], "cosine": {reference name: [N] cosine of each path point},
     "references": {name: [C]}, "projection": [R+N,2]} where the projection rows are the R references followed
-    by the path, on the first two principal axes of those vectors.
+    by the path, on the first two principal axes of those vectors. references: {name: [C]} prototypes to
+    measure against (default: pooled from the trace's features and the episode's masks, see
+    ``_reference_prototypes``).
     """
-    prototypes = _get(trace, "prototypes", index).float()  # [L,C]
+    prototypes = _get(trace, "query_prototypes", index).float()  # [L,C]
     prototypes = prototypes[:, 0] if prototypes.dim() == 3 else prototypes
-    mined = _get(trace, "mined_prototypes", index, required=False)
+    mined = _get(trace, "support_prototypes", index, required=False)
     labels = [f"layer {i + 1}" for i in range(prototypes.shape[0])]
     path = prototypes
     if mined is not None:
@@ -150,7 +151,8 @@ def prototype_trajectory(trace: Mapping[str, Any], batch_or_sample: Mapping[str,
         labels = [f"mine {i + 1}" for i in range(mined.shape[0])] + labels
         path = torch.cat([mined, prototypes], 0)
     sample = select_sample(batch_or_sample, index) if batch_or_sample is not None else None
-    refs = _reference_prototypes(trace, sample, index)
+    refs = ({name: ref.float().flatten() for name, ref in references.items()} if references
+            else _reference_prototypes(trace, sample, index))
     for name, ref in refs.items():
         if ref.shape[-1] != path.shape[-1]:
             raise ValueError(f"prototype width {path.shape[-1]} differs from the {name} prototype's "
@@ -162,9 +164,9 @@ def prototype_trajectory(trace: Mapping[str, Any], batch_or_sample: Mapping[str,
 
 
 def plot_prototype_trajectory(trace: Mapping[str, Any], batch_or_sample: Mapping[str, Any] | None = None,
-                              index: int = 0) -> Figure:
+                              index: int = 0, references: Mapping[str, torch.Tensor] | None = None) -> Figure:
     """Left: cosine of each layer's prototype to the reference prototypes. Right: the path in 2-D (PCA)."""
-    traj = prototype_trajectory(trace, batch_or_sample, index)
+    traj = prototype_trajectory(trace, batch_or_sample, index, references)
     labels, n_refs = traj["labels"], len(traj["references"])
     steps = np.arange(len(labels))
     fig = Figure(figsize=(10.0, 3.8), layout="constrained")
@@ -198,7 +200,7 @@ def plot_prototype_trajectory(trace: Mapping[str, Any], batch_or_sample: Mapping
 
 
 def _feature_grid(trace: Mapping[str, Any], index: int) -> tuple[int, int]:
-    for name in ("query_masks", "prior_mask", "query_cross_attention"):
+    for name in ("query_layer_query_masks", "prior", "query_attention"):
         value = _get(trace, name, index, required=False)
         if value is not None and value.dim() >= 2:
             return int(value.shape[-2]), int(value.shape[-1])
@@ -232,7 +234,7 @@ def deformable_samples(trace: Mapping[str, Any], index: int, layer: int,
     """For each reference (row, col) on the feature grid: sampling points [P,2] as image (x, y) pixels and
     their attention weights [P]."""
     locations = _get(trace, "sampling_locations", index)  # [L,Nq,...,2]
-    weights = _get(trace, "attention_weights", index)  # [L,Nq,...]
+    weights = _get(trace, "sampling_weights", index)  # [L,Nq,...]
     layer = _check_layer(layer, locations.shape[0])
     loc = locations[layer].flatten(1, -2).float()  # [Nq,P,2]
     wgt = weights[layer].flatten(1).float()  # [Nq,P]
@@ -294,9 +296,9 @@ def _as_maps(att: torch.Tensor, grid: tuple[int, int], leading: int) -> torch.Te
 def cross_attention_maps(trace: Mapping[str, Any], index: int = 0, shot: int = 0) -> dict[str, torch.Tensor]:
     """{"query": [L,h,w], "support": [L,h,w] of ``shot``}: the prototype's cross-attention over the pixels."""
     grid = _feature_grid(trace, index)
-    query = _as_maps(_get(trace, "query_cross_attention", index), grid, leading=1)
+    query = _as_maps(_get(trace, "query_attention", index), grid, leading=1)
     out = {"query": query}
-    support = _get(trace, "support_cross_attention", index, required=False)
+    support = _get(trace, "support_attention", index, required=False)
     if support is not None:
         if support.shape[-1] == grid[1] and support.dim() >= 4:  # [L,K,h,w] (or [L,K,heads,h,w])
             support = support[:, shot]
@@ -331,7 +333,7 @@ def plot_cross_attention(trace: Mapping[str, Any], batch_or_sample: Mapping[str,
 def plot_prior_mask(trace: Mapping[str, Any], batch_or_sample: Mapping[str, Any], index: int = 0) -> Figure:
     """The training-free prior (max cosine similarity to support foreground features) next to the target."""
     sample = select_sample(batch_or_sample, index)
-    prior = _get(trace, "prior_mask", index).float().reshape(-1, *_feature_grid(trace, index))[0]
+    prior = _get(trace, "prior", index).float().reshape(-1, *_feature_grid(trace, index))[0]
     fig, axes = new_figure(1, 3, cell=2.8, title="Prior mask")
     img = denormalize(sample["query_img"])
     axes[0, 0].imshow(overlay_mask(img, sample["query_mask"], FOREGROUND))
@@ -353,7 +355,7 @@ def plot_ipmt_overview(trace: Mapping[str, Any], batch_or_sample: Mapping[str, A
     img = denormalize(sample["query_img"])
     axes[0, 0].imshow(overlay_mask(img, sample["query_mask"], FOREGROUND))
     image_axes(axes[0, 0], "query + target")
-    prior = _get(trace, "prior_mask", index, required=False)
+    prior = _get(trace, "prior", index, required=False)
     if prior is not None:
         heat_over_image(axes[0, 1], img, prior.float().reshape(-1, *prior.shape[-2:])[0], "prior mask")
     else:
@@ -364,7 +366,7 @@ def plot_ipmt_overview(trace: Mapping[str, Any], batch_or_sample: Mapping[str, A
         heat_over_image(axes[1, 0], sample["support_imgs"][shot], act["support"][layer], "support activation")
     else:
         blank_axes(axes[1, 0])
-    if find(trace, IPMT_TRACE, "query_cross_attention", required=False) is not None:
+    if find(trace, IPMT_TRACE, "query_attention", required=False) is not None:
         att = cross_attention_maps(trace, index, shot)["query"][layer]
         heat_over_image(axes[1, 1], img, att / att.max().clamp_min(1e-12), "query cross-attention", cmap="inferno")
     else:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsslab.batch import Batch
 from fsslab.errors import ConfigError
 from fsslab.models.amformer.discriminator import (
     PartDiscriminator,
@@ -266,7 +267,7 @@ class AMFormer(FewShotModel):
             "data.size / data.val_size")
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict[str, torch.Tensor], trace: bool = False) -> FSSOutput:
+    def forward(self, batch: Batch, trace: bool = False) -> FSSOutput:
         query_img, support_imgs = batch["query_img"], batch["support_imgs"]  # (B, 3, H, W), (B, K, 3, H, W)
         b, k = support_imgs.shape[:2]
         if k != self.shot and self.shot_reweight is not None:
@@ -347,7 +348,7 @@ class AMFormer(FewShotModel):
                                     distance, weights, estimate, attn_weights, fused_maps, adversarial)
         return out
 
-    def _adversarial(self, batch: dict[str, torch.Tensor], fused_maps: list[torch.Tensor], final: torch.Tensor,
+    def _adversarial(self, batch: Batch, fused_maps: list[torch.Tensor], final: torch.Tensor,
                      size: tuple[int, int]) -> dict[str, torch.Tensor]:
         real = (batch["query_mask"] == 1).to(final.dtype).unsqueeze(1)
         real = F.interpolate(real, size=final.shape[-2:], mode="bilinear", align_corners=True)
@@ -373,7 +374,7 @@ class AMFormer(FewShotModel):
         return {n: v.detach() for n, v in t.items()}
 
     # ------------------------------------------------------------------ losses and schedule
-    def loss(self, output: FSSOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss(self, output: FSSOutput, batch: Batch) -> dict[str, torch.Tensor]:
         """Every component; ``total`` = main + aux_weight1 * distillation + aux_weight2 * base_ce.
 
         main = CE(final) + mean CE of G's three stage logits (the reference's ``main_loss + aux_loss1``);

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsslab.batch import IGNORE_INDEX
+from fsslab.batch import IGNORE_INDEX, Batch
 from fsslab.models.backbones import build_backbone, frozen_stage_runner
 from fsslab.models.base import FewShotModel, OptimizerSpec
 from fsslab.models.ipmt.loss import ipmt_losses
@@ -168,7 +168,7 @@ class IPMT(FewShotModel):
             return None
         return (top, bottom), (left, right)
 
-    def _query_ignore(self, batch: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def _query_ignore(self, batch: Batch, size: tuple[int, int]) -> torch.Tensor:
         """[B,h,w] bool cells excluded from positions / deformable values."""
         if self.reproduce_official:  # the official eval reads the query label (255 = ignore): leakage
             if "query_mask" not in batch:
@@ -198,7 +198,7 @@ class IPMT(FewShotModel):
         return fg & ~((fg.flatten(2).all(-1))[..., None, None] & corners)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict[str, torch.Tensor], trace: bool = False) -> FSSOutput:
+    def forward(self, batch: Batch, trace: bool = False) -> FSSOutput:
         query_img, support_imgs, support_masks = batch["query_img"], batch["support_imgs"], batch["support_masks"]
         b, k = support_imgs.shape[:2]  # query_img (B, 3, H, W); support_imgs (B, K, 3, H, W)
         height, width = query_img.shape[-2:]
@@ -272,7 +272,7 @@ class IPMT(FewShotModel):
         return FSSOutput(logits=logits, aux=aux, trace=trace_dict)
 
     # ------------------------------------------------------------------ training
-    def loss(self, output: FSSOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss(self, output: FSSOutput, batch: Batch) -> dict[str, torch.Tensor]:
         """Reference losses: 0.7 Dice(final) + 0.3 Dice(initial) + aux_weight * (0.3 BCE(query masks)
         + 0.7 BCE(support masks)); needs a forward in training mode."""
         if "query_masks" not in output.aux:
