@@ -2,7 +2,8 @@
 # The whole synthetic chain behind the shipped zoo and the README's quality table, with the shipped configs
 # and nothing else: data, synthetic ImageNet, stage 1, the 1-shot models, the 5-shot models (fine-tuned from
 # the 1-shot ones), the evaluations with their controls, and fold 1 for the ordering check.
-# Every step is a plain `fsslab` command; its wall time goes to $R/timings.tsv. A step whose result exists is
+# Every step is a plain `fsslab` command (trainings with --with-prerequisites: a run whose starting checkpoint, in
+# runs/synthetic unless overridden, is missing trains it first); its wall time goes to $R/timings.tsv. A step whose result exists is
 # skipped, so the script resumes after an interruption (a stopped training resumes with `--resume`).
 #   bash benchmarks/train_synthetic_zoo.sh            # R=runs/synthetic E=runs/evals
 #   STEPS="fold0 fiveshot evals fold1" bash benchmarks/train_synthetic_zoo.sh
@@ -26,7 +27,7 @@ train() {  # train CONFIG RUN_NAME OVERRIDES...
     local config=$1 run=$2
     shift 2
     step "train_$run" "$R/$run/latest.pt" fsslab train "synthetic/$config" "$@" "train.out_dir=$R/$run" \
-        train.progress=false
+        train.progress=false --with-prerequisites
 }
 
 evaluate() {  # evaluate CONFIG RUN_NAME TAG OVERRIDES...

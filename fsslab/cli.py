@@ -68,6 +68,9 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from fsslab.config import replace_section
+    from fsslab.engine import distributed
+    from fsslab.engine.prerequisites import check_prerequisite, prepare_data, train_prerequisites
     from fsslab.engine.runner import run_training
 
     if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
@@ -75,7 +78,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.overrides, args.resume = [*args.overrides, args.resume], True
     cfg = _load(args)
     if args.out:
-        cfg.train.out_dir = args.out
+        cfg = replace_section(cfg, "train", out_dir=args.out)
+    distributed.setup_distributed(cfg.train.device)  # so that one rank writes the data while the others wait
+    prepare_data(cfg)  # the synthetic benchmark of data.synthetic, when it is not there yet
+    if args.with_prerequisites:
+        train_prerequisites(cfg)
+    else:
+        check_prerequisite(cfg, args.config)  # fails naming --with-prerequisites before anything is built
     summary = run_training(cfg, resume=args.resume or False, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=str))
@@ -96,10 +105,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from fsslab.engine import distributed
     from fsslab.engine.checkpoint import load_checkpoint
+    from fsslab.engine.prerequisites import prepare_data
     from fsslab.engine.runner import build_run_model, load_model_weights, run_controls, run_evaluation
 
     cfg = _load(args)
     info = distributed.setup_distributed(cfg.train.device)
+    prepare_data(cfg)  # the synthetic benchmark of data.synthetic, when it is not there yet
     if args.official:
         from fsslab.models import load_official
 
@@ -110,7 +121,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         model = load_official(
             cfg.model.name,
             args.checkpoint,
-            shot=cfg.eval.shot or cfg.data.shot,
+            shot=cfg.eval.shot,
             layers=layers,
             reproduce_official=bool(cfg.model.params.get("reproduce_official", False)),
             **extra,
@@ -124,8 +135,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if shipped["model"] != cfg.model.name:
             raise CliError(f"--pretrained {args.pretrained} is a {shipped['model']} model, but the config builds "
                            f"{cfg.model.name}; use the config it was trained with: {shipped['config']}")
-        # the config's model params apply (inference switches such as reproduce_official=true)
-        model = load_pretrained(args.pretrained, model_params=dict(cfg.model.params))
+        # the config's model params apply (inference switches such as reproduce_official=true), but not its
+        # shot: the shipped weights fix the architecture they were trained with (AMFormer's shot re-weighting)
+        params = {k: v for k, v in cfg.model.params.items() if k != "shot"}
+        model = load_pretrained(args.pretrained, model_params=params)
     elif cfg.model.name == "oracle":
         model = build_run_model(cfg)
         if args.checkpoint and info.is_main:
@@ -173,115 +186,6 @@ def _cmd_config(args: argparse.Namespace) -> int:
         return 0
     print(_load(args).to_yaml(), end="")
     return 0
-
-
-# -------------------------------------------------------------------------------------------------- zoo
-def _cmd_zoo_pack(args: argparse.Namespace) -> int:
-    from fsslab.zoo import pack_checkpoint
-
-    check = {}
-    if args.check_seeds is not None:
-        check["seeds"] = args.check_seeds
-    if args.check_episodes is not None:
-        check["episodes"] = args.check_episodes
-    name = args.name or (Path(args.run).name if Path(args.run).is_dir() else Path(args.run).parent.name)
-    entry = pack_checkpoint(args.run, name, eval_json=args.eval_json, command=args.command_line,
-                            out_dir=args.dir, base=args.base, storage=args.storage, check=check or None,
-                            data_root=args.data_root)
-    shown = {k: entry[k] for k in ("name", "file", "size", "sha256", "shared_file", "command", "check")}
-    print(json.dumps(shown, indent=2))
-    return 0
-
-
-def _cmd_zoo_list(args: argparse.Namespace) -> int:
-    from fsslab.zoo import read_manifest, total_size
-
-    manifest = read_manifest(args.dir)
-    if not manifest["entries"]:
-        print("no shipped checkpoints (pack one with `fsslab zoo pack RUN_DIR --name NAME`)")
-        return 0
-    print(f"{'name':<32} {'model':<9} {'shot':>4} {'mIoU':>7} {'FB-IoU':>7} {'check mIoU':>10} {'size MB':>8}")
-    for name, e in sorted(manifest["entries"].items()):
-        metrics = e.get("metrics") or {}
-        miou = f"{metrics['miou']:.2f}" if "miou" in metrics else "-"
-        fbiou = f"{metrics['fbiou']:.2f}" if "fbiou" in metrics else "-"
-        print(f"{name:<32} {e['model']:<9} {e['data']['shot']:>4} {miou:>7} {fbiou:>7} "
-              f"{e['check']['miou']:>10.2f} {e['size'] / 1e6:>8.2f}")
-    print(f"total on disk: {total_size(args.dir) / 1e6:.2f} MB (budget {manifest['budget_bytes'] / 1e6:.1f} MB)")
-    return 0
-
-
-def _cmd_zoo_verify(args: argparse.Namespace) -> int:
-    from fsslab.zoo import list_pretrained, verify_pretrained
-
-    names = args.names or list_pretrained(args.dir)
-    failed = 0
-    for name in names:
-        report = verify_pretrained(name, data_root=args.data_root, checkpoint_dir=args.dir)
-        failed += not report["ok"]
-        print(f"{name}: mIoU {report['measured']['miou']:.4f} (manifest {report['expected']['miou']:.4f}), "
-              f"max |diff| {report['max_abs_diff']:.2e} -> {'ok' if report['ok'] else 'MISMATCH'}")
-    return 1 if failed else 0
-
-
-def _cmd_zoo_recheck(args: argparse.Namespace) -> int:
-    from fsslab.zoo import recheck_pretrained
-
-    entry = recheck_pretrained(args.name, eval_json=args.eval_json, data_root=args.data_root,
-                               checkpoint_dir=args.dir)  # fmt: skip
-    metrics = entry.get("metrics") or {}
-    print(f"{args.name}: check mIoU {entry['check']['miou']:.4f}"
-          + (f"; metrics mIoU {metrics['miou']:.2f}" if "miou" in metrics else ""))  # fmt: skip
-    return 0
-
-
-def _add_zoo_parser(commands: Any) -> None:
-    zoo = commands.add_parser(
-        "zoo",
-        help="shipped checkpoints: pack a run, list, verify",
-        description="Checkpoints shipped in fsslab/checkpoints/synthetic (manifest.json).",
-    )
-    zoo_commands = zoo.add_subparsers(dest="zoo_command", metavar="WHAT", required=True)
-    pack = zoo_commands.add_parser(
-        "pack",
-        help="pack a run (directory or .pt) into a compact shipped checkpoint + manifest entry",
-        description="Write <dir>/<name>.pt and its manifest entry (command, config, data seed, metrics, sha256). "
-        "Runs a reduced deterministic evaluation of the packed model, which tests/test_zoo.py repeats.",
-    )
-    pack.add_argument("run", help="run directory (latest.pt is used) or checkpoint file")
-    pack.add_argument("--name", default=None,
-                      help="name for load_pretrained (default: the run directory's name, e.g. ipmt_tiny_fold0_1shot)")
-    pack.add_argument("--eval-json", dest="eval_json", default=None, help="the run's `fsslab eval --json` file")
-    pack.add_argument("--command", dest="command_line", default=None,
-                      help="the exact `fsslab train ...` command (default: rebuilt from the run's config)")
-    pack.add_argument("--base", default=None,
-                      help="the run/checkpoint the model started from (pretraining or stage 1): tensors "
-                      "equal to it are stored once, in shared/<base>.pt")
-    pack.add_argument("--storage", choices=["fp16", "int8", "fp32"], default="fp16")
-    pack.add_argument("--check-seeds", dest="check_seeds", type=int, nargs="+", default=None,
-                      help="seeds of the reduced check evaluation (default 0)")
-    pack.add_argument("--check-episodes", dest="check_episodes", type=int, default=None,
-                      help="episodes per seed of the check evaluation (default 100)")
-    pack.add_argument("--data-root", dest="data_root", default=None, help="data root (default: the run's)")
-    pack.add_argument("--dir", default=None, help="checkpoint directory (default: fsslab/checkpoints/synthetic)")
-    pack.set_defaults(func=_cmd_zoo_pack)
-    listing = zoo_commands.add_parser("list", help="list the shipped checkpoints and their metrics")
-    listing.add_argument("--dir", default=None, help="checkpoint directory (default: the shipped one)")
-    listing.set_defaults(func=_cmd_zoo_list)
-    verify = zoo_commands.add_parser("verify", help="re-run the manifest's check evaluation")
-    verify.add_argument("names", nargs="*", help="checkpoint names (default: all)")
-    verify.add_argument("--data-root", dest="data_root", default=None)
-    verify.add_argument("--dir", default=None)
-    verify.set_defaults(func=_cmd_zoo_verify)
-    recheck = zoo_commands.add_parser(
-        "recheck", help="re-measure a shipped checkpoint after the evaluation changed (weights unchanged)",
-        description="Repeat the check evaluation of NAME and record it (and --eval-json's metrics) in the manifest.")
-    recheck.add_argument("name", help="checkpoint name")
-    recheck.add_argument("--eval-json", dest="eval_json", default=None,
-                         help="an `fsslab eval --json` file of this checkpoint: its metrics replace the manifest's")
-    recheck.add_argument("--data-root", dest="data_root", default=None)
-    recheck.add_argument("--dir", default=None)
-    recheck.set_defaults(func=_cmd_zoo_recheck)
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -360,6 +264,9 @@ def _add_train_parser(commands: Any) -> None:
     train.add_argument("--overwrite", action="store_true",
                        help="delete the run the run directory holds (checkpoints, log) and start anew")
     train.add_argument("--out", default=None, help="run directory (overrides train.out_dir)")
+    train.add_argument("--with-prerequisites", dest="with_prerequisites", action="store_true",
+                       help="first train the runs this config starts from (model.prerequisite, recursively) when "
+                       "they are missing or unfinished; without it a missing one is an error")
     train.set_defaults(func=_cmd_train)
 
 
@@ -414,6 +321,7 @@ def _add_bench_parser(commands: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from fsslab.predict_cli import add_predict_parser
+    from fsslab.zoo_cli import add_zoo_parser
 
     parser = argparse.ArgumentParser(prog="fsslab", description="Few-shot semantic segmentation lab.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -422,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(commands)
     _add_config_parser(commands)
     _add_bench_parser(commands)
-    _add_zoo_parser(commands)
+    add_zoo_parser(commands)
     add_predict_parser(commands)
     return parser
 

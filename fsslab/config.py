@@ -1,22 +1,25 @@
-"""Typed run configuration: YAML files → dataclasses, ``section.key=value`` overrides, strict key checking."""
+"""Typed run configuration: YAML files → dataclasses, ``section.key=value`` overrides, strict key checking.
+
+A config is resolved once, when it is built (``config_from_dict`` / ``load_config``): values that default to
+another field (``eval.shot``, ``eval.support_label``, a model's ``shot``) are filled there, so the code that
+reads a ``RunConfig`` never falls back from one field to another. Change a built config with
+``dataclasses.replace`` (``replace_section``), or load it again with ``changes`` when a derived value must
+follow (``data.shot``, ``data.fold`` in paths).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fsslab.config_values import coerce, flow_yaml, parse_value
 from fsslab.errors import ConfigError  # defined there so that every layer can raise it; re-exported here
-
-
-def flow_yaml(value: Any) -> str:
-    """``value`` as one-line YAML (a flow mapping/list), the form a ``key=value`` override takes."""
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -47,8 +50,9 @@ class DataConfig:
     workers: int = 2
     batch_size: int = 4  # episodes per optimiser step, summed over all ranks
     params: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_dataset
-    # Synthetic benchmark only: generator knobs (SyntheticConfig fields). When set, the benchmark is
-    # generated at `root` if it is not there yet (and checked against these knobs if it is).
+    # Synthetic benchmark only: generator knobs (SyntheticConfig fields). When set, `fsslab train`/`fsslab
+    # eval` (and the notebooks) write the benchmark at `root` if it is not there yet; it is checked against
+    # these knobs if it is (the engine itself only checks: fsslab.engine.prerequisites).
     synthetic: dict[str, Any] | None = None
 
 
@@ -63,8 +67,9 @@ class ModelConfig:
     # ``backbone.`` of the synthetic ImageNet, backbone_pretrain_tiny); none matching is an error.
     init_checkpoint: str | None = None
     init_prefix: str = "backbone."
-    # A config whose run writes the file this model starts from (init_checkpoint or params.pretrained). It
-    # is trained first, on the same data root and fold, when its latest.pt is missing or unfinished.
+    # A config whose run writes the file this model starts from (init_checkpoint or params.pretrained).
+    # `fsslab train --with-prerequisites` trains it first, on the same data root and fold, when its latest.pt
+    # is missing or unfinished; without the flag that is an error naming the command.
     prerequisite: str | None = None
 
 
@@ -108,8 +113,8 @@ class EvalConfig:
 
     episodes: int = 1000
     seeds: list[int] = field(default_factory=lambda: [123])
-    shot: int | None = None  # None: data.shot
-    support_label: str | None = None  # None: data.support_label
+    shot: int | None = None  # None in a file: data.shot (filled when the config is built)
+    support_label: str | None = None  # None in a file: data.support_label (filled when the config is built)
     batch_size: int = 1
     amp: str = "none"
     split: str = "val"
@@ -187,63 +192,6 @@ def _valid_keys(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check/convert ``value`` to the annotated type ``hint`` (int → float allowed, "1e-4" → float)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # Optional[X]: X's own message is the clearest
-            return _coerce(value, options[0], where)
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{where}: {value!r} does not fit {hint}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        (item,) = typing.get_args(hint) or (Any,)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-    if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)  # YAML 1.1 reads "1e-4" as a string; float() accepts it
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if hint is str:
-        if value is None:  # an empty override (`key=`) or YAML null: never the string "None"
-            raise ConfigError(f"{where}: expected a string, got nothing (write {where}=\"\" for an empty string)")
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
 def _build_section(cls: type, raw: Any, section: str) -> Any:
     if raw is None:
         raw = {}
@@ -257,7 +205,7 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         where = f"{section}.{key}"
-        kwargs[key] = _coerce(value, hints[key], where)
+        kwargs[key] = coerce(value, hints[key], where)
         choices = _CHOICES.get((section, key))
         if choices is not None and kwargs[key] not in choices:
             raise ConfigError(f"{where}: {kwargs[key]!r} is not one of {list(choices)}")
@@ -274,7 +222,7 @@ _SECTIONS = {
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    """Validate a nested dict (as read from YAML) into a ``RunConfig``."""
+    """Validate a nested dict (as read from YAML) into a ``RunConfig``, its derived values filled."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
     valid = ["name", *_SECTIONS]
@@ -285,7 +233,39 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     _drop_retired_params(sections["data"])
     cfg = RunConfig(name=str(raw.get("name", "run")), **sections)
     _check_ranges(cfg)
+    return _fill_derived(cfg)
+
+
+def _fill_derived(cfg: RunConfig) -> RunConfig:
+    """The values that default to another field's, filled once so that no reader falls back between fields."""
+    if cfg.eval.shot is None:
+        cfg.eval.shot = cfg.data.shot
+    if cfg.eval.support_label is None:
+        cfg.eval.support_label = cfg.data.support_label
+    # a model built for K shots (AMFormer's shot re-weighting): `data.shot=5` is the only override it needs
+    if "shot" not in cfg.model.params and _model_takes(cfg.model.name, "shot"):
+        cfg.model.params = {**cfg.model.params, "shot": cfg.data.shot}
     return cfg
+
+
+def _model_takes(name: str, option: str) -> bool:
+    """Whether the constructor of the model registered as ``name`` takes ``option`` (an unknown name: False,
+    and building it reports the valid names)."""
+    import inspect
+
+    from fsslab.models import MODEL_REGISTRY, model_class
+
+    if name not in MODEL_REGISTRY:
+        return False
+    return option in inspect.signature(model_class(name).__init__).parameters
+
+
+def replace_section(cfg: RunConfig, section: str, **changes: Any) -> RunConfig:
+    """A copy of ``cfg`` with ``changes`` in one section (``dataclasses.replace``; ``cfg`` is left alone).
+
+    Derived values are not re-derived: to change ``data.shot`` or ``data.fold`` load the config again with
+    ``load_config(..., changes=...)``, which fills ``eval.shot``, the model's shot and the paths anew."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
 
 
 # data.params keys that fsslab no longer needs; configs and checkpoints written before still load.
@@ -348,61 +328,49 @@ def resolve_placeholders(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def parse_value(text: str) -> Any:
-    """Typed value of an override's right-hand side: ints, floats, bools, null, lists (YAML syntax)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
-        except ValueError:
-            return value
-    return value
+def apply_overrides(raw: dict[str, Any], overrides: list[str], changes: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Apply ``section.key=value`` (or ``section.params.key=value``) overrides to a raw config dict.
 
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` (or ``section.params.key=value``) overrides to a raw config dict."""
+    changes: ``{"section.key": value}`` with typed values (no YAML text), applied first: the override strings,
+    a user's word, win over what code changes."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for dotted, value in (changes or {}).items():
+        _set_dotted(raw, dotted, value, f"change {dotted!r}")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         dotted, text = item.split("=", 1)
-        path = dotted.strip().split(".")
-        if path == ["name"]:
-            raw["name"] = text
-            continue
-        section = path[0]
-        if section not in _SECTIONS:
-            raise ConfigError(
-                f"override {item!r}: unknown section {section!r}; valid sections: {['name', *_SECTIONS]}"
-            )
-        cls = _SECTIONS[section]
-        if len(path) < 2:
-            raise ConfigError(
-                f"override {item!r} must name a key: {section}.<key>=value; valid keys: {_valid_keys(cls)}"
-            )
-        key = path[1]
-        if key not in _valid_keys(cls):
-            raise ConfigError(
-                f"override {item!r}: unknown key {key!r} in section '{section}'; valid keys: "
-                f"{_valid_keys(cls)}"
-            )
-        node = raw.setdefault(section, {}) or {}
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: section '{section}' must be a mapping, got {node!r}")
-        raw[section] = node
-        if len(path) == 2:
-            node[key] = parse_value(text)
-        elif (section, key) in _FREE_DICTS and len(path) == 3:
-            node[key] = dict(node.get(key) or {})
-            node[key][path[2]] = parse_value(text)
-        else:
-            raise ConfigError(
-                f"override {item!r}: only {sorted('.'.join(p) for p in _FREE_DICTS)} take a third level"
-            )
+        _set_dotted(raw, dotted.strip(), parse_value(text) if dotted.strip() != "name" else text, f"override {item!r}")
     return raw
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, what: str) -> None:
+    """``raw[section][key] = value`` (or ``raw[section][key][inner]`` for the free dicts), keys checked."""
+    path = dotted.split(".")
+    if path == ["name"]:
+        raw["name"] = value
+        return
+    section = path[0]
+    if section not in _SECTIONS:
+        raise ConfigError(f"{what}: unknown section {section!r}; valid sections: {['name', *_SECTIONS]}")
+    cls = _SECTIONS[section]
+    if len(path) < 2:
+        raise ConfigError(f"{what} must name a key: {section}.<key>=value; valid keys: {_valid_keys(cls)}")
+    key = path[1]
+    if key not in _valid_keys(cls):
+        raise ConfigError(f"{what}: unknown key {key!r} in section '{section}'; valid keys: {_valid_keys(cls)}")
+    node = raw.setdefault(section, {}) or {}
+    if not isinstance(node, dict):
+        raise ConfigError(f"{what}: section '{section}' must be a mapping, got {node!r}")
+    raw[section] = node
+    if len(path) == 2:
+        node[key] = value
+    elif (section, key) in _FREE_DICTS and len(path) == 3:
+        node[key] = dict(node.get(key) or {})
+        node[key][path[2]] = value
+    else:
+        raise ConfigError(f"{what}: only {sorted('.'.join(p) for p in _FREE_DICTS)} take a third level")
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -418,8 +386,10 @@ def resolve_config_path(name: str | Path) -> Path:
     )
 
 
-def load_config(name: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config (path or shipped name) and apply ``section.key=value`` overrides."""
+def load_config(name: str | Path, overrides: list[str] | None = None,
+                changes: Mapping[str, Any] | None = None) -> RunConfig:
+    """Load a YAML config (path or shipped name), apply ``changes`` (``{"section.key": value}``, typed values:
+    what code passes instead of override strings) and then the ``section.key=value`` overrides (YAML text)."""
     path = resolve_config_path(name)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -429,7 +399,7 @@ def load_config(name: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{path}: a config must be a mapping of sections (data:, model:, train:, ...), "
                           f"got a {type(raw).__name__} at the top level")
     try:
-        return resolve_placeholders(config_from_dict(apply_overrides(raw, list(overrides or []))))
+        return resolve_placeholders(config_from_dict(apply_overrides(raw, list(overrides or []), changes)))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -450,8 +420,10 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
+    "flow_yaml",
     "load_config",
     "parse_value",
+    "replace_section",
     "resolve_config_path",
     "resolve_placeholders",
     "shipped_configs",

@@ -1,4 +1,8 @@
-"""Notebook plumbing: quick vs full mode, the synthetic data root, run configs and trained-or-fresh models."""
+"""Notebook-session helpers: quick vs full mode, the synthetic data root, run configs anchored at the
+repository root, and trained-or-fresh models. They prepare what a notebook needs (the benchmark, the runs a
+model starts from); the engine they call only checks. Inference helpers live in ``fsslab.engine``
+(``load_run``, ``predict_fn``, ``trace_runner``), AMFormer's discriminator analysis in
+``fsslab.models.amformer``."""
 
 from __future__ import annotations
 
@@ -9,8 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fsslab.batch import batch_of_one
-from fsslab.config import RunConfig, flow_yaml, load_config, resolve_config_path
+from fsslab.config import RunConfig, load_config, replace_section, resolve_config_path
 from fsslab.data.synthetic import PRESETS
 
 # The synthetic configs' benchmark, the "default" preset with seed 0 (their data.synthetic, as YAML reads it:
@@ -22,6 +25,14 @@ FULL_SYNTHETIC: dict[str, Any] = {"seed": 0, **{k: list(v) if isinstance(v, tupl
 QUICK_SYNTHETIC: dict[str, Any] = {**FULL_SYNTHETIC, "n_train": 300, "n_val": 150, "n_pretrain": 150}
 QUICK_ITERATIONS = 2
 QUICK_EPISODES = 8
+
+# What quick mode changes in a shipped synthetic config (notebook_config).
+QUICK_CHANGES: dict[str, Any] = {
+    "train.iterations": QUICK_ITERATIONS, "train.log_every": 1, "train.ckpt_every": QUICK_ITERATIONS,
+    "train.tensorboard": False, "train.image_every": 0, "train.validate": False, "data.workers": 0,
+    "data.batch_size": 2, "data.size": 96, "eval.episodes": QUICK_EPISODES, "eval.seeds": [0],
+    "eval.batch_size": 4, "data.params.on_small_class": "exclude",
+}
 
 
 def is_quick() -> bool:
@@ -70,30 +81,25 @@ def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: i
     top = repo_root()
     runs = top / "runs" / ("notebooks_quick" if quick else "synthetic")
     data_root = Path(data_root) if data_root is not None else synthetic_root(quick)
-    knobs = None if data_root is not None else QUICK_SYNTHETIC if quick else FULL_SYNTHETIC  # None: used as is
-    items = [f"data.root={flow_yaml(str(data_root))}", f"data.synthetic={flow_yaml(knobs)}", f"data.fold={fold}",
-             f"data.shot={shot}", "model.prerequisite=null"]
-    shipped = load_config(f"synthetic/{name}", [f"data.shot={shot}", f"data.fold={fold}"])
-    items.append(f"train.out_dir={flow_yaml(str(runs / Path(shipped.train.out_dir).name))}")
+    # data.synthetic=None: the benchmark is used as it is (synthetic_root has written it, or it is the caller's)
+    changes: dict[str, Any] = {"data.root": str(data_root), "data.synthetic": None, "data.fold": fold,
+                               "data.shot": shot, "model.prerequisite": None}
+    shipped = load_config(f"synthetic/{name}", changes={"data.shot": shot, "data.fold": fold})
+    changes["train.out_dir"] = str(runs / Path(shipped.train.out_dir).name)
     # the runs a model starts from (synthetic ImageNet, stage 1) live in the same runs directory
     if shipped.model.init_checkpoint:
-        start = runs / Path(shipped.model.init_checkpoint).parent.name / "latest.pt"
-        items.append(f"model.init_checkpoint={flow_yaml(str(start))}")
+        changes["model.init_checkpoint"] = str(runs / Path(shipped.model.init_checkpoint).parent.name / "latest.pt")
     if shipped.model.params.get("pretrained"):
         stage1 = runs / Path(str(shipped.model.params["pretrained"])).parent.name / "latest.pt"
-        items.append(f"model.params.pretrained={flow_yaml(str(stage1))}")
+        changes["model.params.pretrained"] = str(stage1)
     if quick:
-        items += [f"train.iterations={QUICK_ITERATIONS}", "train.log_every=1", f"train.ckpt_every={QUICK_ITERATIONS}",
-                  "train.tensorboard=false", "train.image_every=0", "train.validate=false", "data.workers=0",
-                  "data.batch_size=2", "data.size=96",
-                  f"eval.episodes={QUICK_EPISODES}", "eval.seeds=[0]", "eval.batch_size=4",
-                  "data.params.on_small_class=exclude"]
-    return load_config(f"synthetic/{name}", items + list(overrides))
+        changes.update(QUICK_CHANGES)
+    return load_config(f"synthetic/{name}", list(overrides), changes=changes)  # the overrides win
 
 
 def run_name(name: str, shot: int = 1, fold: int = 0) -> str:
     """The run directory / shipped checkpoint name of a synthetic config (``ipmt_tiny_fold0_1shot``)."""
-    return Path(load_config(f"synthetic/{name}", [f"data.shot={shot}", f"data.fold={fold}"]).train.out_dir).name
+    return Path(load_config(f"synthetic/{name}", changes={"data.shot": shot, "data.fold": fold}).train.out_dir).name
 
 
 def trained_or_fresh(name: str, shot: int = 1, fold: int = 0, cfg: RunConfig | None = None,
@@ -106,19 +112,19 @@ def trained_or_fresh(name: str, shot: int = 1, fold: int = 0, cfg: RunConfig | N
     shipped, available = run_name(name, shot, fold), list_pretrained()
     if shipped in available:
         return load_pretrained(shipped), f"shipped checkpoint {shipped}"
-    from fsslab.config import config_from_dict
-    from fsslab.engine.runner import build_run_model
+    from fsslab.engine import build_run_model, load_run
 
-    cfg = config_from_dict((cfg or notebook_config(name, shot, fold=fold)).to_dict())  # a copy: edited below
+    cfg = cfg or notebook_config(name, shot, fold=fold)
     if checkpoint is not None and Path(checkpoint).is_file():
         return load_run(cfg, checkpoint), f"checkpoint {checkpoint}"
     one_shot = run_name(name, 1, fold)
     if one_shot in available:
         return load_pretrained(one_shot), f"shipped checkpoint {one_shot} (trained 1-shot, given {shot} shots)"
     if cfg.model.init_checkpoint and not Path(cfg.model.init_checkpoint).is_file():
-        cfg.model.init_checkpoint = None  # no pretraining run either: everything at its initialisation
+        # no pretraining run either: everything at its initialisation
+        cfg = replace_section(cfg, "model", init_checkpoint=None)
     if "pretrained" in cfg.model.params and not Path(str(cfg.model.params["pretrained"])).is_file():
-        cfg.model.params = {**cfg.model.params, "pretrained": None}
+        cfg = replace_section(cfg, "model", params={**cfg.model.params, "pretrained": None})
     torch.manual_seed(0)
     return build_run_model(cfg).eval(), "untrained (no shipped checkpoint yet: numbers are meaningless)"
 
@@ -164,65 +170,12 @@ def ensure_prerequisites(name: str, quick: bool | None = None, fold: int = 0,
     return done
 
 
-def load_run(cfg: RunConfig, checkpoint: str | Path | None = None) -> nn.Module:
-    """The model of a run directory (``<out_dir>/latest.pt`` unless ``checkpoint``), in eval mode."""
-    from fsslab.engine.checkpoint import load_checkpoint
-    from fsslab.engine.runner import build_run_model, load_model_weights
-
-    path = checkpoint or Path(cfg.train.out_dir) / "latest.pt"
-    return load_model_weights(build_run_model(cfg, full_checkpoint=True), load_checkpoint(path),
-                              path).eval()
-
-
-def predict_fn(model: nn.Module) -> Any:
-    """``predict(sample) -> [H,W]`` 0/1 prediction at input resolution, for one un-batched episode."""
-
-    @torch.no_grad()
-    def predict(sample: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = batch_of_one(sample)
-        return model.eval()(batch).logits.argmax(1)[0]
-
-    return predict
-
-
-def discriminator_score_fn(model: nn.Module) -> Any:
-    """``score(sample, mask [H,W]) -> float``: AMFormer's D (mean over levels and parts) for ``mask`` as the
-    query's segmentation. G's fused features are computed once per episode and cached."""
-    cache: dict[int, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def score(sample: dict[str, torch.Tensor], mask: torch.Tensor) -> float:
-        key = int(sample.get("episode_index", torch.tensor(id(sample))))
-        if key not in cache:
-            batch = batch_of_one(sample, drop=("query_mask",))
-            cache[key] = model.eval()(batch, trace=True).trace["fused_features"]
-        fg = (torch.as_tensor(mask) == 1).float()[None]  # [1,H,W]; 255 and background count as background
-        return float(model.discriminator_scores(cache[key], fg)["score"].mean())
-
-    return score
-
-
-@torch.no_grad()
-def add_discriminator_trace(model: nn.Module, batch: dict[str, torch.Tensor], trace: dict[str, Any]) -> dict[str, Any]:
-    """AMFormer's trace plus what D says at test time (where the model does not run D): ``part_maps_real`` /
-    ``d_score_real`` for the ground truth and ``part_maps_fake`` / ``d_score_fake`` for G's final soft mask."""
-    import torch.nn.functional as F
-
-    gt = (batch["query_mask"] == 1).float()  # [B,H,W]; 255 counts as background
-    fake = trace["ensemble_logits"][:, -1].float().softmax(1)[:, 1:]  # [B,1,h,w] last stage, after the ensemble
-    fake = F.interpolate(fake, size=gt.shape[-2:], mode="bilinear", align_corners=True)[:, 0]
-    judged = model.discriminator_scores(trace["fused_features"], torch.stack([gt, fake], 1))  # masks [B,2,H,W]
-    return {**trace, "part_maps_real": judged["part_maps"][:, 0], "part_maps_fake": judged["part_maps"][:, 1],
-            "d_score_real": judged["score"][:, 0], "d_score_fake": judged["score"][:, 1]}
-
-
 def eval_row(result: Any) -> dict[str, Any]:
     """A results-table row from an ``EvalResult``: mIoU / FB-IoU mean ± std and the episode count."""
     return {"mIoU": result.miou_mean, "mIoU std": result.miou_std, "FB-IoU": result.fbiou_mean,
             "FB-IoU std": result.fbiou_std, "episodes": result.episodes_per_seed * len(result.seeds)}
 
 
-__all__ = ["FULL_SYNTHETIC", "QUICK_EPISODES", "QUICK_ITERATIONS", "QUICK_SYNTHETIC", "add_discriminator_trace",
-           "discriminator_score_fn",
-           "ensure_prerequisites", "eval_row", "is_quick", "load_run", "notebook_config", "predict_fn", "repo_root", "run_name", "synthetic_root",
-           "train_or_resume", "trained_or_fresh"]
+__all__ = ["FULL_SYNTHETIC", "QUICK_CHANGES", "QUICK_EPISODES", "QUICK_ITERATIONS", "QUICK_SYNTHETIC",
+           "ensure_prerequisites", "eval_row", "is_quick", "notebook_config", "repo_root", "run_name",
+           "synthetic_root", "train_or_resume", "trained_or_fresh"]

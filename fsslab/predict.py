@@ -192,8 +192,8 @@ def load_model(pretrained: str | None = None, checkpoint: str | Path | None = No
             raise PredictError(f"--official {checkpoint}: {str(err)[:500]}") from None
         description = f"official:{checkpoint}"
     else:
+        from fsslab.engine import architecture
         from fsslab.engine.checkpoint import load_checkpoint
-        from fsslab.zoo import build_from_config
 
         data = load_checkpoint(checkpoint)  # type: ignore[arg-type]
         if config is not None:
@@ -202,7 +202,7 @@ def load_model(pretrained: str | None = None, checkpoint: str | Path | None = No
             cfg = config_from_dict(data["config"])
         else:
             raise PredictError(f"checkpoint {checkpoint} holds no config; pass --config")
-        module = build_from_config(cfg)
+        module = architecture(cfg)
         try:
             module.load_state_dict(data["model"])
         except RuntimeError as err:

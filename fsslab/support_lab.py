@@ -188,8 +188,7 @@ def compare_support_labels(entries: Mapping[str, tuple[Any, Any]], labels: Seque
     support images, only their labels differ). Returns {name: {label: mIoU, ..., "episodes": n}} for
     ``fsslab.viz.plot_results_table``.
     """
-    import dataclasses
-
+    from fsslab.config import replace_section
     from fsslab.engine.runner import run_evaluation
 
     for label in labels:
@@ -204,7 +203,7 @@ def compare_support_labels(entries: Mapping[str, tuple[Any, Any]], labels: Seque
             changes["seeds"] = list(seeds)
         row: dict[str, Any] = {}
         for label in labels:
-            config = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, support_label=label, **changes))
+            config = replace_section(cfg, "eval", support_label=label, **changes)
             result = run_evaluation(config, model, progress=False)
             row[label] = result.miou_mean
             row["episodes"] = result.episodes_per_seed * len(result.seeds)

@@ -1,10 +1,10 @@
-"""Shipped checkpoints of the synthetic-benchmark models: pack a run compactly, list, verify and load them."""
+"""Shipped checkpoints of the synthetic-benchmark models: the manifest, list, load, verify (packing a run is
+``fsslab.zoo_pack``)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import os
 import tempfile
@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 import fsslab
-from fsslab.config import RunConfig, config_from_dict, flow_yaml, load_config
-from fsslab.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from fsslab.errors import ConfigError, FsslabError
+from fsslab.config import RunConfig, config_from_dict, replace_section
+from fsslab.engine.checkpoint import CheckpointError
+from fsslab.engine.runner import architecture
+from fsslab.errors import FsslabError
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints" / "synthetic"
 MANIFEST_NAME = "manifest.json"
@@ -126,58 +127,7 @@ def total_size(checkpoint_dir: str | Path | None = None) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
 
 
-# ------------------------------------------------------------------------------------------ run config
-def _run_config(ckpt: dict[str, Any], path: Path) -> RunConfig:
-    if not isinstance(ckpt.get("config"), dict):
-        raise ZooError(f"{path}: the checkpoint carries no run config; pack a checkpoint written by `fsslab train`")
-    return config_from_dict(ckpt["config"])
-
-
-def derive_overrides(cfg: RunConfig) -> list[str]:
-    """``section.key=value`` overrides that turn the shipped config ``cfg.name`` into ``cfg`` (empty if none)."""
-    try:
-        shipped = load_config(f"synthetic/{cfg.name}" if "/" not in cfg.name else cfg.name)
-    except Exception:  # noqa: BLE001 - not a shipped config: the caller records the full config anyway
-        return []
-    ours, theirs = cfg.to_dict(), shipped.to_dict()
-    overrides = [f"{section}.{key}={flow_yaml(value)}" for section, values in ours.items() if isinstance(values, dict)
-                 for key, value in values.items() if theirs[section].get(key) != value and key != "out_dir"]
-    if load_config(shipped_name(cfg), overrides).to_dict()["train"]["out_dir"] != ours["train"]["out_dir"]:
-        overrides.append(f"train.out_dir={flow_yaml(ours['train']['out_dir'])}")
-    return overrides
-
-
-def shipped_name(cfg: RunConfig) -> str:
-    """The shipped config a run came from (``synthetic/<name>``)."""
-    return cfg.name if "/" in cfg.name else f"synthetic/{cfg.name}"
-
-
-def build_from_config(cfg: RunConfig) -> nn.Module:
-    """The architecture of ``cfg`` with nothing loaded from disk (weights come from the packed file)."""
-    from fsslab.models import build_model, model_class
-
-    params = dict(cfg.model.params)
-    signature = inspect.signature(model_class(cfg.model.name).__init__).parameters
-    if "shot" in signature:
-        params.setdefault("shot", cfg.data.shot)
-    if "pretrained" in signature:
-        params["pretrained"] = None  # the packed state dict holds every weight, the base learner's included
-    return build_model({"name": cfg.model.name, **params})
-
-
 # ------------------------------------------------------------------------------------------------ pack
-def _resolve_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
-    path = Path(run_dir_or_ckpt)
-    if path.is_dir():
-        for candidate in ("latest.pt", "best.pt"):
-            if (path / candidate).is_file():
-                return path / candidate
-        raise ZooError(f"{path}: no latest.pt or best.pt in this run directory")
-    if not path.is_file():
-        raise ZooError(f"{path}: no such run directory or checkpoint")
-    return path
-
-
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     """CPU evaluation with one thread: the same reduction order, hence the same numbers, on every run."""
@@ -192,12 +142,11 @@ def _one_thread() -> Iterator[None]:
 def check_eval(model: nn.Module, cfg: RunConfig, seeds: list[int], episodes: int,
                data_root: str | Path | None = None) -> dict[str, Any]:
     """The reduced, deterministic evaluation recorded at pack time and repeated by ``verify_pretrained``."""
+    from fsslab.engine.prerequisites import prepare_data
     from fsslab.engine.runner import run_evaluation
 
-    cfg = config_from_dict(cfg.to_dict())
-    if data_root is not None:
-        cfg.data.root = str(data_root)
-    cfg.data.workers = 0
+    cfg = replace_section(cfg, "data", workers=0, **({"root": str(data_root)} if data_root is not None else {}))
+    prepare_data(cfg, progress=False)  # the benchmark the packed config names, written when it is not there
     with _one_thread(), torch.no_grad():
         result = run_evaluation(cfg, model.cpu().eval(), seeds=seeds, episodes=episodes, progress=False,
                                 device=torch.device("cpu"))
@@ -220,129 +169,6 @@ def _eval_summary(eval_json: str | Path | None) -> dict[str, Any] | None:
     return summary
 
 
-def _pack_shared(base: str | Path | None, state: dict[str, torch.Tensor], out: Path, manifest: dict[str, Any],
-                 storage: str) -> tuple[dict[str, str], str | None]:
-    """Store the tensors of ``state`` equal to one of ``base``'s once in ``shared/<base name>.pt`` (added to
-    what is there; its manifest entry updated). Returns ({key in state: key in base}, the shared file or None)."""
-    if base is None:
-        return {}, None
-    shared_refs: dict[str, str] = {}
-    base_path = _resolve_checkpoint(base)
-    base_ckpt = load_checkpoint(base_path)
-    base_state = base_ckpt["model"]
-    out_dir_name = Path(str((base_ckpt.get("config") or {}).get("train", {}).get("out_dir", ""))).name
-    base_name = out_dir_name or base_path.parent.name
-    shared_file = f"shared/{base_name}.pt"
-    by_value = {_fingerprint(v): k for k, v in base_state.items()}
-    for key, tensor in state.items():
-        match = by_value.get(_fingerprint(tensor))
-        if match is not None:
-            shared_refs[key] = match
-    shared_path = out / shared_file
-    shared = {"format": FORMAT, "storage": storage, "source": str(base_path), "tensors": {}}
-    if shared_path.is_file():
-        shared = _load_verified(shared_path, manifest["shared"].get(shared_file, {}).get("sha256"))
-        if shared["storage"] != storage:
-            raise ZooError(f"{shared_path} stores {shared['storage']}; pack with --storage {shared['storage']}")
-    for base_key in sorted(set(shared_refs.values()) - set(shared["tensors"])):
-        shared["tensors"][base_key] = _encode(base_state[base_key], storage)
-    atomic_save(shared, shared_path)
-    os.chmod(shared_path, 0o644)
-    manifest["shared"][shared_file] = {"sha256": sha256_file(shared_path), "size": shared_path.stat().st_size,
-                                       "source": str(base_path), "storage": storage}
-    return shared_refs, shared_file
-
-
-def _manifest_entry(name: str, path: Path, packed: dict[str, Any], cfg: RunConfig, ckpt: dict[str, Any],
-                    source: Path, command: str | None, eval_json: str | Path | None,
-                    measured: dict[str, Any]) -> dict[str, Any]:
-    """The manifest entry of the packed file ``path``: what it holds, how it was trained, its metrics."""
-    overrides = derive_overrides(cfg)
-    return {
-        "name": name,
-        "file": path.name,
-        "sha256": sha256_file(path),
-        "size": path.stat().st_size,
-        "storage": packed["storage"],
-        "shared_file": packed["shared_file"],
-        "shared_tensors": len(packed["shared_keys"]),
-        "model": cfg.model.name,
-        "config": shipped_name(cfg),
-        "overrides": overrides,
-        "command": command or " ".join(["fsslab train", shipped_name(cfg), *overrides]),
-        "data": {"dataset": cfg.data.dataset, "root": cfg.data.root, "synthetic": cfg.data.synthetic,
-                 "fold": cfg.data.fold, "shot": cfg.data.shot, "protocol": cfg.data.protocol,
-                 "val_size": cfg.data.val_size},
-        "iteration": int(ckpt.get("iteration", -1)),
-        "fsslab_version": fsslab.__version__,
-        "trained_with_fsslab": ckpt.get("fsslab_version"),
-        "source": str(source),
-        "metrics": _eval_summary(eval_json),
-        "check": {**measured, "tolerance": DEFAULT_TOLERANCE},
-    }
-
-
-def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Path | None = None,
-                    command: str | None = None, out_dir: str | Path | None = None,
-                    base: str | Path | None = None, storage: str = "fp16",
-                    check: dict[str, Any] | None = None, data_root: str | Path | None = None) -> dict[str, Any]:
-    """Write ``<out_dir>/<name>.pt`` (model weights only, compact) and its manifest entry; return the entry.
-
-    base: the run (directory or checkpoint) the model was initialised from (pretraining or stage 1). Tensors
-      equal to one of the base's are not stored in the model's file but once in ``shared/<base name>.pt``,
-      shared by every entry packed against the same base (IPMT / AMFormer / the baseline freeze its backbone).
-    storage: "fp16" (float tensors as float16, restored to float32), "int8" (per-channel quantised large
-      weights, fp16 rest) or "fp32". The metrics of the *packed* model are measured by a reduced evaluation
-      (``check``: seeds + episodes, default 1 seed x 100 episodes) that the tests repeat.
-    eval_json: the run's full ``fsslab eval --json`` file (its mIoU / FB-IoU / per-seed numbers are recorded).
-    command: the exact ``fsslab train ...`` command; default: rebuilt from the run's config.
-    """
-    if storage not in STORAGES:
-        raise ConfigError(f"storage {storage!r}: choose one of {STORAGES}")
-    if not name or any(c in name for c in "/\\ ") or name.startswith("."):
-        raise ConfigError(f"checkpoint name {name!r}: use letters, digits, '_', '-' and '.' only")
-    out = Path(out_dir or CHECKPOINT_DIR)
-    source = _resolve_checkpoint(run_dir_or_ckpt)
-    ckpt = load_checkpoint(source)
-    cfg = _run_config(ckpt, source)
-    state = {k: v for k, v in ckpt["model"].items()}
-    model = build_from_config(cfg)
-    own_keys = set(model.state_dict())
-    if set(state) != own_keys:
-        raise ZooError(f"{source}: its weights do not match the {cfg.model.name} built from its config "
-                       f"(missing {sorted(own_keys - set(state))[:5]}, unexpected {sorted(set(state) - own_keys)[:5]})")
-    manifest = read_manifest(out)
-
-    shared_refs, shared_file = _pack_shared(base, state, out, manifest, storage)
-
-    packed = {
-        "format": FORMAT,
-        "name": name,
-        "storage": storage,
-        "config": cfg.to_dict(),
-        "dtypes": {k: _dtype_name(v.dtype) for k, v in state.items()},
-        "tensors": {k: _encode(v, storage) for k, v in state.items() if k not in shared_refs},
-        "shared_file": shared_file,
-        "shared_keys": shared_refs,
-    }
-    path = out / f"{name}.pt"
-    atomic_save(packed, path)
-    os.chmod(path, 0o644)
-
-    restored = _restore(packed, out, manifest)
-    check = {**DEFAULT_CHECK, **(check or {})}
-    measured = check_eval(restored, cfg, list(check["seeds"]), int(check["episodes"]), data_root)
-    entry = _manifest_entry(name, path, packed, cfg, ckpt, source, command, eval_json, measured)
-    manifest["entries"][name] = entry
-    manifest["budget_bytes"] = BUDGET_BYTES
-    _write_manifest(manifest, out)
-    size = total_size(out)
-    if size > BUDGET_BYTES:
-        print(f"warning: {out} now holds {size / 1e6:.2f} MB, over the {BUDGET_BYTES / 1e6:.1f} MB budget "
-              "(tests/test_zoo.py fails); use --storage int8, a --base, or ship fewer checkpoints")
-    return entry
-
-
 # ------------------------------------------------------------------------------------------------ load
 def _load_verified(path: Path, sha256: str | None) -> dict[str, Any]:
     if not path.is_file():
@@ -362,7 +188,7 @@ def _restore(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[str, A
              model_params: dict[str, Any] | None = None) -> nn.Module:
     cfg = config_from_dict(packed["config"])
     if model_params:  # e.g. reproduce_official=true: same weights, other inference behaviour
-        cfg.model.params = {**cfg.model.params, **model_params}
+        cfg = replace_section(cfg, "model", params={**cfg.model.params, **model_params})
     shared: dict[str, Any] = {}
     if packed.get("shared_file"):
         info = manifest["shared"].get(packed["shared_file"])
@@ -378,7 +204,7 @@ def _restore(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[str, A
         else:
             raise ZooError(f"{packed['name']}: tensor {key} is neither in the file nor in its shared file")
         state[key] = _decode(item, getattr(torch, dtype))
-    model = build_from_config(cfg)
+    model = architecture(cfg)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -406,9 +232,7 @@ def pretrained_config(name: str, checkpoint_dir: str | Path | None = None,
     root = Path(checkpoint_dir or CHECKPOINT_DIR)
     entry = pretrained_info(name, root)
     cfg = config_from_dict(_load_verified(root / entry["file"], entry["sha256"])["config"])
-    if data_root is not None:
-        cfg.data.root = str(data_root)
-    return cfg
+    return cfg if data_root is None else replace_section(cfg, "data", root=str(data_root))
 
 
 def verify_pretrained(name: str, data_root: str | Path | None = None,
@@ -448,7 +272,7 @@ def recheck_pretrained(name: str, eval_json: str | Path | None = None, data_root
 
 
 __all__ = [
-    "BUDGET_BYTES", "CHECKPOINT_DIR", "ZooError", "build_from_config", "check_eval", "derive_overrides",
-    "list_pretrained", "load_pretrained", "pack_checkpoint", "pretrained_config", "pretrained_info",
+    "BUDGET_BYTES", "CHECKPOINT_DIR", "ZooError", "check_eval",
+    "list_pretrained", "load_pretrained", "pretrained_config", "pretrained_info",
     "read_manifest", "recheck_pretrained", "sha256_file", "total_size", "verify_pretrained",
 ]

@@ -106,23 +106,29 @@ def test_prerequisite_is_trained_first_once(tmp_path, toy_world, capsys):
         f"init_prefix: encoder., prerequisite: '{tmp_path}/stage1.yaml'}}\n"
         f"train: {{iterations: 1, {train}, out_dir: '{tmp_path}/s2'}}\n"
     )
-    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1"]) == 0
+    # without the flag a missing prerequisite is an error naming the command that trains it; nothing is trained
+    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1"]) != 0
+    err = capsys.readouterr().err
+    assert "--with-prerequisites" in err and f"{tmp_path}/s1_1/latest.pt" in err and "does not exist" in err
+    assert not (tmp_path / "s1_1").exists() and not (tmp_path / "s2").exists()
+    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1", "--with-prerequisites"]) == 0
     stage1 = tmp_path / "s1_1" / "latest.pt"
     assert torch.load(stage1, weights_only=True)["iteration"] == 2
     out = capsys.readouterr().out
     assert "training the prerequisite" in out and "initialised 2/2 'encoder.*' tensors" in out
     stamp = stage1.stat().st_mtime_ns
     # stage 2 again (its directory holds the first stage-2 run: --overwrite); stage 1 is reused as it is
-    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1", "--overwrite"]) == 0
+    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1", "--overwrite", "--with-prerequisites"]) == 0
     assert stage1.stat().st_mtime_ns == stamp and "training the prerequisite" not in capsys.readouterr().out
     # the finished stage 1 came from other data: refused, not silently reused
-    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1", "data.root=elsewhere"]) != 0
+    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1", "data.root=elsewhere",
+                 "--with-prerequisites"]) != 0
     err = capsys.readouterr().err
     assert str(stage1) in err and "was trained on unused" in err and "uses elsewhere" in err
     assert stage1.stat().st_mtime_ns == stamp
     # pointed at another starting checkpoint (fold 0's stage 1 for fold 2): the prerequisite is not trained
     assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=2", f"model.init_checkpoint={stage1}",
-                 f"train.out_dir={tmp_path}/s2_fold2"]) == 0
+                 f"train.out_dir={tmp_path}/s2_fold2", "--with-prerequisites"]) == 0
     assert not (tmp_path / "s1_2").exists() and "training the prerequisite" not in capsys.readouterr().out
 
 
@@ -180,7 +186,9 @@ def test_bench_tiny_models_are_the_shipped_synthetic_configs():
 
     for name, config in {"ipmt": "ipmt_tiny", "amformer": "amformer_tiny", "baseline": "baseline_tiny",
                          "pspnet": "pspnet_base_tiny"}.items():
-        params = {k: v for k, v in load_config(f"synthetic/{config}").model.params.items()
-                  if k not in ("pretrained", "learn_threshold", "n_classes")}
+        cfg = load_config(f"synthetic/{config}")
+        params = {k: v for k, v in cfg.model.params.items() if k not in ("pretrained", "learn_threshold", "n_classes")}
+        # the models' shot is filled from data.shot when the config is loaded; the bench times 1 and 5 shots
+        assert params.pop("shot", cfg.data.shot) == cfg.data.shot, name
         tiny = {k: v for k, v in SETTINGS["tiny"][name].items() if k != "n_classes"}
         assert tiny == params, name

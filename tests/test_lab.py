@@ -9,22 +9,22 @@ import torch
 
 import fsslab.lab
 import fsslab.zoo
+import fsslab.zoo_pack
 from fsslab.config import load_config
+from fsslab.engine import predict_fn
 from fsslab.engine.checkpoint import atomic_save
 from fsslab.lab import (
     FULL_SYNTHETIC,
     QUICK_EPISODES,
     QUICK_ITERATIONS,
-    add_discriminator_trace,
-    discriminator_score_fn,
     ensure_prerequisites,
     notebook_config,
-    predict_fn,
     repo_root,
     run_name,
     train_or_resume,
     trained_or_fresh,
 )
+from fsslab.models.amformer import add_discriminator_trace, discriminator_score_fn
 
 KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128, "max_objects": 4}  # = test_zoo.TINY_KNOBS
 
@@ -95,7 +95,7 @@ def test_trained_or_fresh_prefers_the_shipped_checkpoint(root, tmp_path, monkeyp
     atomic_save({"format": 1, "iteration": 1, "model": model.state_dict(), "config": cfg.to_dict()}, run / "latest.pt")
     loaded, source = trained_or_fresh("baseline_tiny", 1, cfg=cfg, checkpoint=run / "latest.pt")
     assert source.startswith("checkpoint") and torch.equal(next(loaded.parameters()), next(model.parameters()))
-    fsslab.zoo.pack_checkpoint(run, "baseline_tiny_fold0_1shot", check={"seeds": [0], "episodes": 2})
+    fsslab.zoo_pack.pack_checkpoint(run, "baseline_tiny_fold0_1shot", check={"seeds": [0], "episodes": 2})
     shipped, source = trained_or_fresh("baseline_tiny", 1, cfg=cfg)
     assert source == "shipped checkpoint baseline_tiny_fold0_1shot"
     # no 5-shot checkpoint shipped: the 1-shot one, said so (a run of the notebook's own would come first)

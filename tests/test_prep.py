@@ -280,3 +280,19 @@ def test_data_prep_clis(voc_sbd, tmp_path, capsys):
         == 0
     )
     assert capsys.readouterr().out.count("[cached]") == 3
+
+
+def test_fsslab_data_exports_prep_lazily_and_keeps_its_import_errors(monkeypatch):
+    import sys
+
+    import fsslab.data
+    import fsslab.data.prep
+
+    assert fsslab.data._PREP_NAMES == set(fsslab.data.prep.__all__)
+    assert fsslab.data.prepare_pascal is fsslab.data.prep.prepare_pascal
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        fsslab.data.nope  # noqa: B018
+    # a module that fails to import (a missing dependency) says so, instead of "no attribute"
+    monkeypatch.setitem(sys.modules, "fsslab.data.prep", None)
+    with pytest.raises(ModuleNotFoundError):
+        fsslab.data.prepare_pascal  # noqa: B018

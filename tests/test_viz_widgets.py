@@ -62,8 +62,8 @@ def test_ipmt_explorer_layer_and_shot_controls():
 
 
 def test_trace_runner_batches_one_episode_and_returns_the_trace():
+    from fsslab.engine import trace_runner
     from fsslab.models.output import FSSOutput
-    from fsslab.viz.widgets import trace_runner
 
     class Recorder(torch.nn.Module):
         def __init__(self):

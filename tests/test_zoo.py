@@ -10,15 +10,14 @@ import torch
 
 from fsslab.cli import main as cli_main
 from fsslab.config import load_config
+from fsslab.engine import architecture
 from fsslab.engine.checkpoint import atomic_save
 from fsslab.zoo import (
     BUDGET_BYTES,
     CHECKPOINT_DIR,
     ZooError,
-    build_from_config,
     list_pretrained,
     load_pretrained,
-    pack_checkpoint,
     pretrained_config,
     pretrained_info,
     read_manifest,
@@ -26,6 +25,7 @@ from fsslab.zoo import (
     total_size,
     verify_pretrained,
 )
+from fsslab.zoo_pack import pack_checkpoint
 
 TINY_KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128,
               "max_objects": 4}  # up to 4 objects: every fold-0 class gets enough images in a tiny set
@@ -52,10 +52,10 @@ def tiny_runs(tmp_path_factory, synthetic_root_factory):
     torch.set_num_threads(1)
     root = synthetic_root_factory(TINY_KNOBS)
     base_cfg = load_config("synthetic/pspnet_base_tiny", _tiny_overrides(root))
-    base_state = build_from_config(base_cfg).state_dict()
+    base_state = architecture(base_cfg).state_dict()
     base_dir = _fake_run(tmp_path_factory.mktemp("pspnet_base_tiny_fold0"), base_cfg, base_state)
     cfg = load_config("synthetic/ipmt_tiny", _tiny_overrides(root))
-    model = build_from_config(cfg)
+    model = architecture(cfg)
     shared = {k: v for k, v in base_state.items() if k.startswith("backbone.") and k in model.state_dict()}
     model.load_state_dict(shared, strict=False)
     run_dir = _fake_run(tmp_path_factory.mktemp("ipmt_run"), cfg, model.state_dict())

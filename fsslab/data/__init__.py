@@ -88,19 +88,18 @@ __all__ = [
     "write_base_annotations",
 ]  # fmt: skip
 
-# The generator and the real-data preparation live in modules written separately; they are imported
-# on first use so that `import fsslab.data` works even while one of them is absent or broken.
+# The generator and the real-data preparation are imported on first use (they pull in cv2 workers, pycocotools
+# checks): `import fsslab.data` stays light. A name they do not define is an AttributeError; an import error
+# inside them (a missing dependency) is raised as it is, not turned into "no attribute".
 _SYNTHETIC_NAMES = {"generate_synthetic", "SyntheticConfig", "read_meta", "write_synthetic_if_missing"}
+_PREP_NAMES = {"PrepError", "PrepSummary", "coco_semantic_label", "find_sbd_root", "find_voc_root",
+               "pascal_name_sets", "pascal_train_names", "prepare_coco", "prepare_pascal", "read_sbd_label",
+               "read_voc_label"}  # fsslab.data.prep.__all__ (tests/test_prep.py checks that they agree)
 
 
 def __getattr__(name: str):
     if name in _SYNTHETIC_NAMES:
         return getattr(importlib.import_module("fsslab.data.synthetic"), name)
-    if not name.startswith("_"):
-        try:
-            prep = importlib.import_module("fsslab.data.prep")
-        except ModuleNotFoundError:
-            prep = None
-        if prep is not None and hasattr(prep, name):
-            return getattr(prep, name)
+    if name in _PREP_NAMES:
+        return getattr(importlib.import_module("fsslab.data.prep"), name)
     raise AttributeError(f"module 'fsslab.data' has no attribute {name!r}")

@@ -30,7 +30,6 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from fsslab.config import ConfigError
 from fsslab.data.classes import Benchmark
 from fsslab.data.episodic import EpisodicDataset
 from fsslab.data.io import (  # the checks every fsslab reader makes
@@ -42,6 +41,7 @@ from fsslab.data.io import (  # the checks every fsslab reader makes
     read_image,
 )
 from fsslab.data.lists import TRAINING_SPLITS, FoldIndex, IndexSummary
+from fsslab.errors import ConfigError
 
 FSS1000_SPLIT_DIR = Path(__file__).resolve().parent / "splits" / "fss1000"
 FSS1000_SIZES = {"train": 520, "val": 240, "test": 240}

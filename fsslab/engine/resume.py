@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fsslab.config import ConfigError, RunConfig
+from fsslab.config import ConfigError, RunConfig, config_from_dict
 from fsslab.engine import checkpoint as ckpt
 from fsslab.engine import distributed as dist_utils
 from fsslab.engine.run_dir import (
@@ -105,11 +105,21 @@ def _config_fields() -> set[str]:
     return fields
 
 
+def _with_derived(saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved config with its derived values filled as this fsslab fills them (a run written before they were
+    filled at load time recorded eval.shot: null, which is no change); a config this fsslab cannot read (a
+    retired field) is compared as saved."""
+    try:
+        return config_from_dict(saved).to_dict()
+    except ConfigError:
+        return saved
+
+
 def config_changes(saved: dict[str, Any], cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (saved value, new value)}`` for every key that differs, inside free dicts such as
     model.params too. A field the saved config lacks (written by an older fsslab) counts as changed only
     when the new value is not its default; a field this fsslab no longer has is ignored."""
-    old, new = _flatten(saved), _flatten(cfg.to_dict())
+    old, new = _flatten(_with_derived(saved)), _flatten(cfg.to_dict())
     defaults, fields = _flatten(RunConfig().to_dict()), _config_fields()
     changes: dict[str, tuple[Any, Any]] = {}
     for key in sorted(set(old) | set(new)):

@@ -1,21 +1,26 @@
-"""From a RunConfig to datasets, a model, a training run and an evaluation (used by CLI and notebooks)."""
+"""From a RunConfig to datasets, a model, a training run and an evaluation (used by CLI and notebooks).
+
+These are the adapters from ``RunConfig`` to the engine's explicit arguments (``evaluate``, ``Trainer``). They
+read what is on disk and never prepare it: a missing synthetic benchmark or prerequisite run is an error
+naming the command that prepares it (``fsslab.engine.prerequisites``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import os
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from fsslab.config import RunConfig, flow_yaml
+from fsslab.config import RunConfig, replace_section
 from fsslab.engine.checkpoint import load_checkpoint
 from fsslab.engine.evaluate import EvalResult, evaluate
-from fsslab.engine.run_dir import holds_run
+from fsslab.engine.prerequisites import check_data, check_prerequisite
 from fsslab.errors import CheckpointError, ConfigError
 from fsslab.models.oracle import QueryLabelOracle, is_control
 
@@ -69,29 +74,10 @@ def _check_data_params(params: dict[str, Any], dataset: str) -> None:
         raise ConfigError(f"unknown data.params key(s) {unknown}; valid keys: {sorted(valid)}")
 
 
-def ensure_synthetic(cfg: RunConfig, progress: bool = True) -> None:
-    """Generate the synthetic benchmark at ``data.root`` when the config carries generator knobs."""
-    if cfg.data.dataset != "synthetic" or cfg.data.synthetic is None:
-        return
-    from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
-
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 generates; the others wait for it
-        meta = Path(cfg.data.root) / "meta.json"
-        deadline = time.monotonic() + 1800
-        while not meta.is_file():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rank {os.environ['RANK']}: {meta} did not appear within 30 minutes")
-            time.sleep(2)
-        time.sleep(1)  # meta.json is written last; give the writer a moment to close it
-    write_synthetic_if_missing(
-        cfg.data.root, SyntheticConfig.from_dict(dict(cfg.data.synthetic)), progress=progress
-    )
-
-
 def build_train_set(cfg: RunConfig) -> Any:
     from fsslab.data import build_dataset
 
-    ensure_synthetic(cfg)
+    check_data(cfg)
     if cfg.data.train_data == "base":  # BAM BaseData: stage 1 on the whole list with base annotations
         from fsslab.config import ConfigError
         from fsslab.data.base_data import BaseClassDataset
@@ -121,18 +107,17 @@ def build_train_set(cfg: RunConfig) -> Any:
     )
 
 
-def eval_dataset_factory(cfg: RunConfig, shot: int | None = None, support_label: str | None = None):
-    """``factory(seed, episodes)`` for ``evaluate`` and the benchmark (classes, folds, names).
-
-    ``cfg.eval.supports="mismatched"`` wraps the episodes in the mismatched-support control.
-    """
+def eval_dataset_factory(cfg: RunConfig) -> tuple[Callable[[int, int], Any], Any]:
+    """``(factory(seed, episodes), benchmark)`` for ``evaluate`` and the benchmark (classes, folds, names): the
+    episodes of ``cfg.eval`` (split, shot, support label; ``supports="mismatched"`` wraps them in the
+    mismatched-support control)."""
     from fsslab.data import build_dataset
     from fsslab.engine.controls import with_supports
 
-    ensure_synthetic(cfg)
-    shot = shot or cfg.eval.shot or cfg.data.shot
+    check_data(cfg)
+    shot = cfg.eval.shot
     kwargs = dataset_kwargs(cfg, cfg.eval.split)
-    kwargs["support_label"] = support_label or cfg.eval.support_label or cfg.data.support_label
+    kwargs["support_label"] = cfg.eval.support_label
 
     def episodes_of(seed: int, episodes: int) -> Any:
         return build_dataset(
@@ -161,22 +146,26 @@ def build_run_model(cfg: RunConfig, full_checkpoint: bool = False) -> nn.Module:
     nor required: a run's weights evaluate without the runs it started from.
     """
     from fsslab.engine.trainer import seed_everything
-    from fsslab.models import build_model, model_class
+    from fsslab.models import build_model
 
     if cfg.model.name == "oracle":  # the evaluation control: no params, no starting checkpoint
         return QueryLabelOracle()
     seed_everything(cfg.train.seed)
-    params = dict(cfg.model.params)
-    if "shot" in inspect.signature(model_class(cfg.model.name).__init__).parameters:
-        params.setdefault(
-            "shot", cfg.data.shot
-        )  # so that `data.shot=5` is the only override a 5-shot run needs
-    if full_checkpoint and "pretrained" in params:
-        params["pretrained"] = None
-    model = build_model({"name": cfg.model.name, **params})
+    model = architecture(cfg) if full_checkpoint else build_model(cfg.model)
     if cfg.model.init_checkpoint and not full_checkpoint:
         init_from_checkpoint(model, cfg.model.init_checkpoint, cfg.model.init_prefix)
     return model
+
+
+def architecture(cfg: RunConfig) -> nn.Module:
+    """The model of ``cfg`` with nothing read from disk (no ``pretrained`` stage-1 file): the weights come from
+    a whole checkpoint of it next (``fsslab eval --checkpoint``, a shipped checkpoint)."""
+    from fsslab.models import build_model
+
+    params = dict(cfg.model.params)
+    if "pretrained" in params:
+        params["pretrained"] = None
+    return build_model({"name": cfg.model.name, **params})
 
 
 def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], source: str | Path) -> nn.Module:
@@ -228,8 +217,12 @@ def run_evaluation(
     progress: bool = True,
     device: torch.device | None = None,
 ) -> EvalResult:
-    """Evaluate ``model`` as ``cfg.eval`` says (seeds, episodes, shot, support label, amp)."""
-    factory, benchmark = eval_dataset_factory(cfg, shot, support_label)
+    """Evaluate ``model`` as ``cfg.eval`` says (seeds, episodes, shot, support label, amp); the arguments, when
+    given, replace those of ``cfg.eval`` (``cfg`` is the adapter to ``evaluate``'s explicit arguments)."""
+    changes = {"shot": shot, "support_label": support_label, "seeds": list(seeds) if seeds else None,
+               "episodes": episodes}
+    cfg = replace_section(cfg, "eval", **{k: v for k, v in changes.items() if v is not None})
+    factory, benchmark = eval_dataset_factory(cfg)
     built: list[Any] = []
 
     def keeping(seed: int, count: int) -> Any:  # keeps every seed's episodes for their loading counters
@@ -238,13 +231,11 @@ def run_evaluation(
         return dataset
 
     n_classes, novel = benchmark.n_classes, benchmark.novel_classes(cfg.data.fold)
-    seeds = list(seeds or cfg.eval.seeds)
-    episodes = episodes or cfg.eval.episodes
     settings = {
         "dataset": cfg.data.dataset,
         "fold": cfg.data.fold,
-        "shot": shot or cfg.eval.shot or cfg.data.shot,
-        "support_label": support_label or cfg.eval.support_label or cfg.data.support_label,
+        "shot": cfg.eval.shot,
+        "support_label": cfg.eval.support_label,
         "supports": cfg.eval.supports,
         "protocol": cfg.data.protocol,
         "eval_protocol": cfg.eval.protocol,
@@ -259,8 +250,8 @@ def run_evaluation(
     result = evaluate(
         model,
         keeping,
-        seeds,
-        episodes,
+        cfg.eval.seeds,
+        cfg.eval.episodes,
         n_classes,
         novel,
         cfg.eval.batch_size,
@@ -327,13 +318,13 @@ def run_controls(
 ) -> ControlReport:
     """``result`` (evaluated here when None) with its controls on the same data, seeds and protocol."""
     def with_eval(**changes: Any) -> RunConfig:
-        return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **changes))
+        return replace_section(cfg, "eval", **changes)
 
     def run(config: RunConfig, net: nn.Module, shot: int | None = None) -> EvalResult:
         return run_evaluation(config, net, shot=shot, progress=progress, device=device)
 
     result = result or run(cfg, model)
-    oracle_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="oracle"))
+    oracle_cfg = replace_section(cfg, "model", name="oracle")
     shot = result.settings.get("shot")
     return ControlReport(
         result=result,
@@ -341,51 +332,6 @@ def run_controls(
         mismatched=run(with_eval(supports="mismatched"), model),
         one_shot=result if shot == 1 and cfg.eval.supports == "matched" else run(with_eval(supports="matched"), model, 1),
         five_shot=result if shot == 5 and cfg.eval.supports == "matched" else run(with_eval(supports="matched"), model, 5),
-    )
-
-
-def train_prerequisite(cfg: RunConfig) -> None:
-    """Train ``cfg.model.prerequisite`` (same data root, fold and generator knobs) unless already done."""
-    if not cfg.model.prerequisite:
-        return
-
-    from fsslab.config import load_config
-
-    overrides = [
-        f"data.fold={cfg.data.fold}",
-        f"data.root={flow_yaml(cfg.data.root)}",
-        f"data.synthetic={flow_yaml(cfg.data.synthetic)}",
-        f"train.device={cfg.train.device}",
-    ]
-    pre = load_config(cfg.model.prerequisite, overrides)
-    latest = Path(pre.train.out_dir) / "latest.pt"
-    starts_from = [cfg.model.init_checkpoint, cfg.model.params.get("pretrained")]
-    if not any(path and Path(str(path)).resolve() == latest.resolve() for path in starts_from):
-        return  # the run was pointed at another starting checkpoint: the prerequisite's run is not read
-    if latest.is_file():
-        previous = load_checkpoint(latest)
-        _check_same_benchmark(previous.get("config") or {}, pre, latest, cfg.model.prerequisite)
-        if pre.train.iterations is None or previous["iteration"] >= pre.train.iterations:
-            return
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"training the prerequisite {cfg.model.prerequisite} first (writes {latest})")
-    # continue whatever run its directory holds (also one killed before its first checkpoint)
-    run_training(pre, resume=holds_run(pre.train.out_dir))
-
-
-def _check_same_benchmark(recorded: dict[str, Any], wanted: RunConfig, path: Path, name: str) -> None:
-    """A prerequisite run found on disk must come from this run's data: another benchmark's backbone would be
-    reused silently (its out_dir does not depend on data.root or the generator knobs)."""
-    data = recorded.get("data") or {}
-    same_root = Path(str(data.get("root"))).resolve() == Path(wanted.data.root).resolve()
-    if same_root and data.get("synthetic") == wanted.data.synthetic:
-        return
-    raise ConfigError(
-        f"{path} was trained on {data.get('root')} (synthetic knobs {data.get('synthetic')}), but this run "
-        f"uses {wanted.data.root} (knobs {wanted.data.synthetic}). Train the prerequisite for this data into its "
-        f"own directory (`fsslab train {name} data.root=... train.out_dir=DIR`), then "
-        "start from it with model.init_checkpoint=DIR/latest.pt (or model.params.pretrained) and "
-        "model.prerequisite=null"
     )
 
 
@@ -398,7 +344,7 @@ def run_training(
     from fsslab.engine import distributed
     from fsslab.engine.trainer import Trainer
 
-    train_prerequisite(cfg)
+    check_prerequisite(cfg)  # missing: fsslab train --with-prerequisites (prerequisites.train_prerequisites)
     model = build_run_model(cfg)
     train_set = build_train_set(cfg)
 
@@ -420,15 +366,14 @@ def run_training(
 
 __all__ = [
     "ControlReport",
+    "architecture",
     "build_run_model",
     "build_train_set",
     "dataset_kwargs",
-    "ensure_synthetic",
     "eval_dataset_factory",
     "init_from_checkpoint",
     "load_model_weights",
     "run_controls",
     "run_evaluation",
     "run_training",
-    "train_prerequisite",
 ]

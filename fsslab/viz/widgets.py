@@ -10,7 +10,6 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fsslab.batch import batch_of_one
 from fsslab.viz.amformer import PERTURBATIONS, perturb_mask, plot_perturbation
 from fsslab.viz.episodes import show_episode, weak_supports
 from fsslab.viz.ipmt import num_layers, plot_ipmt_overview
@@ -102,34 +101,12 @@ def episode_explorer(dataset: Sequence[Mapping[str, Any]], class_names: Sequence
     return FigureExplorer(controls, draw, dpi)
 
 
-def trace_runner(model: torch.nn.Module, datasets: Mapping[int, Sequence[Mapping[str, Any]]]
-                 ) -> Callable[[int, int], tuple[dict[str, torch.Tensor], Mapping[str, Any]]]:
-    """``run_fn`` for ``ipmt_explorer``: episode ``i`` of ``datasets[shot]`` as a batch of one, run through
-    ``model(batch, trace=True)`` in eval mode without gradients. Returns (batch, trace)."""
-
-    def run(episode: int, shot: int) -> tuple[dict[str, torch.Tensor], Mapping[str, Any]]:
-        if shot not in datasets:
-            raise KeyError(f"no dataset for {shot} shot(s); available: {sorted(datasets)}")
-        sample = datasets[shot][episode]
-        batch = batch_of_one(sample)
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        model.eval()
-        with torch.no_grad():
-            output = model(batch, trace=True)
-        if output.trace is None:
-            raise ValueError(f"{type(model).__name__} returned no trace")
-        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, output.trace
-
-    return run
-
-
 def ipmt_explorer(run_fn: Callable[[int, int], tuple[Mapping[str, Any], Mapping[str, Any]]], n_episodes: int,
                   shots: Sequence[int] = (1, 5), dpi: int = 80) -> FigureExplorer:
     """IPMT explorer: episode, layer and shot sliders over ``plot_ipmt_overview``.
 
     run_fn(episode, shot) -> (episode batch or sample, trace): typically builds the episode with ``shot`` supports
-    and runs ``model(batch, trace=True)``. Results are cached, so moving the layer slider does not re-run it.
+    and runs ``model(batch, trace=True)`` (``fsslab.engine.trace_runner``). Results are cached, so moving the layer slider does not re-run it.
     """
     w = _require_widgets()
     cache: dict[tuple[int, int], tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
