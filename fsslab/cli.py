@@ -79,12 +79,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.out:
         cfg = replace_section(cfg, "train", out_dir=args.out)
+    if not args.with_prerequisites:
+        check_prerequisite(cfg, args.config)  # fails naming --with-prerequisites before anything is built
     distributed.setup_distributed(cfg.train.device)  # so that one rank writes the data while the others wait
     prepare_data(cfg)  # the synthetic benchmark of data.synthetic, when it is not there yet
     if args.with_prerequisites:
-        train_prerequisites(cfg)
-    else:
-        check_prerequisite(cfg, args.config)  # fails naming --with-prerequisites before anything is built
+        train_prerequisites(cfg)  # on the same data root and fold
     summary = run_training(cfg, resume=args.resume or False, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=str))

@@ -1,4 +1,4 @@
-"""A tiny training run that tests/test_run_dir.py kills with SIGKILL:
+"""A tiny training run that tests/engine/test_run_dir.py kills with SIGKILL:
 ``python run_dir_child.py OUT fresh|resume BLOCK_AT``.
 
 Every checkpoint write is slowed down (half the bytes, a pause, the rest; the bytes are the ones torch.save
@@ -32,7 +32,7 @@ _writes = {"done": 0, "block_at": 0}
 def make_trainer(out_dir: str | Path) -> Trainer:
     cfg = toy_config(out_dir, **SETTINGS)
     seed_everything(cfg.train.seed)
-    return Trainer(cfg, ToyNet(), ToyEpisodes(10))
+    return Trainer.from_config(cfg, ToyNet(), ToyEpisodes(10))
 
 
 def slow_save(obj: Any, handle: Any, *args: Any, **kwargs: Any) -> None:

@@ -94,7 +94,7 @@ __all__ = [
 _SYNTHETIC_NAMES = {"generate_synthetic", "SyntheticConfig", "read_meta", "write_synthetic_if_missing"}
 _PREP_NAMES = {"PrepError", "PrepSummary", "coco_semantic_label", "find_sbd_root", "find_voc_root",
                "pascal_name_sets", "pascal_train_names", "prepare_coco", "prepare_pascal", "read_sbd_label",
-               "read_voc_label"}  # fsslab.data.prep.__all__ (tests/test_prep.py checks that they agree)
+               "read_voc_label"}  # fsslab.data.prep.__all__ (tests/data/test_prep.py checks that they agree)
 
 
 def __getattr__(name: str):

@@ -204,6 +204,59 @@ def _convert_one(item: tuple[str, str | None, str | None, str, str], overwrite: 
     return "written", name, "", []
 
 
+def _pascal_items(names: list[str], voc: Path, sbd: Path | None, out: Path, summary: PrepSummary
+                  ) -> list[tuple[str, str | None, str | None, str, str]]:
+    """(name, VOC PNG or None, SBD .mat or None, image, output label) of every name that has an image and a
+    label (the VOC PNG when present, else SBD's); the others are skipped in ``summary`` with the reason."""
+    items = []
+    for name in names:
+        voc_png = voc / "SegmentationClass" / f"{name}.png"
+        sbd_mat = sbd / "cls" / f"{name}.mat" if sbd is not None else None
+        image = voc / "JPEGImages" / f"{name}.jpg"
+        if not image.is_file() and sbd is not None and (sbd / "img" / f"{name}.jpg").is_file():
+            image = sbd / "img" / f"{name}.jpg"
+        if not image.is_file():
+            summary.skip("image not found in VOC JPEGImages (nor SBD img)", name)
+            continue
+        has_voc, has_sbd = voc_png.is_file(), sbd_mat is not None and sbd_mat.is_file()
+        if not (has_voc or has_sbd):
+            summary.skip("no label: neither VOC SegmentationClass PNG nor SBD cls .mat", name)
+            continue
+        items.append(
+            (
+                name,
+                str(voc_png) if has_voc else None,
+                None if has_voc else str(sbd_mat),
+                str(image),
+                str(out / "SegmentationClassAug" / f"{name}.png"),
+            )
+        )
+    return items
+
+
+def _write_pascal_lists(out: Path, sets: dict[str, set[str]], train_names: list[str], how: str, train_list: str,
+                        with_sbd: bool, available: set[str], summary: PrepSummary) -> None:
+    """``lists/train.txt`` and ``lists/val.txt`` of the images that were converted, with notes on the sizes."""
+    def pairs(names: list[str]) -> list[tuple[str, str]]:
+        return [(f"JPEGImages/{n}.jpg", f"SegmentationClassAug/{n}.png") for n in names if n in available]
+
+    val_names = sorted(sets["voc_val"])
+    summary.lists["lists/train.txt"] = write_list(out / "lists" / "train.txt", pairs(train_names))
+    summary.lists["lists/val.txt"] = write_list(out / "lists" / "val.txt", pairs(val_names))
+    summary.notes.append(f"train list '{train_list}': {how}; {len(train_names)} names before skips")
+    expected = {"pfenet": 5953, "aug": 10582}[train_list]
+    if len(sets["voc_val"]) == 1449 and with_sbd and len(train_names) != expected:
+        # full VOC 2012 + SBD: the references' lists have a known size, so say when ours differs
+        summary.notes.append(
+            f"the references' '{train_list}' train list has {expected} images, this one "
+            f"{len(train_names)}"
+            + ("; pass SBD's train_noval.txt as sbd_train_list" if train_list == "pfenet" else "")
+        )
+    dropped = sorted(set(train_names + val_names) - available)
+    if dropped:
+        summary.notes.append(f"{len(dropped)} listed images left out of the lists because they were skipped")
+
+
 def prepare_pascal(
     voc_root: str | os.PathLike,
     sbd_root: str | os.PathLike | None = None,
@@ -239,29 +292,7 @@ def prepare_pascal(
     everything = sorted(
         sets["voc_train"] | sets["voc_val"] | sets["sbd_train"] | sets["sbd_val"] | set(train_names)
     )
-    items = []
-    for name in everything:
-        voc_png = voc / "SegmentationClass" / f"{name}.png"
-        sbd_mat = sbd / "cls" / f"{name}.mat" if sbd is not None else None
-        image = voc / "JPEGImages" / f"{name}.jpg"
-        if not image.is_file() and sbd is not None and (sbd / "img" / f"{name}.jpg").is_file():
-            image = sbd / "img" / f"{name}.jpg"
-        if not image.is_file():
-            summary.skip("image not found in VOC JPEGImages (nor SBD img)", name)
-            continue
-        has_voc, has_sbd = voc_png.is_file(), sbd_mat is not None and sbd_mat.is_file()
-        if not (has_voc or has_sbd):
-            summary.skip("no label: neither VOC SegmentationClass PNG nor SBD cls .mat", name)
-            continue
-        items.append(
-            (
-                name,
-                str(voc_png) if has_voc else None,
-                None if has_voc else str(sbd_mat),
-                str(image),
-                str(out / "SegmentationClassAug" / f"{name}.png"),
-            )
-        )
+    items = _pascal_items(everything, voc, sbd, out, summary)
     if strict and summary.skipped:
         reason, names = next(iter(summary.skipped.items()))
         raise PrepError(f"{names[0]}: {reason}")
@@ -280,23 +311,6 @@ def prepare_pascal(
     if images == "none" and out.resolve() != voc.resolve():
         summary.notes.append(f"images='none': put the JPEGs into {out / 'JPEGImages'} yourself")
 
-    def pairs(names: list[str]) -> list[tuple[str, str]]:
-        return [(f"JPEGImages/{n}.jpg", f"SegmentationClassAug/{n}.png") for n in names if n in available]
-
-    val_names = sorted(sets["voc_val"])
-    summary.lists["lists/train.txt"] = write_list(out / "lists" / "train.txt", pairs(train_names))
-    summary.lists["lists/val.txt"] = write_list(out / "lists" / "val.txt", pairs(val_names))
-    summary.notes.append(f"train list '{train_list}': {how}; {len(train_names)} names before skips")
-    expected = {"pfenet": 5953, "aug": 10582}[train_list]
-    if len(sets["voc_val"]) == 1449 and sbd is not None and len(train_names) != expected:
-        # full VOC 2012 + SBD: the references' lists have a known size, so say when ours differs
-        summary.notes.append(
-            f"the references' '{train_list}' train list has {expected} images, this one "
-            f"{len(train_names)}"
-            + ("; pass SBD's train_noval.txt as sbd_train_list" if train_list == "pfenet" else "")
-        )
-    dropped = sorted(set(train_names + val_names) - available)
-    if dropped:
-        summary.notes.append(f"{len(dropped)} listed images left out of the lists because they were skipped")
+    _write_pascal_lists(out, sets, train_names, how, train_list, sbd is not None, available, summary)
     summary.save(out / "lists" / "prep_summary_pascal.json")
     return summary

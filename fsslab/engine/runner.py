@@ -352,9 +352,8 @@ def run_training(
         result = run_evaluation(cfg, m, seeds=cfg.eval.seeds[:1], progress=False)
         return {"miou": result.miou_mean, "fbiou": result.fbiou_mean}
 
-    trainer = Trainer(
-        cfg, model, train_set, evaluate_fn=validate if cfg.train.validate else None, out_dir=out_dir
-    )
+    trainer = Trainer.from_config(cfg, model, train_set, evaluate_fn=validate if cfg.train.validate else None,
+                                  out_dir=out_dir)
     try:
         summary = trainer.fit(resume=resume, overwrite=overwrite)
     finally:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import fsslab
-from fsslab.config import RunConfig
+from fsslab.config import DataConfig, RunConfig, TrainConfig
 from fsslab.engine import checkpoint as ckpt
 from fsslab.engine import distributed as dist_utils
 from fsslab.engine import resume as resume_mod
@@ -57,24 +57,32 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class Trainer:
-    """Trains ``model`` on episodes of ``train_set`` as configured by ``cfg`` (a ``RunConfig``).
+    """Trains ``model`` on episodes of ``train_set`` with the optimisation of ``train`` (a ``TrainConfig``),
+    ``batch_size`` episodes per step (global, over all ranks) loaded by ``workers`` processes.
 
     ``evaluate_fn(model) -> {"miou": ..., ...}`` (optional) validates every ``train.eval_every`` iterations
-    and at the end; the best mIoU is kept as ``best.pt``. Under torchrun, every rank builds the same
-    Trainer; gradients are synchronised by DDP (``grad_sync=ddp``) or, for models with several objectives
-    (AMFormer's G and D), by an explicit all-reduce of the stepped optimisers' gradients (``manual``):
-    DDP's reducer expects one backward over a fixed parameter set per forward, which G/D alternation breaks.
+    and at the end; the best mIoU is kept as ``best.pt``. ``run_config``: the whole run's config, recorded in
+    its checkpoints and ``config.yaml`` and compared on resume (``Trainer.from_config`` passes it). Under
+    torchrun, every rank builds the same Trainer; gradients are synchronised by DDP (``grad_sync=ddp``) or,
+    for models with several objectives (AMFormer's G and D), by an explicit all-reduce of the stepped
+    optimisers' gradients (``manual``): DDP's reducer expects one backward over a fixed parameter set per
+    forward, which G/D alternation breaks.
     """
 
     def __init__(
         self,
-        cfg: RunConfig,
         model: nn.Module,
         train_set: Dataset,
+        train: TrainConfig,
+        batch_size: int,
+        workers: int = 0,
         evaluate_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
         out_dir: str | Path | None = None,
+        run_config: RunConfig | None = None,
     ):
-        self.cfg, tc = cfg, cfg.train
+        self.train_cfg = tc = train
+        self.batch_size, self.workers = batch_size, workers
+        self.run_config = run_config or RunConfig(train=train, data=DataConfig(batch_size=batch_size, workers=workers))
         self.dist = dist_utils.setup_distributed(tc.device)
         self.device = self.dist.device
         self.out_dir = Path(out_dir or tc.out_dir)
@@ -101,17 +109,15 @@ class Trainer:
         elif self.dist.distributed:
             dist_utils.broadcast_module(self.model)
         world = self.dist.world_size
-        if cfg.data.batch_size % world:
-            raise ConfigError(
-                f"data.batch_size={cfg.data.batch_size} (global) is not divisible by the {world} ranks"
-            )
-        self.batch_per_rank = cfg.data.batch_size // world
+        if batch_size % world:
+            raise ConfigError(f"data.batch_size={batch_size} (global) is not divisible by the {world} ranks")
+        self.batch_per_rank = batch_size // world
         self.train_set = train_set
-        self.iters_per_epoch = len(train_set) // cfg.data.batch_size  # type: ignore[arg-type]
+        self.iters_per_epoch = len(train_set) // batch_size  # type: ignore[arg-type]
         if self.iters_per_epoch == 0:
             raise DatasetError(
                 f"the training set has {len(train_set)} episodes, fewer than one global batch "  # type: ignore[arg-type]
-                f"({cfg.data.batch_size})"
+                f"({batch_size})"
             )
         self.total_iters = tc.iterations or (tc.epochs or 1) * self.iters_per_epoch
         self.iteration = 0
@@ -120,10 +126,18 @@ class Trainer:
         self.last_checkpoint: tuple[Path, int] | None = None  # (file, iteration): what a stop's advice names
         self.logger = RunLogger(self.out_dir, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
 
+    @classmethod
+    def from_config(cls, cfg: RunConfig, model: nn.Module, train_set: Dataset,
+                    evaluate_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
+                    out_dir: str | Path | None = None) -> Trainer:
+        """The Trainer of a run config: ``cfg.train``, ``data.batch_size`` and ``data.workers``; ``cfg`` is
+        recorded in the checkpoints and compared on resume."""
+        return cls(model, train_set, cfg.train, cfg.data.batch_size, cfg.data.workers, evaluate_fn, out_dir, cfg)
+
     # ----------------------------------------------------------------------------------------- schedule
     def set_learning_rates(self, iteration: int) -> dict[str, float]:
         """Poly (and warm-up) on every group's initial lr; returns each optimiser's first-group lr."""
-        tc = self.cfg.train
+        tc = self.train_cfg
         factor = poly_factor(iteration, self.total_iters, tc.power, tc.warmup_iters)
         for built in self.optimizers:
             for group in built.optimizer.param_groups:
@@ -133,7 +147,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- step
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
         """Forward, losses, and a step of exactly the optimisers whose objective the model names."""
-        it, tc = self.iteration, self.cfg.train
+        it, tc = self.iteration, self.train_cfg
         batch = _to_device(batch, self.device, tc.channels_last)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
@@ -192,7 +206,7 @@ class Trainer:
         lrs = {b.name: b.optimizer.param_groups[0]["lr"] for b in self.optimizers}
         raise TrainingStopped(
             f"non-finite loss {bad} (epoch {self.iteration // self.iters_per_epoch}, lr {lrs}, "
-            f"amp={self.cfg.train.amp})",
+            f"amp={self.train_cfg.amp})",
             self.iteration,
             "lower train.base_lr or set train.grad_clip (e.g. 1.0), both allowed on resume: "
             f"{resume_mod.resume_advice(self.out_dir, self.last_checkpoint)}; or start a new run with "
@@ -218,7 +232,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "world_size": self.dist.world_size,
-            "config": self.cfg.to_dict(),
+            "config": self.run_config.to_dict(),
             "best_metric": self.best_metric,
             "metrics": self.last_eval,
         }
@@ -238,7 +252,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         periodic = sorted(self.out_dir.glob("iter_*.pt"))
-        for old in periodic[: max(len(periodic) - self.cfg.train.keep_checkpoints, 0)]:
+        for old in periodic[: max(len(periodic) - self.train_cfg.keep_checkpoints, 0)]:
             old.unlink()
 
     def resume(self, path: str | Path | None = None) -> int:
@@ -252,13 +266,13 @@ class Trainer:
         sampler = EpochBatchSampler(
             len(self.train_set),
             self.batch_per_rank,
-            self.cfg.train.seed,
+            self.train_cfg.seed,
             epoch,  # type: ignore[arg-type]
             self.dist.rank,
             self.dist.world_size,
             start_batch,
         )
-        workers = self.cfg.data.workers
+        workers = self.workers
         # An explicit generator keeps the DataLoader from drawing on the global torch RNG (resume parity).
         return DataLoader(
             SeededEpisodes(self.train_set),
@@ -273,7 +287,7 @@ class Trainer:
         """Train to ``total_iters``. ``resume``: continue the run of ``out_dir`` from its newest loadable
         checkpoint (True) or from the given file; ``overwrite``: delete the run ``out_dir`` holds and start
         anew. The directory is locked while the run lasts (rules: fsslab.engine.resume, run_dir)."""
-        start = resume_mod.start_run(self.out_dir, self.cfg, resume, overwrite, self.total_iters, self.dist)
+        start = resume_mod.start_run(self.out_dir, self.run_config, resume, overwrite, self.total_iters, self.dist)
         try:
             if start.checkpoint is not None:
                 state = start.state or resume_mod.load_training_checkpoint(start.checkpoint)
@@ -282,20 +296,20 @@ class Trainer:
                 del state
             if self.dist.is_main:
                 self.logger.start(resumed_at=self.iteration if resume else None)
-                atomic_write_text(self.out_dir / "config.yaml", self.cfg.to_yaml())
+                atomic_write_text(self.out_dir / "config.yaml", self.run_config.to_yaml())
             return self._fit()
         finally:
             start.release()
 
     def _fit(self) -> dict[str, Any]:
-        tc = self.cfg.train
+        tc = self.train_cfg
         from tqdm.auto import tqdm
 
         bar = tqdm(
             total=self.total_iters,
             initial=self.iteration,
             dynamic_ncols=True,
-            desc=self.cfg.name,
+            desc=self.run_config.name,
             disable=not (self.dist.is_main and tc.progress),
         )
         self.model.train()
@@ -315,8 +329,8 @@ class Trainer:
                             raise TrainingStopped(
                                 f"out of memory on {self.device} ({type(exc).__name__})",
                                 self.iteration,
-                                f"lower data.batch_size (now {self.cfg.data.batch_size}) or data.size "
-                                f"(now {self.cfg.data.size}), use train.amp=bf16, or add GPUs",
+                                f"lower data.batch_size (now {self.batch_size}) or data.size "
+                                f"(now {self.run_config.data.size}), use train.amp=bf16, or add GPUs",
                             ) from None
                         raise
                     self.iteration += 1
@@ -324,7 +338,7 @@ class Trainer:
                     bar.update(1)
                     if self.iteration % tc.log_every == 0 or self.iteration == self.total_iters:
                         elapsed = time.perf_counter() - window_start
-                        rate = window_iters * self.cfg.data.batch_size / max(elapsed, 1e-9)
+                        rate = window_iters * self.batch_size / max(elapsed, 1e-9)
                         self._log(epoch, losses, lrs, rate, bar)
                         window_start, window_iters = time.perf_counter(), 0
                     if tc.image_every and self.iteration % tc.image_every == 0 and self.dist.is_main:

@@ -51,7 +51,7 @@ def test_objective_index(tmp_path, index, expected):
 
     cfg = toy_config(tmp_path, iterations=7, objective_index=index, validate=False)  # 6 episodes, batch 2: 3/epoch
     seed_everything(cfg.train.seed)
-    Trainer(cfg, Recording(), ToyEpisodes(6)).fit()
+    Trainer.from_config(cfg, Recording(), ToyEpisodes(6)).fit()
     assert seen == expected
 
 

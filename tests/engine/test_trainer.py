@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 def _trainer(tmp_path, model_cls=ToyNet, n=10, **train):
     cfg = toy_config(tmp_path, **train)
     seed_everything(cfg.train.seed)
-    return Trainer(cfg, model_cls(), ToyEpisodes(n))
+    return Trainer.from_config(cfg, model_cls(), ToyEpisodes(n))
 
 
 def _losses(out_dir):
@@ -272,3 +272,21 @@ def test_optimisers_use_the_fused_update_on_cpu():
 
     built = build_optimizers(ToyGD(), 0.01, 1e-4)
     assert built and all(g["fused"] for b in built for g in b.optimizer.param_groups)
+
+
+def test_explicit_arguments_train_as_the_config_adapter(tmp_path):
+    # Trainer takes the training section, batch size and workers; from_config is only the RunConfig adapter
+    cfg = toy_config(tmp_path / "adapter", iterations=4)
+    seed_everything(cfg.train.seed)
+    adapted = Trainer.from_config(cfg, ToyNet(), ToyEpisodes(10))
+    adapted.fit()
+    seed_everything(cfg.train.seed)
+    explicit = Trainer(ToyNet(), ToyEpisodes(10), cfg.train, batch_size=2, workers=0, out_dir=tmp_path / "explicit")
+    explicit.fit()
+    assert explicit.iteration == adapted.iteration == 4
+    for (name, a), (_, b) in zip(adapted.model.state_dict().items(), explicit.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    # the checkpoint records the run config it was given, or the training section it was built from
+    assert ckpt.load_checkpoint(tmp_path / "adapter" / "latest.pt")["config"]["name"] == "toy"
+    recorded = ckpt.load_checkpoint(tmp_path / "explicit" / "latest.pt")["config"]
+    assert recorded["train"]["iterations"] == 4 and recorded["data"]["batch_size"] == 2

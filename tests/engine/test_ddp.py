@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: engine_toys
 from engine_toys import ToyEpisodes, ToyGD, ToyNet, toy_config
 
 from fsslab.engine.evaluate import evaluate
@@ -34,7 +34,7 @@ def _models():
 def _train(kind: str, out_dir: Path) -> dict[str, torch.Tensor]:
     cfg = toy_config(out_dir, iterations=4, batch_size=4, base_lr=0.05)
     seed_everything(cfg.train.seed)
-    trainer = Trainer(cfg, _models()[kind](), ToyEpisodes(16))
+    trainer = Trainer.from_config(cfg, _models()[kind](), ToyEpisodes(16))
     trainer.fit()
     assert trainer.grad_sync == kind
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}

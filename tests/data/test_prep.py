@@ -31,7 +31,7 @@ from fsslab.data.prep import (
     read_voc_label,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 H, W = 40, 48
 
 

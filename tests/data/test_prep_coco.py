@@ -23,7 +23,7 @@ pytest.importorskip("pycocotools")
 
 H, W = 40, 48
 PERSON, BOTTLE = COCO_ID_TO_INDEX[1], COCO_ID_TO_INDEX[44]
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def _polygon(ann_id: int, image_id: int, *polygons: list) -> dict:

@@ -25,13 +25,13 @@ from fsslab.engine.runlog import read_jsonl
 from fsslab.engine.trainer import Trainer, TrainingStopped, seed_everything
 
 torch.set_num_threads(1)
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/: run_dir_child.py, engine_toys
 
 
 def _trainer(out, model=None, n=10, cfg=None, **train):
     cfg = cfg or toy_config(out, **train)
     seed_everything(cfg.train.seed)
-    return Trainer(cfg, model or ToyNet(), ToyEpisodes(n))
+    return Trainer.from_config(cfg, model or ToyNet(), ToyEpisodes(n))
 
 
 def _losses(out_dir):
@@ -347,7 +347,7 @@ def test_nan_stop_names_a_checkpoint_that_exists(tmp_path):
 @pytest.mark.parametrize("rank", [0, 1])
 def test_under_ddp_a_refusal_on_rank_0_stops_every_rank(tmp_path, monkeypatch, rank):
     """Rank 0 alone checks the directory and broadcasts the outcome (the collective itself runs in
-    tests/test_ddp.py); here the broadcast is played by hand, rank 0's outcome for rank 1."""
+    tests/engine/test_ddp.py); here the broadcast is played by hand, rank 0's outcome for rank 1."""
     from fsslab.engine import resume
     from fsslab.engine.distributed import DistInfo
 
