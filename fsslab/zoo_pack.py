@@ -14,13 +14,13 @@ from typing import Any
 import torch
 
 import fsslab
+from fsslab import zoo
 from fsslab.config import RunConfig, config_from_dict, flow_yaml, load_config
 from fsslab.engine.checkpoint import atomic_save, load_checkpoint
 from fsslab.engine.runner import architecture
 from fsslab.errors import ConfigError
 from fsslab.zoo import (
     BUDGET_BYTES,
-    CHECKPOINT_DIR,
     DEFAULT_CHECK,
     DEFAULT_TOLERANCE,
     FORMAT,
@@ -165,7 +165,7 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
         raise ConfigError(f"storage {storage!r}: choose one of {STORAGES}")
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
         raise ConfigError(f"checkpoint name {name!r}: use letters, digits, '_', '-' and '.' only")
-    out = Path(out_dir or CHECKPOINT_DIR)
+    out = Path(out_dir or zoo.CHECKPOINT_DIR)  # read now: the one definition, which a caller may point elsewhere
     source = _resolve_checkpoint(run_dir_or_ckpt)
     ckpt = load_checkpoint(source)
     cfg = _run_config(ckpt, source)
