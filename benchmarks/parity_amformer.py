@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
     common.add_support_option(ap)
+    common.add_bf16_option(ap)
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -159,7 +160,8 @@ def main() -> None:
         outs = {v: runs[(support, v)]() for v in VARIANTS}  # warm-up + outputs
         results["diff"][support] = _print_diffs(outs, support)
     if args.rounds > 0:
-        wall, cpu = common.interleaved_times(runs, args.rounds)  # process CPU time: robust when other jobs share the cores
+        timed = {key: run for key, run in runs.items() if common.timed_variant(key[1], args.no_bf16)}
+        wall, cpu = common.interleaved_times(timed, args.rounds)  # process CPU time: robust when other jobs share the cores
         print(f"eval forward, 473x473, 1 shot, {args.threads} threads, {args.rounds} interleaved rounds:")
         for label, times in (("wall", wall), ("cpu", cpu)):
             results[label] = common.summarize(times, RATIO_VARIANTS)

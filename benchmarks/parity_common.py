@@ -47,6 +47,17 @@ def add_support_option(parser: argparse.ArgumentParser) -> None:
                              "(no advantage for code that only looks around the object); default both")
 
 
+def add_bf16_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="leave the bf16 autocast variant out of the timing rounds (its difference to the "
+                             "official output is still printed): on a CPU without AVX512-BF16 or AMX, bf16 is "
+                             "emulated and 5-24x slower than fp32, and its rounds would take most of the run")
+
+
+def timed_variant(variant: str, no_bf16: bool) -> bool:
+    return not (no_bf16 and "bf16" in variant)
+
+
 def support_objects(choice: str) -> tuple[str, ...]:
     return SUPPORT_OBJECTS if choice == "both" else (choice,)
 
@@ -100,7 +111,7 @@ def summarize(times: dict[tuple[str, str], list[float]], columns: dict[str, str]
         out[support] = {
             "seconds": {variant: spread(t) for (s, variant), t in times.items() if s == support},
             "ratio_to_official": {column: ratio_spread(times[(support, variant)], official)
-                                  for column, variant in columns.items()},
+                                  for column, variant in columns.items() if (support, variant) in times},
         }
     return out
 
@@ -114,8 +125,9 @@ def format_ratio_table(summary: dict[str, dict], title: str) -> str:
     head = f"{'support':8}" + "".join(f" {c:>20}" for c in ("official s", *RATIO_COLUMNS))
     lines = [title, head, "-" * len(head)]
     for support, row in summary.items():
-        cells = [row["seconds"]["official"], *(row["ratio_to_official"][c] for c in RATIO_COLUMNS)]
-        lines.append(f"{support:8}" + "".join(f" {_median_and_range(cell):>20}" for cell in cells))
+        cells = [row["seconds"]["official"], *(row["ratio_to_official"].get(c) for c in RATIO_COLUMNS)]
+        lines.append(f"{support:8}" + "".join(f" {_median_and_range(cell) if cell else 'not timed':>20}"
+                                              for cell in cells))
     return "\n".join(lines)
 
 

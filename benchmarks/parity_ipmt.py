@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     ap.add_argument("--json", default=None, help="also write the results here")
     common.add_support_option(ap)
+    common.add_bf16_option(ap)
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--shot", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
@@ -167,7 +168,7 @@ def main() -> None:
             runs = {}
             for support in supports:
                 inputs = common.harness_inputs(ref, shot, support)
-                for variant in VARIANTS:
+                for variant in (v for v in VARIANTS if common.timed_variant(v, args.no_bf16)):
                     run = _runner(variant, ref, official_model, model)
                     runs[(support, variant)] = (lambda run=run, inputs=inputs: run(inputs))
             with torch.no_grad():

@@ -24,6 +24,11 @@ def _pm(result: dict | None, key: str = "miou") -> str:
     return "–" if result is None else f"{result[key]:.2f} ± {result[key + '_std']:.2f}"
 
 
+def _signed(value: float) -> str:
+    """+1.23 / −1.23 (the typographic minus of the README's tables)."""
+    return f"{value:+.2f}".replace("-", "−")
+
+
 def main_table(evals: Path) -> list[str]:
     header = ("| model | 1-shot | oracle | mismatched supports (drop) | 1-shot model given 5 shots (gain) "
               "| trained 5-shot (− 1-shot) | box supports (− masks) |")
@@ -33,9 +38,9 @@ def main_table(evals: Path) -> list[str]:
         controls = (one or {}).get("controls") or {}
         oracle = f"{controls['oracle']['miou']:.2f}" if controls else "–"
         mismatched = (f"{controls['mismatched']['miou']:.2f} (−{controls['drop']:.2f})" if controls else "–")
-        given5 = (f"{controls['five_shot']['miou']:.2f} ({controls['shot_gain']:+.2f})" if controls else "–")
-        trained5 = "–" if five is None or one is None else f"{_pm(five)} ({five['miou'] - one['miou']:+.2f})"
-        boxed = "–" if box is None or one is None else f"{_pm(box)} ({box['miou'] - one['miou']:+.2f})"
+        given5 = (f"{controls['five_shot']['miou']:.2f} ({_signed(controls['shot_gain'])})" if controls else "–")
+        trained5 = "–" if five is None or one is None else f"{_pm(five)} ({_signed(five['miou'] - one['miou'])})"
+        boxed = "–" if box is None or one is None else f"{_pm(box)} ({_signed(box['miou'] - one['miou'])})"
         lines.append(f"| {name} | {_pm(one)} | {oracle} | {mismatched} | {given5} | {trained5} | {boxed} |")
     return lines
 
@@ -54,10 +59,14 @@ def fold_table(evals: Path, fold: int) -> list[str]:
 def timing_table(timings: Path) -> list[str]:
     if not timings.is_file():
         return ["(no timings recorded)"]
-    lines = ["| step | wall time |", "|---|---|"]
+    # a step that ran again (its result deleted to retrain it with a changed config) appends a new row: the
+    # last row of each step is the run whose result exists; the order is that of each step's first run
+    latest: dict[str, int] = {}
     for row in timings.read_text().splitlines():
         name, seconds, _ = row.split("\t", 2)
-        lines.append(f"| {name} | {int(seconds) // 60} min {int(seconds) % 60:02d} s |")
+        latest[name] = int(seconds)
+    lines = ["| step | wall time |", "|---|---|"]
+    lines += [f"| {name} | {seconds // 60} min {seconds % 60:02d} s |" for name, seconds in latest.items()]
     return lines
 
 

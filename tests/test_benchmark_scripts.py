@@ -44,6 +44,18 @@ def test_ratio_table_has_one_row_per_support_object():
     assert parity_common.support_objects("both") == ("small", "whole")
 
 
+def test_ratio_table_marks_a_variant_left_out_of_the_timing():
+    """--no-bf16: the bf16 variant has no times; its column says so instead of failing or showing a ratio."""
+    assert not parity_common.timed_variant("fsslab_bf16", no_bf16=True)
+    assert parity_common.timed_variant("fsslab_bf16", no_bf16=False)
+    assert parity_common.timed_variant("fsslab_channels_last", no_bf16=True)
+    times = {("small", "official"): [2.0], ("small", "fp32"): [1.0]}
+    summary = parity_common.summarize(times, {"fp32": "fp32", "bf16": "bf16"})
+    assert set(summary["small"]["ratio_to_official"]) == {"fp32"}
+    row = parity_common.format_ratio_table(summary, "title").splitlines()[-1]
+    assert "0.50" in row and "not timed" in row
+
+
 def test_gpu_bench_without_harness_writes_notes_and_json(tmp_path, capsys):
     """Official rows only, harness absent: every row says why, nothing is built, the JSON is written."""
     out = tmp_path / "bench.json"

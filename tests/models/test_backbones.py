@@ -150,6 +150,42 @@ def test_norm_folding_matches_unfolded_arithmetic_and_gradients(norm: str) -> No
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("norm", ["frozen", "batch"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_frozen_stage_runner_is_bit_equal_to_forward_stage(norm: str, layout: torch.memory_format) -> None:
+    """The folded, cached, ReLU/residual-fused path of a frozen backbone computes what forward_stage computes
+    (same folding, same order of the sums): bit for bit in the channels_last layout the models run in, up to
+    float rounding otherwise (oneDNN may pick another algorithm for a fused NCHW convolution), for FrozenBN and
+    eval BatchNorm (AMFormer's base learner); a backbone that trains, or a norm in training mode, keeps the
+    plain stages."""
+    from fsslab.models.backbones.folded import can_fold, frozen_stage_runner
+
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet_tiny", dilation="pspnet", norm=norm).eval()
+    for m in backbone.modules():  # non-trivial statistics, so that a wrong fold would show
+        if hasattr(m, "running_var"):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.normal_()
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_()
+    assert not can_fold(backbone)  # its convolutions still require grad: a backbone that trains
+    backbone.requires_grad_(False)
+    assert can_fold(backbone)
+    run = frozen_stage_runner(backbone)
+    x = y = torch.randn(2, 3, 45, 37).contiguous(memory_format=layout)
+    with torch.no_grad():
+        for stage in backbone.stages:
+            x, y = backbone.forward_stage(stage, x), run(stage, y)
+            if layout == torch.channels_last:
+                assert torch.equal(x, y), stage
+            else:
+                assert (x - y).abs().max() <= 1e-6 * x.abs().max(), stage
+            assert y.is_contiguous(memory_format=layout), stage
+    if norm == "batch":
+        backbone.train()
+        assert not can_fold(backbone)  # batch statistics: nothing fixed to fold
+
+
 def test_frozen_bn_formula() -> None:
     bn = FrozenBatchNorm2d(3)
     bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))

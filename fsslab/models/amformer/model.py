@@ -50,6 +50,7 @@ from fsslab.models.amformer.discriminator import (
     diversity_draws,
     judge_masks,
 )
+from fsslab.models.backbones import frozen_stage_runner
 from fsslab.models.amformer.fast_head import pyramid_embedding
 from fsslab.models.amformer.loss import attention_distillation, segmentation_ce
 from fsslab.models.amformer.priors import foreground_similarity, gram_matrix, target_class_probability
@@ -221,7 +222,10 @@ class AMFormer(FewShotModel):
         first_conv = next(m for m in psp.backbone.modules() if isinstance(m, nn.Conv2d))
         if first_conv.weight.is_contiguous(memory_format=torch.channels_last):
             images = images.contiguous(memory_format=torch.channels_last)
-        feats = psp.backbone(images)
+        run = frozen_stage_runner(psp.backbone)  # folded, cached and fused when frozen (it is, outside tests)
+        feats, x = {}, images
+        for stage in psp.backbone.stages:
+            x = feats[stage] = run(stage, x)
         feats["embedding"] = pyramid_embedding(psp.ppm, psp.head, feats["layer4"])
         return feats
 

@@ -67,7 +67,7 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}, fold_into_conv={self.fold_into_conv}"
 
 
-def _eval_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+def fixed_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(scale, shift) when ``norm`` is a fixed per-channel affine that may be folded, else None."""
     if isinstance(norm, FrozenBatchNorm2d):
         return norm.scale_and_shift() if norm.fold_into_conv else None
@@ -89,7 +89,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     usual) and differs from the unfolded arithmetic only by float rounding (~1e-6 relative). Set
     ``fold_into_conv = False`` on a norm (``set_norm_folding``) for the references' exact arithmetic.
     """
-    affine = _eval_affine(norm)
+    affine = fixed_affine(norm)
     if affine is None:
         return norm(conv(x))
     scale, shift = affine
