@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from voc_fixtures import write_coco_dataset, write_voc_dataset
 
 
@@ -50,3 +51,13 @@ def synthetic_root_factory(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one thread avoids oversubscribing the shared CI / dev CPUs (and is fastest for tiny models).
+    Use it per module: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,12 +25,7 @@ SINGLE = (11, 1)  # the image's one object of a novel ('unseen') class of fold 0
 PAIR = (6, 1, 5)  # two objects side by side: classes 1 and 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ SHAPES = [(5, 6), (3, 4)]
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids oversubscribing the shared CI / dev CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def naive_bilinear(plane: torch.Tensor, x: float, y: float) -> torch.Tensor:
     """plane [D,H,W]; (x, y) in pixel coordinates (cell centres at integers); zeros outside."""

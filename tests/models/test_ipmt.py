@@ -20,13 +20,7 @@ TINY = {"backbone": "resnet_tiny", "hidden_dim": 16, "num_layers": 3, "num_heads
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids oversubscribing the shared CI / dev CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # the shared episode batch at this module's default size
 make_batch = functools.partial(episode_batch, h=97, w=97)

@@ -50,11 +50,11 @@ from fsslab.models.amformer.discriminator import (
     diversity_draws,
     judge_masks,
 )
-from fsslab.models.backbones import frozen_stage_runner
 from fsslab.models.amformer.fast_head import pyramid_embedding
 from fsslab.models.amformer.loss import attention_distillation, segmentation_ce
 from fsslab.models.amformer.priors import foreground_similarity, gram_matrix, target_class_probability
 from fsslab.models.amformer.transformer import ObjectMiningTransformer
+from fsslab.models.backbones import frozen_stage_runner
 from fsslab.models.base import FewShotModel, OptimizerSpec
 from fsslab.models.layers import masked_average_pool
 from fsslab.models.output import FSSOutput
