@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import gpu_bench
 import parity_common
+import quality_table
 
 
 def test_whole_image_support_covers_all_but_a_frame():
@@ -82,3 +83,12 @@ def test_gpu_bench_ratios_and_official_limits():
     assert gpu_bench.official_limit("amformer", 1, 473, "train", cuda) is None
     quick = gpu_bench.parse_args(["--device", "cpu", "--quick"])
     assert (quick.shots, quick.rounds, quick.precisions) == ([1], 2, ["fp32", "bf16"])
+
+
+def test_quality_table_keeps_the_last_timing_of_a_rerun_step(tmp_path):
+    """A step run again (its result deleted to retrain it) appends a row: the table shows the last one, in the
+    order of first runs, and differences carry the typographic minus of the README."""
+    timings = tmp_path / "timings.tsv"
+    timings.write_text("train_a\t414\tfsslab train a\ntrain_b\t65\tfsslab train b\ntrain_a\t372\tfsslab train a\n")
+    assert quality_table.timing_table(timings)[2:] == ["| train_a | 6 min 12 s |", "| train_b | 1 min 05 s |"]
+    assert quality_table._signed(-1.29) == "−1.29" and quality_table._signed(2.0) == "+2.00"
