@@ -56,6 +56,20 @@ def fold_table(evals: Path, fold: int) -> list[str]:
     return lines
 
 
+def base_table(evals: Path) -> list[str]:
+    """The base-class analysis of the 1-shot evaluations (fsslab eval: base_share, miou_without_base)."""
+    lines = ["| fold 0, 1-shot | mIoU | predicted foreground on base-class objects | mIoU, base objects removed (gain) |",
+             "|---|---|---|---|"]
+    for key, name in MODELS.items():
+        one = _load(evals, f"{key}_1shot")
+        if one is None or one.get("base_share") is None:
+            lines.append(f"| {name} | {_pm(one)} | – | – |")
+            continue
+        gain = _signed(one["miou_without_base"] - one["miou"])
+        lines.append(f"| {name} | {_pm(one)} | {one['base_share']:.1f}% | {one['miou_without_base']:.2f} ({gain}) |")
+    return lines
+
+
 def timing_table(timings: Path) -> list[str]:
     if not timings.is_file():
         return ["(no timings recorded)"]
@@ -75,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evals", type=Path, default=Path("runs/evals"))
     parser.add_argument("--timings", type=Path, default=Path("runs/synthetic/timings.tsv"))
     args = parser.parse_args(argv)
-    print("\n".join([*main_table(args.evals), "", *fold_table(args.evals, 1), "", *timing_table(args.timings)]))
+    print("\n".join([*main_table(args.evals), "", *fold_table(args.evals, 1), "", *base_table(args.evals), "", *timing_table(args.timings)]))
     return 0
 
 

@@ -92,3 +92,12 @@ def test_quality_table_keeps_the_last_timing_of_a_rerun_step(tmp_path):
     timings.write_text("train_a\t414\tfsslab train a\ntrain_b\t65\tfsslab train b\ntrain_a\t372\tfsslab train a\n")
     assert quality_table.timing_table(timings)[2:] == ["| train_a | 6 min 12 s |", "| train_b | 1 min 05 s |"]
     assert quality_table._signed(-1.29) == "−1.29" and quality_table._signed(2.0) == "+2.00"
+
+
+def test_quality_table_base_analysis_reads_the_eval_files(tmp_path):
+    (tmp_path / "ipmt_1shot.json").write_text(json.dumps(
+        {"miou": 51.7, "miou_std": 0.9, "base_share": 19.84, "miou_without_base": 57.1}))
+    (tmp_path / "baseline_1shot.json").write_text(json.dumps({"miou": 47.4, "miou_std": 1.1, "base_share": None}))
+    rows = quality_table.base_table(tmp_path)[2:]
+    assert rows == ["| prototype baseline | 47.40 ± 1.10 | – | – |", "| IPMT | 51.70 ± 0.90 | 19.8% | 57.10 (+5.40) |",
+                    "| AMFormer | – | – | – |"]

@@ -16,7 +16,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fsslab.engine import distributed as dist_utils
-from fsslab.engine.metrics import IoUAccumulator, logits_at_label_resolution
+from fsslab.engine.metrics import (
+    BaseObjectCounter,
+    IoUAccumulator,
+    base_object_mask,
+    logits_at_label_resolution,
+    suppress_base_objects,
+)
 from fsslab.errors import FsslabWarning
 from fsslab.models.base import model_device
 
@@ -52,6 +58,10 @@ class EvalResult:
     # loading counters summed over the seeds' episodes (fsslab.data.episodic.STAT_COUNTERS): queries without
     # target pixels, supports without foreground; filled by fsslab.engine.runner.run_evaluation
     data_stats: dict[str, int] = field(default_factory=dict)
+    # base-class analysis, None where the data has no base-class annotation: % of the predicted foreground that
+    # lies on base-class objects, and the mIoU once they are removed from the prediction (a perfect base learner)
+    base_share_mean: float | None = None
+    miou_without_base_mean: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (class ids as strings)."""
@@ -73,6 +83,8 @@ class EvalResult:
             ],
             "settings": self.settings,
             "data_stats": self.data_stats,
+            "base_share": self.base_share_mean,
+            "miou_without_base": self.miou_without_base_mean,
         }
 
     def to_json(self) -> str:
@@ -101,6 +113,9 @@ class EvalResult:
                 for c, v in sorted(self.class_iou_mean.items())
             )
         )
+        if self.base_share_mean is not None:
+            lines.append(f"base-class objects: {self.base_share_mean:.1f}% of the predicted foreground; mIoU "
+                         f"{self.miou_without_base_mean:.2f} once removed (a perfect base learner)")
         missing = sorted({c for r in self.per_seed for c in r["classes_without_episodes"]})
         if missing:
             lines.append(f"warning: classes without episodes (not in mIoU): {missing}")
@@ -146,6 +161,9 @@ def evaluate_seed(
         generator=torch.Generator().manual_seed(0),
     )
     accumulator = IoUAccumulator(num_classes)
+    # the base-class analysis (where the data annotates base classes): share of the predicted foreground on
+    # base-class objects, and the mIoU once a perfect base learner has removed them
+    base_counter, without_base = BaseObjectCounter(), IoUAccumulator(num_classes)
     dtype = AMP_DTYPES.get(amp)
     warn_if_emulated_bf16(amp, device)
     was_training = model.training
@@ -156,11 +174,27 @@ def evaluate_seed(
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             output = model(batch)
-        pred, target = logits_at_label_resolution(output.logits.float(), batch)
+        logits = output.logits.float()
+        pred, target = logits_at_label_resolution(logits, batch)
         accumulator.update(pred, target, batch["class_id"])
+        base_objects = base_object_mask(batch)
+        if base_objects is not None:
+            base_counter.update(logits, batch)
+            pred, target = logits_at_label_resolution(suppress_base_objects(logits, base_objects), batch)
+            without_base.update(pred, target, batch["class_id"])
     model.train(was_training)
     accumulator.all_reduce()
-    return accumulator.summary(class_ids)
+    base_counter.all_reduce()
+    without_base.all_reduce()
+    summary = accumulator.summary(class_ids)
+    share = base_counter.share()
+    summary["base_share"] = share
+    summary["miou_without_base"] = without_base.summary(class_ids)["miou"] if share is not None else None
+    return summary
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else 100 * value
 
 
 def evaluate(
@@ -213,6 +247,8 @@ def evaluate(
                     "class_iou": {c: 100 * v for c, v in summary["class_iou"].items()},
                     "class_episodes": summary["class_episodes"],
                     "classes_without_episodes": summary["classes_without_episodes"],
+                    "base_share": _percent(summary["base_share"]),
+                    "miou_without_base": _percent(summary["miou_without_base"]),
                 }
             )
     random.setstate(py_state)
@@ -222,7 +258,11 @@ def evaluate(
     class_mean = {
         c: statistics.fmean(r["class_iou"][c] for r in per_seed if c in r["class_iou"]) for c in classes
     }
+    base_shares = [r["base_share"] for r in per_seed if r["base_share"] is not None]
+    without_base = [r["miou_without_base"] for r in per_seed if r["miou_without_base"] is not None]
     return EvalResult(
+        base_share_mean=statistics.fmean(base_shares) if base_shares else None,
+        miou_without_base_mean=statistics.fmean(without_base) if without_base else None,
         seeds=list(seeds),
         per_seed=per_seed,
         miou_mean=statistics.fmean(mious),

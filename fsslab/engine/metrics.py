@@ -66,6 +66,68 @@ def logits_at_label_resolution(
     return pred, target
 
 
+def _all_reduce_sum(flat: torch.Tensor) -> torch.Tensor:
+    """``flat`` summed over the ranks of torch.distributed (returned unchanged outside it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flat
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flat = flat.to(device)
+    dist.all_reduce(flat)
+    return flat.cpu()
+
+
+def base_object_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """[B,H,W] bool, the query's base-class objects at input resolution (``query_base_mask`` > 0, not 255, and
+    not the target); None when the batch has no ``query_base_mask`` or no sample of it is annotated (a folder
+    dataset writes an all-255 base mask)."""
+    base = batch.get("query_base_mask")
+    if base is None or bool((base == IGNORE_INDEX).all()):
+        return None
+    return (base > 0) & (base != IGNORE_INDEX) & (batch["query_mask"] != 1)
+
+
+def suppress_base_objects(logits: torch.Tensor, base_objects: torch.Tensor) -> torch.Tensor:
+    """logits [B,2,S,S] with the foreground pushed below the background on ``base_objects`` [B,H,W]: what a
+    perfect base learner (BAM's idea: base-class objects are never a novel target) would leave."""
+    if base_objects.shape[-2:] != logits.shape[-2:]:
+        base_objects = F.interpolate(base_objects[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0]
+    base_objects = base_objects.bool().to(logits.device)
+    out = logits.clone()
+    out[:, 1] = torch.where(base_objects, out[:, 0] - 1.0, out[:, 1])
+    return out
+
+
+class BaseObjectCounter:
+    """Predicted foreground pixels (at input resolution, outside 255) and how many of them lie on base-class
+    objects: the base-class bias of a meta-learner trained on those classes (BAM, CVPR 2022)."""
+
+    def __init__(self) -> None:
+        self.counts = torch.zeros(3, dtype=torch.float64)  # predicted fg, fg on base objects, annotated samples
+
+    def update(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        base_objects = base_object_mask(batch)
+        if base_objects is None:
+            return
+        if base_objects.shape[-2:] != logits.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=base_objects.shape[-2:], mode="bilinear", align_corners=True)
+        valid = batch["query_mask"].to(logits.device) != IGNORE_INDEX
+        foreground = (logits.argmax(1) == 1) & valid
+        annotated = (batch["query_base_mask"] != IGNORE_INDEX).flatten(1).any(1)
+        self.counts += torch.tensor([float(foreground.sum()), float((foreground & base_objects.to(logits.device)).sum()),
+                                     float(annotated.sum())], dtype=torch.float64)
+
+    def all_reduce(self) -> None:
+        self.counts = _all_reduce_sum(self.counts)
+
+    def share(self) -> float | None:
+        """Fraction (0-1) of the predicted foreground on base-class objects; None without base annotation."""
+        if self.counts[2] == 0:
+            return None
+        return float(self.counts[1] / self.counts[0]) if self.counts[0] > 0 else 0.0
+
+
 class IoUAccumulator:
     """Running sums for class-wise mIoU (per benchmark class) and FB-IoU over episodes.
 
@@ -108,14 +170,7 @@ class IoUAccumulator:
 
     def all_reduce(self) -> None:
         """Sum the accumulators of every rank (no-op outside torch.distributed)."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        flat = self.state().to(device)
-        dist.all_reduce(flat)
-        self.load_state(flat)
+        self.load_state(_all_reduce_sum(self.state()))
 
     def class_iou(self) -> dict[int, float]:
         """IoU of every class that had at least one episode."""
@@ -141,4 +196,5 @@ class IoUAccumulator:
         }
 
 
-__all__ = ["IGNORE_INDEX", "IoUAccumulator", "intersection_union", "logits_at_label_resolution"]
+__all__ = ["IGNORE_INDEX", "BaseObjectCounter", "IoUAccumulator", "base_object_mask", "intersection_union",
+           "logits_at_label_resolution", "suppress_base_objects"]

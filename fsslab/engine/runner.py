@@ -299,14 +299,21 @@ class ControlReport:
             row("1 shot", self.one_shot),
             row("5 shots", self.five_shot, f"gain {self.shot_gain:+.2f} (5-shot − 1-shot)"),
         ]
+        r = self.result
+        if r.miou_without_base_mean is not None:
+            lines.append(f"{'base objects removed':<26} {r.miou_without_base_mean:>7.2f}   {'':5} {'':>7}  "
+                         f"{r.base_share_mean:.1f}% of the predicted foreground lay on base-class objects")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         def brief(r: EvalResult) -> dict[str, Any]:
-            return {"miou": r.miou_mean, "miou_std": r.miou_std, "fbiou": r.fbiou_mean, "fbiou_std": r.fbiou_std}
+            return {"miou": r.miou_mean, "miou_std": r.miou_std, "fbiou": r.fbiou_mean, "fbiou_std": r.fbiou_std,
+                    "base_share": r.base_share_mean, "miou_without_base": r.miou_without_base_mean}
 
         return {"oracle": brief(self.oracle), "mismatched": brief(self.mismatched), "one_shot": brief(self.one_shot),
-                "five_shot": brief(self.five_shot), "drop": self.drop, "shot_gain": self.shot_gain}  # fmt: skip
+                "five_shot": brief(self.five_shot), "drop": self.drop, "shot_gain": self.shot_gain,
+                "base_share": self.result.base_share_mean,
+                "miou_without_base": self.result.miou_without_base_mean}  # fmt: skip
 
 
 def run_controls(

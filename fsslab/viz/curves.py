@@ -168,11 +168,12 @@ def bar_miou(results: Mapping[str, Mapping[str, Any]],
 
 
 def plot_results_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] | None = None,
-                       title: str = "Results", fmt: str = "{:.1f}") -> Figure:
+                       title: str = "Results", fmt: str = "{:.1f}",
+                       lower_is_better: Sequence[str] = ()) -> Figure:
     """A rendered table: one row per model/setting, one column per metric (e.g. mIoU 1-shot, FB-IoU 1-shot).
 
     rows: {row_label: {column: value}}; non-numeric values are shown as text; the best value of each numeric
-    column is set in bold.
+    column is set in bold: the largest, or the smallest for the columns named in ``lower_is_better``.
     """
     if not rows:
         raise ValueError("plot_results_table got no rows")
@@ -181,7 +182,7 @@ def plot_results_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[
     cells, best = [], {}
     for c in columns:
         vals = [r.get(c) for r in rows.values() if _is_number(r.get(c))]
-        best[c] = max(vals) if vals else None
+        best[c] = (min(vals) if c in lower_is_better else max(vals)) if vals else None
     for r in rows.values():
         cells.append([fmt.format(r[c]) if _is_number(r.get(c)) else str(r.get(c, "–")) for c in columns])
     fig = Figure(figsize=(1.6 + 1.3 * len(columns), 0.8 + 0.35 * (len(rows) + 1)), layout="constrained")

@@ -129,3 +129,17 @@ def test_backbone_pretrain_config_reads_the_pretrain_split_with_every_class(synt
     torch.manual_seed(0)
     labels = torch.cat([corpus[i]["query_base_mask"].flatten() for i in range(6)])
     assert labels[labels != 255].max() <= 20 and len(set(labels.tolist()) - {0, 255}) >= 1
+
+
+def test_base_class_analysis_through_the_evaluation_path(root):
+    from fsslab.models.oracle import QueryLabelOracle
+
+    _, everything = _miou(_Everything(), root, "matched")
+    _, oracle = _miou(QueryLabelOracle(), root, "matched")
+    assert oracle.miou_mean == pytest.approx(100.0)
+    assert oracle.base_share_mean == 0.0 and oracle.miou_without_base_mean == pytest.approx(100.0)
+    # foreground everywhere covers every base-class object of the queries: removing them can only help
+    assert 0.0 < everything.base_share_mean < 100.0
+    assert everything.miou_without_base_mean > everything.miou_mean
+    assert "base-class objects:" in everything.table()
+    assert everything.to_dict()["base_share"] == everything.base_share_mean

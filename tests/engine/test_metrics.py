@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from fsslab.engine.metrics import IoUAccumulator, logits_at_label_resolution
+from fsslab.engine.metrics import (
+    BaseObjectCounter,
+    IoUAccumulator,
+    base_object_mask,
+    logits_at_label_resolution,
+    suppress_base_objects,
+)
 
 
 def _numpy_reference(preds, targets, classes):
@@ -146,3 +152,48 @@ def test_evaluation_batch_without_valid_size_is_refused():
     canvas = torch.zeros(1, 4, 4, dtype=torch.long)
     with pytest.raises(KeyError, match="query_valid_size"):
         logits_at_label_resolution(torch.zeros(1, 2, 4, 4), {"query_mask_ori": canvas, "query_ori_size": torch.tensor([[4, 4]])})
+
+
+def _base_batch():
+    # one 4x4 query: target (1) in the left column, a base-class object (3) in the right column, 255 at a corner
+    query = torch.zeros(1, 4, 4, dtype=torch.long)
+    query[0, :, 0] = 1
+    query[0, 3, 3] = 255
+    base = torch.zeros(1, 4, 4, dtype=torch.long)
+    base[0, :, 3] = 3
+    base[0, 3, 3] = 255
+    return {"query_mask": query, "query_base_mask": base, "class_id": torch.tensor([1])}
+
+
+def _logits_for(foreground):
+    return torch.stack([(~foreground).float(), foreground.float()], 1)  # [B,2,H,W]
+
+
+def test_base_object_share_counts_foreground_on_base_class_objects_only():
+    batch = _base_batch()
+    foreground = torch.zeros(1, 4, 4, dtype=torch.bool)
+    foreground[0, :, 0] = True  # the target: 4 px
+    foreground[0, :, 3] = True  # the base object: 3 valid px + the ignored corner
+    counter = BaseObjectCounter()
+    counter.update(_logits_for(foreground), batch)
+    assert counter.share() == pytest.approx(3 / 7)
+
+
+def test_suppressing_base_objects_leaves_the_rest_of_the_prediction():
+    batch = _base_batch()
+    foreground = torch.zeros(1, 4, 4, dtype=torch.bool)
+    foreground[0, :, 0] = foreground[0, :, 3] = foreground[0, 0, 1] = True
+    kept = suppress_base_objects(_logits_for(foreground), base_object_mask(batch)).argmax(1).bool()
+    expected = foreground.clone()
+    expected[0, :3, 3] = False  # the base object's pixels; 255 in the base mask is not an object
+    assert torch.equal(kept, expected)
+
+
+def test_base_analysis_is_absent_without_base_annotation():
+    batch = _base_batch()
+    batch["query_base_mask"] = torch.full_like(batch["query_base_mask"], 255)  # a folder dataset
+    assert base_object_mask(batch) is None
+    counter = BaseObjectCounter()
+    counter.update(_logits_for(torch.ones(1, 4, 4, dtype=torch.bool)), batch)
+    assert counter.share() is None
+    assert base_object_mask({"query_mask": batch["query_mask"]}) is None

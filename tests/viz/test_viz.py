@@ -169,6 +169,9 @@ def test_bar_miou_and_results_table():
     cells = table_fig.axes[0].tables[0].get_celld()
     assert cells[(2, 0)].get_text().get_text() == "55.0" and cells[(2, 1)].get_text().get_text() == "–"
     assert cells[(2, 0)].get_text().get_fontweight() == "bold"
+    lower = viz.plot_results_table({"a": {"share": 4.9}, "b": {"share": 17.9}}, lower_is_better=["share"])
+    cells = lower.axes[0].tables[0].get_celld()
+    assert cells[(1, 0)].get_text().get_fontweight() == "bold" and cells[(2, 0)].get_text().get_fontweight() != "bold"
 
 
 # ---------------------------------------------------------------- IPMT
