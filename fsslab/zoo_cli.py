@@ -19,7 +19,7 @@ def _cmd_zoo_pack(args: argparse.Namespace) -> int:
     name = args.name or (Path(args.run).name if Path(args.run).is_dir() else Path(args.run).parent.name)
     entry = pack_checkpoint(args.run, name, eval_json=args.eval_json, command=args.command_line,
                             out_dir=args.dir, base=args.base, storage=args.storage, check=check or None,
-                            data_root=args.data_root)
+                            data_root=args.data_root, replace_shared=args.replace_shared)
     shown = {k: entry[k] for k in ("name", "file", "size", "sha256", "shared_file", "command", "check")}
     print(json.dumps(shown, indent=2))
     return 0
@@ -91,6 +91,9 @@ def add_zoo_parser(commands: Any) -> None:
                       help="the run/checkpoint the model started from (pretraining or stage 1): tensors "
                       "equal to it are stored once, in shared/<base>.pt")
     pack.add_argument("--storage", choices=["fp16", "int8", "fp32"], default="fp16")
+    pack.add_argument("--replace-shared", dest="replace_shared", action="store_true",
+                      help="rewrite shared/<base>.pt when --base is a retrained run (then pack again the entries "
+                           "that read it; their names are printed)")
     pack.add_argument("--check-seeds", dest="check_seeds", type=int, nargs="+", default=None,
                       help="seeds of the reduced check evaluation (default 0)")
     pack.add_argument("--check-episodes", dest="check_episodes", type=int, default=None,

@@ -40,6 +40,11 @@ from fsslab.zoo import (
 )
 
 
+# How far (mIoU points, check episodes) a packed model may score from its run's fp32 weights: int8 rounding
+# moves the shipped synthetic models by at most 0.21 (the manifest records both: check.miou, check.run_miou).
+PACKING_TOLERANCE = 2.0
+
+
 # ------------------------------------------------------------------------------------------ run config
 def _run_config(ckpt: dict[str, Any], path: Path) -> RunConfig:
     if not isinstance(ckpt.get("config"), dict):
@@ -84,10 +89,18 @@ def _resolve_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
     return path
 
 
+def _same_encoding(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
 def _pack_shared(base: str | Path | None, state: dict[str, torch.Tensor], out: Path, manifest: dict[str, Any],
-                 storage: str) -> tuple[dict[str, str], str | None]:
+                 storage: str, name: str = "", replace_shared: bool = False) -> tuple[dict[str, str], str | None]:
     """Store the tensors of ``state`` equal to one of ``base``'s once in ``shared/<base name>.pt`` (added to
-    what is there; its manifest entry updated). Returns ({key in state: key in base}, the shared file or None)."""
+    what is there; its manifest entry updated). Returns ({key in state: key in base}, the shared file or None).
+
+    A shared file written from an earlier run of the same name (a retrained stage 1) holds other values under the
+    same keys: that is an error unless ``replace_shared``, which rewrites the file from ``base`` alone; the other
+    entries that read it must then be packed again (their names are printed)."""
     if base is None:
         return {}, None
     shared_refs: dict[str, str] = {}
@@ -108,6 +121,19 @@ def _pack_shared(base: str | Path | None, state: dict[str, torch.Tensor], out: P
         shared = _load_verified(shared_path, manifest["shared"].get(shared_file, {}).get("sha256"))
         if shared["storage"] != storage:
             raise ZooError(f"{shared_path} stores {shared['storage']}; pack with --storage {shared['storage']}")
+        stale = [k for k in sorted(set(shared_refs.values()) & set(shared["tensors"]))
+                 if not _same_encoding(shared["tensors"][k], _encode(base_state[k], storage))]
+        readers = sorted(n for n, e in manifest["entries"].items() if e.get("shared_file") == shared_file and n != name)
+        if stale and not replace_shared:
+            raise ZooError(
+                f"{shared_path} holds {len(stale)} tensors (e.g. {stale[0]}) that differ from {base_path}: it was "
+                f"packed from an earlier {base_name} run. Pack with --replace-shared to rewrite it from {base_path}, "
+                f"then pack again the other entries that read it: {readers or 'none'}")
+        if stale:
+            shared = {"format": FORMAT, "storage": storage, "source": str(base_path), "tensors": {}}
+            if readers:
+                print(f"rewrote {shared_file} from {base_path}: pack these entries again, they read it: "
+                      f"{', '.join(readers)}")
     for base_key in sorted(set(shared_refs.values()) - set(shared["tensors"])):
         shared["tensors"][base_key] = _encode(base_state[base_key], storage)
     atomic_save(shared, shared_path)
@@ -149,7 +175,8 @@ def _manifest_entry(name: str, path: Path, packed: dict[str, Any], cfg: RunConfi
 def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Path | None = None,
                     command: str | None = None, out_dir: str | Path | None = None,
                     base: str | Path | None = None, storage: str = "fp16",
-                    check: dict[str, Any] | None = None, data_root: str | Path | None = None) -> dict[str, Any]:
+                    check: dict[str, Any] | None = None, data_root: str | Path | None = None,
+                    replace_shared: bool = False) -> dict[str, Any]:
     """Write ``<out_dir>/<name>.pt`` (model weights only, compact) and its manifest entry; return the entry.
 
     base: the run (directory or checkpoint) the model was initialised from (pretraining or stage 1). Tensors
@@ -160,6 +187,8 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
       (``check``: seeds + episodes, default 1 seed x 100 episodes) that the tests repeat.
     eval_json: the run's full ``fsslab eval --json`` file (its mIoU / FB-IoU / per-seed numbers are recorded).
     command: the exact ``fsslab train ...`` command; default: rebuilt from the run's config.
+    replace_shared: rewrite ``shared/<base name>.pt`` when it holds another run's values (a retrained base);
+      without it that is a ZooError naming the entries that read the file.
     """
     if storage not in STORAGES:
         raise ConfigError(f"storage {storage!r}: choose one of {STORAGES}")
@@ -177,7 +206,7 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
                        f"(missing {sorted(own_keys - set(state))[:5]}, unexpected {sorted(set(state) - own_keys)[:5]})")
     manifest = read_manifest(out)
 
-    shared_refs, shared_file = _pack_shared(base, state, out, manifest, storage)
+    shared_refs, shared_file = _pack_shared(base, state, out, manifest, storage, name, replace_shared)
 
     packed = {
         "format": FORMAT,
@@ -195,7 +224,18 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
 
     restored = _restore(packed, out, manifest)
     check = {**DEFAULT_CHECK, **(check or {})}
-    measured = check_eval(restored, cfg, list(check["seeds"]), int(check["episodes"]), data_root)
+    seeds, episodes = list(check["seeds"]), int(check["episodes"])
+    measured = check_eval(restored, cfg, seeds, episodes, data_root)
+    # the run's own fp32 weights on the same episodes: the packed model must score what the run scores, up to
+    # its storage's rounding, or packing changed the model (e.g. another run's tensors in a shared file)
+    model.load_state_dict(state)
+    run_miou = check_eval(model, cfg, seeds, episodes, data_root)["miou"]
+    measured["run_miou"] = run_miou
+    if abs(measured["miou"] - run_miou) > PACKING_TOLERANCE:
+        path.unlink()
+        raise ZooError(f"{name}: the packed model scores {measured['miou']:.2f} mIoU on the check episodes, the run "
+                       f"{source} {run_miou:.2f}: packing changed the model (more than the {PACKING_TOLERANCE} "
+                       f"points {storage} rounding may cost); nothing was recorded")
     entry = _manifest_entry(name, path, packed, cfg, ckpt, source, command, eval_json, measured)
     manifest["entries"][name] = entry
     manifest["budget_bytes"] = BUDGET_BYTES

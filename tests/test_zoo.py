@@ -154,6 +154,40 @@ def test_second_entry_reuses_the_shared_base_and_int8_shrinks(tiny_runs, tmp_pat
         pack_checkpoint(tiny_runs["run"], "c", out_dir=out, base=tiny_runs["base"], check=CHECK, storage="fp16")
 
 
+def test_a_retrained_base_never_leaves_stale_shared_tensors(tiny_runs, tmp_path):
+    """A stage 1 retrained into the same run name: packing against it must not keep the old shared values."""
+    out = tmp_path / "zoo"
+    pack_checkpoint(tiny_runs["run"], "old", out_dir=out, base=tiny_runs["base"], check=CHECK, storage="int8")
+    base_ckpt = torch.load(Path(tiny_runs["base"]) / "latest.pt", weights_only=True)
+    cfg = tiny_runs["cfg"]
+    new_base_state = {k: v * 1.05 if v.dim() >= 2 and k.startswith("backbone.") else v  # convolutions, slightly
+                      for k, v in base_ckpt["model"].items()}
+    new_base = _fake_run(tmp_path / "retrained_base", load_config("synthetic/pspnet_base_tiny",
+                                                                  _tiny_overrides(tiny_runs["root"])), new_base_state)
+    model = architecture(cfg)
+    model.load_state_dict({k: v for k, v in new_base_state.items() if k in model.state_dict()}, strict=False)
+    (tmp_path / "new_run").mkdir()
+    new_run = _fake_run(tmp_path / "new_run", cfg, model.state_dict())
+    with pytest.raises(ZooError, match=r"differ from .*--replace-shared.*\['old'\]"):
+        pack_checkpoint(new_run, "new", out_dir=out, base=new_base, check=CHECK, storage="int8")
+    pack_checkpoint(new_run, "new", out_dir=out, base=new_base, check=CHECK, storage="int8", replace_shared=True)
+    loaded = load_pretrained("new", out).state_dict()
+    key = next(k for k in loaded if k.startswith("backbone.") and loaded[k].dim() >= 2)
+    ref = model.state_dict()[key]
+    assert (loaded[key] - ref).abs().max() <= ref.abs().max() / 127 + 1e-4  # the new base's values, not 1/1.05 of them
+
+
+def test_packing_refuses_a_model_that_no_longer_scores_like_its_run(tiny_runs, tmp_path, monkeypatch):
+    import fsslab.zoo_pack as zoo_pack
+
+    scores = iter([50.0, 40.0])  # the packed model, then the run's own weights, on the same check episodes
+    monkeypatch.setattr(zoo_pack, "check_eval", lambda *a, **k: {"miou": next(scores), "fbiou": 0.0, "per_seed": []})
+    out = tmp_path / "zoo"
+    with pytest.raises(ZooError, match="packed model scores 50.00 .* 40.00: packing changed the model"):
+        pack_checkpoint(tiny_runs["run"], "moved", out_dir=out, base=tiny_runs["base"], check=CHECK)
+    assert not (out / "moved.pt").exists() and "moved" not in read_manifest(out)["entries"]
+
+
 def test_cli_pack_list_verify(tiny_runs, tmp_path, capsys):
     out = tmp_path / "zoo"
     eval_json = tmp_path / "eval.json"
