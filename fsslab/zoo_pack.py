@@ -39,7 +39,6 @@ from fsslab.zoo import (
     total_size,
 )
 
-
 # How far (mIoU points, check episodes) a packed model may score from its run's fp32 weights: int8 rounding
 # moves the shipped synthetic models by at most 0.21 (the manifest records both: check.miou, check.run_miou).
 PACKING_TOLERANCE = 2.0

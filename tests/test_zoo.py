@@ -178,7 +178,7 @@ def test_a_retrained_base_never_leaves_stale_shared_tensors(tiny_runs, tmp_path)
 
 
 def test_packing_refuses_a_model_that_no_longer_scores_like_its_run(tiny_runs, tmp_path, monkeypatch):
-    import fsslab.zoo_pack as zoo_pack
+    from fsslab import zoo_pack
 
     scores = iter([50.0, 40.0])  # the packed model, then the run's own weights, on the same check episodes
     monkeypatch.setattr(zoo_pack, "check_eval", lambda *a, **k: {"miou": next(scores), "fbiou": 0.0, "per_seed": []})
