@@ -356,7 +356,7 @@ def _plain_fsslab_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fsslab`` console script; returns the exit status."""
     from fsslab.engine.checkpoint import CheckpointError
-    from fsslab.engine.trainer import TrainingStopped
+    from fsslab.engine.stops import TrainingStopped
 
     parser = build_parser()
     # overrides may also follow options (`fsslab eval CFG --checkpoint P data.shot=5`): argparse leaves such

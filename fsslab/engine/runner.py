@@ -145,7 +145,7 @@ def build_run_model(cfg: RunConfig, full_checkpoint: bool = False) -> nn.Module:
     so the starting points (``model.init_checkpoint``, a ``pretrained`` stage-1 file) are neither read
     nor required: a run's weights evaluate without the runs it started from.
     """
-    from fsslab.engine.trainer import seed_everything
+    from fsslab.engine.sampling import seed_everything
     from fsslab.models import build_model
 
     if cfg.model.name == "oracle":  # the evaluation control: no params, no starting checkpoint
