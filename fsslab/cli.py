@@ -89,7 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=str))
         if summary.get("data_stats"):  # fallbacks taken while loading: counted, so said, not hidden in ds.stats
-            from fsslab.data.episodic import stats_line
+            from fsslab.data.episode_stats import stats_line
 
             print(f"training data: {stats_line(summary['data_stats'])}")
         if cfg.expected.miou is not None and summary.get("best_metric") is not None:

@@ -78,7 +78,7 @@ class TrainConfig:
     amp: str = "none"  # "none" | "bf16" | "fp16"
     channels_last: bool = False
     grad_clip: float | None = None  # max global grad norm per optimiser; None disables
-    grad_sync: str = "auto"  # multi-GPU gradient sync: "auto" | "ddp" | "manual" (see engine/trainer.py)
+    grad_sync: str = "auto"  # multi-GPU gradient sync: "auto" | "ddp" | "manual" (engine/trainer.py, step.py)
     find_unused_parameters: bool = False
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     seed: int = 123
