@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fsslab.models import build_model, model_class
+from fsslab.models import build_model, model_class, model_options
 
 MODELS = ("ipmt", "amformer", "baseline", "pspnet")
 N_BASE_CLASSES = 15  # PASCAL-5i / synthetic folds: 15 base classes (+ background)
@@ -41,7 +41,6 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
              "pspnet": {"backbone": "resnet_tiny", "n_classes": N_BASE_CLASSES + 1, "dilation": "pspnet",
                         "optimizer": "adamw", "head_channels": 128}},
 }
-SHOT_AWARE = {"ipmt", "amformer"}  # constructors that take ``shot``
 # Training-mode needs: the default baseline is training-free; PSPNet's 1x1 pyramid BN needs >= 2 images.
 TRAIN_KWARGS = {"baseline": {"learn_threshold": True}}
 MIN_TRAIN_BATCH = {"pspnet": 2}
@@ -168,7 +167,7 @@ def model_config(name: str, setting: str, shots: int, mode: str, overrides: dict
     """The ``build_model`` config of a benchmarked model: the setting's options, what training needs, overrides."""
     cfg = {"name": name, **SETTINGS[setting][name], **(TRAIN_KWARGS.get(name, {}) if mode == "train" else {}),
            **overrides}
-    if name in SHOT_AWARE:
+    if "shot" in model_options(name):  # asked of the model's constructor: a new model needs no entry here
         cfg["shot"] = shots
     return cfg
 

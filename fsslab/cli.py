@@ -89,7 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=str))
         if summary.get("data_stats"):  # fallbacks taken while loading: counted, so said, not hidden in ds.stats
-            from fsslab.data.episodic import stats_line
+            from fsslab.data.episode_stats import stats_line
 
             print(f"training data: {stats_line(summary['data_stats'])}")
         if cfg.expected.miou is not None and summary.get("best_metric") is not None:
@@ -356,7 +356,7 @@ def _plain_fsslab_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fsslab`` console script; returns the exit status."""
     from fsslab.engine.checkpoint import CheckpointError
-    from fsslab.engine.trainer import TrainingStopped
+    from fsslab.engine.stops import TrainingStopped
 
     parser = build_parser()
     # overrides may also follow options (`fsslab eval CFG --checkpoint P data.shot=5`): argparse leaves such

@@ -82,7 +82,9 @@ class _Benchmark:
         return [1, 2, 3]
 
 
-def _fake_build_dataset(name, root, split, fold, shot, episodes=12, seed=0, **kwargs):
+def _fake_build_dataset(name, root, split, fold, shot, *, options=None, **kwargs):
+    # the runner passes the episodes' options (EpisodeOptions) as build_dataset's `options`
+    episodes, seed = (options.episodes, options.seed) if options is not None else (12, 0)
     dataset = ToyEpisodes(12 if split == "train" else episodes, shot, evaluation=split != "train", seed=seed)
     dataset.benchmark = _Benchmark()
     return dataset

@@ -60,3 +60,49 @@ def test_imports_point_down_the_layers(package):
         if bad:
             wrong[str(path.relative_to(ROOT))] = sorted(bad)
     assert wrong == {}
+
+
+# The config modules sit between models and engine: config reads the model registry; its schema and value
+# coercion read nothing of fsslab but its errors.
+CONFIG_MAY_IMPORT = {
+    "config.py": ("fsslab.config_schema", "fsslab.config_values", "fsslab.errors", "fsslab.models"),
+    "config_schema.py": ("fsslab.errors",),
+    "config_values.py": ("fsslab.errors",),
+}
+
+
+@pytest.mark.parametrize("module", sorted(CONFIG_MAY_IMPORT))
+def test_config_modules_import_only_what_sits_below(module):
+    imported = _fsslab_imports(ast.parse((ROOT / "fsslab" / module).read_text()))
+    assert {m for m in imported if not m.startswith(CONFIG_MAY_IMPORT[module])} == set()
+
+
+# Modules split by job: each new module exports what it lists, and every name keeps the import path it had
+# before the split (the old module re-exports it).
+SPLIT_MODULES = ["fsslab.config_schema", "fsslab.data.episode_dataset", "fsslab.data.episode_options",
+                 "fsslab.data.episode_sampler", "fsslab.data.episode_stats", "fsslab.data.episodic",
+                 "fsslab.engine.sampling", "fsslab.engine.step", "fsslab.engine.stops", "fsslab.engine.train_state",
+                 "fsslab.models.amformer.analysis", "fsslab.models.amformer.loss", "fsslab.models.layers"]
+OLD_PATHS = {
+    "fsslab.config": ("CHOICES", "SUPPORT_MODES", "_CHOICES", "DataConfig", "EvalConfig", "ExpectedConfig",
+                      "ModelConfig", "RunConfig", "TrainConfig", "flow_yaml", "parse_value"),
+    "fsslab.data.episodic": ("COCO_SCALE", "DEFAULT_SIZE", "STAT_COUNTERS", "CocoEpisodes", "Episode", "EpisodeStats",
+                             "EpisodicDataset", "PascalEpisodes", "SyntheticEpisodes", "build_dataset", "stats_line",
+                             "sum_stats"),
+    "fsslab.engine.resume": ("restore_state", "resume_advice"),
+    "fsslab.engine.trainer": ("BuiltOptimizer", "Trainer", "TrainingStopped", "build_optimizers", "poly_factor",
+                              "seed_everything"),
+    "fsslab.models.amformer.model": ("TRACE_KEYS", "AMFormer", "REFINE_THRESHOLD", "up"),
+}
+
+
+@pytest.mark.parametrize("module", SPLIT_MODULES)
+def test_split_modules_export_what_they_list(module):
+    imported = importlib.import_module(module)
+    assert [name for name in imported.__all__ if not hasattr(imported, name)] == []
+
+
+@pytest.mark.parametrize("module", sorted(OLD_PATHS))
+def test_moved_names_keep_their_old_import_path(module):
+    imported = importlib.import_module(module)
+    assert [name for name in OLD_PATHS[module] if not hasattr(imported, name)] == []

@@ -20,6 +20,7 @@ no base-class annotation (every image shows one class), so ``query_base_mask`` i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ import yaml
 from PIL import Image
 
 from fsslab.data.classes import Benchmark
-from fsslab.data.episodic import EpisodicDataset
+from fsslab.data.episode_dataset import EpisodicDataset
+from fsslab.data.episode_options import merge_options
 from fsslab.data.io import (  # the checks every fsslab reader makes
     DatasetError,
     _looks_truncated,
@@ -280,18 +282,19 @@ class FolderEpisodes(EpisodicDataset):
 
     def _init(self, root: str | Path, classes: dict[str, list[str]], name: str, split: str, fold: int, shot: int,
               mask_threshold: int, kwargs: dict[str, Any]) -> None:  # fmt: skip
-        if kwargs.get("list_path") is not None:
+        options = merge_options(kwargs.pop("options", None), kwargs, type(self).__name__)
+        if options.list_path is not None:
             raise ConfigError(f"{name}: class-folder datasets have no list files (data.params.list_path); the class "
                               "split says which classes each split uses")  # fmt: skip
-        if kwargs.pop("use_base_mask", False) or kwargs.pop("base_label", "all") != "all":
+        if options.use_base_mask or options.base_label not in (None, "all"):
             raise ConfigError(f"{name}: class-folder datasets have no base-class annotations (one class per image)")
         if not 1 <= int(mask_threshold) <= 255:
             raise ConfigError(f"mask_threshold must be in 1..255, got {mask_threshold}")
         self.mask_threshold = int(mask_threshold)
         self.class_split = classes
         split = _split_name(split)
-        super().__init__(root, split_benchmark(name, classes, split), split, fold, shot, use_base_mask=False,
-                         base_label="all", **kwargs)  # fmt: skip
+        super().__init__(root, split_benchmark(name, classes, split), split, fold, shot,
+                         options=dataclasses.replace(options, use_base_mask=False, base_label="all"))
 
     def _build_index(self, split: str, fold: int, protocol: str, min_area: int, list_path: str | Path | None,
                      cache: bool, progress: bool) -> FoldIndex:  # fmt: skip

@@ -15,6 +15,7 @@ from fsslab.engine.episodes import FAILURE_MODES, EpisodeScore, episode_scores, 
 from fsslab.engine.evaluate import EvalResult, evaluate, evaluate_seed
 from fsslab.engine.inference import load_run, predict_fn, trace_runner
 from fsslab.engine.metrics import IoUAccumulator, intersection_union, logits_at_label_resolution
+from fsslab.engine.optim import build_optimizers, poly_factor
 from fsslab.engine.prerequisites import check_data, check_prerequisite, prepare_data, train_prerequisites
 from fsslab.engine.runner import (
     ControlReport,
@@ -27,7 +28,8 @@ from fsslab.engine.runner import (
     run_evaluation,
     run_training,
 )
-from fsslab.engine.trainer import Trainer, TrainingStopped, build_optimizers, poly_factor
+from fsslab.engine.stops import TrainingStopped
+from fsslab.engine.trainer import Trainer
 
 __all__ = [
     "FAILURE_MODES",

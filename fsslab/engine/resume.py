@@ -1,5 +1,6 @@
 """Starting a run in its directory: protection and lock (run_dir), the checkpoint to resume from (the newest
-loadable one), whether the config may change on resume, and loading the state into the Trainer.
+loadable one) and whether the config may change on resume. Loading that checkpoint into the Trainer is
+``train_state.restore_state`` (re-exported here).
 
 Resume rules (README "Training and evaluation"):
 - ``--resume`` continues from the newest checkpoint that loads (``latest.pt`` or an ``iter_*.pt``), skipping
@@ -19,7 +20,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -36,9 +37,7 @@ from fsslab.engine.run_dir import (
     remove_stale_temps,
     run_files,
 )
-
-if TYPE_CHECKING:
-    from fsslab.engine.trainer import Trainer
+from fsslab.engine.train_state import restore_state  # re-exported: it lived here
 
 # Keys (or sections) whose change on resume leaves the training itself alone: names, logging, checkpoint
 # cadence, validation and where it runs (train.device: CPU and GPU differ in the last bits, nothing else).
@@ -305,34 +304,6 @@ def start_run(
     if not dist.is_main and result["checkpoint"]:
         start.checkpoint = Path(result["checkpoint"])
     return start
-
-
-def restore_state(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
-    """Load model, optimisers, scaler, iteration, best metric and RNG states into ``trainer``."""
-    ckpt.load_model_state(trainer.model, state["model"], path)
-    missing = sorted({b.name for b in trainer.optimizers} - set(state["optimizers"]))
-    if missing:
-        raise ckpt.CheckpointError(f"{path}: no state for optimiser(s) {missing}")
-    for built in trainer.optimizers:
-        # hyper-parameters (base_lr, weight decay, ...) are this run's (train.base_lr may change on resume);
-        # the state (momenta, Adam moments) is the file's
-        own = [{k: v for k, v in g.items() if k != "params"} for g in built.optimizer.param_groups]
-        try:
-            built.optimizer.load_state_dict(state["optimizers"][built.name])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise ckpt.CheckpointError(
-                f"{path}: the state of optimiser {built.name!r} does not fit this model ({ckpt.first_line(exc)})"
-            ) from None
-        for group, hyper in zip(built.optimizer.param_groups, own):
-            group.update(hyper)
-    trainer.scaler.load_state_dict(state["scaler"])
-    trainer.iteration, trainer.best_metric = int(state["iteration"]), state.get("best_metric")
-    trainer.last_eval = state.get("metrics") or {}
-    rng, dist = state["rng"], trainer.dist
-    if "ranks" in rng:
-        rng = rng["ranks"][dist.rank] if len(rng["ranks"]) == dist.world_size else rng["ranks"][0]
-    ckpt.restore_rng_state(rng)
-    trainer.last_checkpoint = (path, trainer.iteration)
 
 
 def resume_advice(out_dir: Path, last_checkpoint: tuple[Path, int] | None) -> str:

@@ -25,50 +25,60 @@ from fsslab.errors import CheckpointError, ConfigError
 from fsslab.models.oracle import QueryLabelOracle, is_control
 
 
-def dataset_kwargs(cfg: RunConfig, split: str) -> dict[str, Any]:
-    """Keyword arguments of ``fsslab.data.build_dataset`` for ``split`` (a training or an evaluation split)."""
+def dataset_options(cfg: RunConfig, split: str) -> tuple[Any, dict[str, Any]]:
+    """``(EpisodeOptions, own)`` of ``split`` (a training or an evaluation split): the episodes' options from
+    ``cfg.data`` (and ``cfg.eval.protocol``), and the dataset's own keyword arguments of ``build_dataset`` (COCO's
+    ``folds``; a class folder's ``classes``, ``split_file``, ``mask_threshold``). ``data.params`` fill either."""
+    from fsslab.data.episode_options import EpisodeOptions
     from fsslab.data.lists import TRAINING_SPLITS
 
     data = cfg.data
     training = split in TRAINING_SPLITS
-    kwargs: dict[str, Any] = {
+    params = dict(data.params)
+    _check_data_params(params, data.dataset)
+    own: dict[str, Any] = {"folds": data.coco_split} if data.dataset == "coco" else {}
+    own.update({k: params.pop(k) for k in list(params) if k not in EpisodeOptions.names()})
+    values: dict[str, Any] = {
         "size": data.size if training else data.val_size,
         "protocol": data.protocol,
         "support_label": data.support_label,
     }
-    if data.dataset == "coco":
-        kwargs["folds"] = data.coco_split
-    extra = dict(data.params)
-    _check_data_params(extra, data.dataset)
     if training:
         augmentation = {
             "scale": (data.scale_min, data.scale_max),
             "rotate": (data.rotate_min, data.rotate_max),
         }
-        augmentation.update(extra.pop("augmentation", None) or {})
-        kwargs["augmentation"] = augmentation
+        augmentation.update(params.pop("augmentation", None) or {})
+        values["augmentation"] = augmentation
     else:
-        extra.pop("augmentation", None)
-        kwargs["eval_protocol"] = cfg.eval.protocol
-    kwargs.update(extra)
-    return kwargs
+        params.pop("augmentation", None)
+        values["eval_protocol"] = cfg.eval.protocol
+    return EpisodeOptions(**{**values, **params}), own
+
+
+def dataset_kwargs(cfg: RunConfig, split: str) -> dict[str, Any]:
+    """Keyword arguments of ``fsslab.data.build_dataset`` for ``split``: every field of ``dataset_options``'
+    ``EpisodeOptions`` and the dataset's own arguments, as one mapping."""
+    options, own = dataset_options(cfg, split)
+    return {**options.as_kwargs(), **own}
 
 
 def _check_data_params(params: dict[str, Any], dataset: str) -> None:
-    """data.params are keyword arguments of the episodic dataset: an unknown one is named with the valid ones
-    here, rather than surfacing as a TypeError from deep inside the dataset's constructor."""
-    from fsslab.data.episodic import CocoEpisodes, EpisodicDataset
+    """data.params are the episodes' options (``EpisodeOptions``) or the dataset's own keyword arguments: an unknown
+    one is named with the valid ones here, rather than surfacing as a TypeError from the dataset's constructor."""
+    from fsslab.data.episode_options import EpisodeOptions
+    from fsslab.data.episodic import CocoEpisodes
 
     # set from other config fields (or the dataset's positional arguments), not through data.params
-    derived = {"self", "root", "benchmark", "split", "fold", "shot"}
-    valid = {p for p in inspect.signature(EpisodicDataset.__init__).parameters if p not in derived}
+    derived = {"self", "root", "benchmark", "split", "fold", "shot", "options", "kwargs"}
+    valid = set(EpisodeOptions.names())
     if dataset == "coco":
-        valid |= {p for p in inspect.signature(CocoEpisodes.__init__).parameters if p not in derived | {"kwargs"}}
+        valid |= {p for p in inspect.signature(CocoEpisodes.__init__).parameters if p not in derived}
     if dataset in ("fss1000", "folder"):  # class folders: the class split and the mask threshold
         from fsslab.data.folder import FolderEpisodes, FSS1000Episodes
 
         own = FSS1000Episodes if dataset == "fss1000" else FolderEpisodes
-        valid |= {p for p in inspect.signature(own.__init__).parameters if p not in derived | {"kwargs"}}
+        valid |= {p for p in inspect.signature(own.__init__).parameters if p not in derived}
     unknown = sorted(set(params) - valid)
     if unknown:
         raise ConfigError(f"unknown data.params key(s) {unknown}; valid keys: {sorted(valid)}")
@@ -87,23 +97,25 @@ def build_train_set(cfg: RunConfig) -> Any:
         if unsupported:
             raise ConfigError(f"data.params {unsupported} do not apply to data.train_data=base (BAM BaseData: every "
                               "image of the list, no episodes); it takes only augmentation and list_path")
-        kwargs = dataset_kwargs(cfg, cfg.data.train_split)
+        options, _ = dataset_options(cfg, cfg.data.train_split)
         return BaseClassDataset(
             cfg.data.root,
             get_benchmark(cfg.data.dataset, cfg.data.root, cfg.data.coco_split),
             cfg.data.train_split,
             cfg.data.fold,
-            size=kwargs["size"],
-            augmentation=kwargs["augmentation"],
-            list_path=kwargs.get("list_path"),
+            size=options.size,
+            augmentation=options.augmentation,
+            list_path=options.list_path,
         )
+    options, own = dataset_options(cfg, cfg.data.train_split)
     return build_dataset(
         cfg.data.dataset,
         cfg.data.root,
         cfg.data.train_split,
         cfg.data.fold,
         cfg.data.shot,
-        **dataset_kwargs(cfg, cfg.data.train_split),
+        options=options,
+        **own,
     )
 
 
@@ -116,8 +128,8 @@ def eval_dataset_factory(cfg: RunConfig) -> tuple[Callable[[int, int], Any], Any
 
     check_data(cfg)
     shot = cfg.eval.shot
-    kwargs = dataset_kwargs(cfg, cfg.eval.split)
-    kwargs["support_label"] = cfg.eval.support_label
+    options, own = dataset_options(cfg, cfg.eval.split)
+    options = dataclasses.replace(options, support_label=cfg.eval.support_label)
 
     def episodes_of(seed: int, episodes: int) -> Any:
         return build_dataset(
@@ -126,9 +138,8 @@ def eval_dataset_factory(cfg: RunConfig) -> tuple[Callable[[int, int], Any], Any
             cfg.eval.split,
             cfg.data.fold,
             shot,
-            episodes=episodes,
-            seed=seed,
-            **kwargs,
+            options=dataclasses.replace(options, episodes=episodes, seed=seed),
+            **own,
         )
 
     def factory(seed: int, episodes: int) -> Any:
@@ -145,7 +156,7 @@ def build_run_model(cfg: RunConfig, full_checkpoint: bool = False) -> nn.Module:
     so the starting points (``model.init_checkpoint``, a ``pretrained`` stage-1 file) are neither read
     nor required: a run's weights evaluate without the runs it started from.
     """
-    from fsslab.engine.trainer import seed_everything
+    from fsslab.engine.sampling import seed_everything
     from fsslab.models import build_model
 
     if cfg.model.name == "oracle":  # the evaluation control: no params, no starting checkpoint
@@ -261,7 +272,7 @@ def run_evaluation(
         progress=progress,
         settings=settings,
     )
-    from fsslab.data.episodic import sum_stats
+    from fsslab.data.episode_stats import sum_stats
 
     result.data_stats = sum_stats(d.stats for d in built if hasattr(d, "stats"))
     return result
@@ -376,6 +387,7 @@ __all__ = [
     "build_run_model",
     "build_train_set",
     "dataset_kwargs",
+    "dataset_options",
     "eval_dataset_factory",
     "init_from_checkpoint",
     "load_model_weights",

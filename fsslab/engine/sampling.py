@@ -1,4 +1,5 @@
-"""Deterministic training order: per-epoch permutations and per-episode seeds independent of workers/ranks."""
+"""Deterministic training order: the run's seed, per-epoch permutations and per-episode seeds independent of
+workers/ranks, and the loader that yields them (resumable at any batch)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (the model's initial weights, dropout)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def episode_seed(seed: int, epoch: int, position: int) -> int:
@@ -85,4 +93,21 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             ]
 
 
-__all__ = ["EpochBatchSampler", "SeededEpisodes", "episode_seed"]
+def episode_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, rank: int, world_size: int,
+                   start_batch: int, workers: int, pin_memory: bool) -> DataLoader:
+    """This rank's batches of ``epoch`` from global batch ``start_batch`` on (``EpochBatchSampler``), each
+    episode drawn from its own seed (``SeededEpisodes``)."""
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed, epoch, rank, world_size,  # type: ignore[arg-type]
+                                start_batch)
+    # An explicit generator keeps the DataLoader from drawing on the global torch RNG (resume parity).
+    return DataLoader(
+        SeededEpisodes(dataset),
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=False,
+    )
+
+
+__all__ = ["EpochBatchSampler", "SeededEpisodes", "episode_loader", "episode_seed", "seed_everything"]

@@ -1,20 +1,23 @@
-"""One trainer for every fsslab model: AMP, channels_last, poly lr, G/D objectives, DDP, resumable runs."""
+"""One trainer for every fsslab model: AMP, channels_last, poly lr, G/D objectives, DDP, resumable runs.
+
+The loop and its bookkeeping (schedule, logging, validation, which checkpoints to keep) live here; each job it
+delegates has its own module: ``step`` (one optimisation step over a model's objectives), ``stops`` (why a run
+stops and what to change), ``train_state`` (what a checkpoint holds, both ways), ``sampling`` (seeds, episode
+order, the loader), ``resume`` and ``run_dir`` (starting in a run directory), ``optim`` (optimisers, poly lr).
+"""
 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import fsslab
 from fsslab.config import DataConfig, RunConfig, TrainConfig
 from fsslab.engine import checkpoint as ckpt
 from fsslab.engine import distributed as dist_utils
@@ -23,37 +26,11 @@ from fsslab.engine.evaluate import AMP_DTYPES, warn_if_emulated_bf16
 from fsslab.engine.optim import BuiltOptimizer, build_optimizers, poly_factor
 from fsslab.engine.run_dir import atomic_write_text
 from fsslab.engine.runlog import RunLogger, episode_grid
-from fsslab.engine.sampling import EpochBatchSampler, SeededEpisodes
+from fsslab.engine.sampling import episode_loader, seed_everything
+from fsslab.engine.step import check_objectives, descend, to_device
+from fsslab.engine.stops import TrainingStopped, is_oom, non_finite, non_finite_loss, out_of_memory
+from fsslab.engine.train_state import capture_state, restore_state
 from fsslab.errors import ConfigError, DatasetError
-
-
-class TrainingStopped(RuntimeError):
-    """The run cannot continue (NaN/inf loss, out of memory): what happened, where, and what to change."""
-
-    def __init__(self, what: str, iteration: int, advice: str):
-        self.what, self.iteration, self.advice = what, iteration, advice
-        super().__init__(f"training stopped at iteration {iteration}: {what}\n  what to change: {advice}")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
-    out = {
-        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
-    }
-    if channels_last and out["query_img"].dim() == 4:
-        out["query_img"] = out["query_img"].contiguous(memory_format=torch.channels_last)
-    return out
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
-    )
 
 
 class Trainer:
@@ -146,9 +123,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- step
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
-        """Forward, losses, and a step of exactly the optimisers whose objective the model names."""
+        """Forward, losses, and a step of exactly the optimisers whose objective the model names (``step.py``)."""
         it, tc = self.iteration, self.train_cfg
-        batch = _to_device(batch, self.device, tc.channels_last)
+        batch = to_device(batch, self.device, tc.channels_last)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
@@ -158,84 +135,23 @@ class Trainer:
         if tc.objective_index == "epoch":
             it = it - (it // self.iters_per_epoch) * self.iters_per_epoch
         objectives = self.model.step_objectives(losses, it)
-        known = {o.objective for o in self.optimizers}
-        unknown = sorted(set(objectives) - known)
-        if unknown:
-            raise ValueError(
-                f"step_objectives returned {unknown}, which no optimiser descends; "
-                f"objectives of the optimisers: {sorted(known)}"
-            )
+        check_objectives(objectives, self.optimizers)
         self._check_finite({**losses, **{f"objective:{k}": v for k, v in objectives.items()}})
-        active = [o for o in self.optimizers if o.objective in objectives]
-        for built in active:
-            built.optimizer.zero_grad(set_to_none=True)
-        if len(objectives) == 1:
-            (loss,) = objectives.values()
-            self.scaler.scale(loss).backward()
-        else:
-            if len(objectives) > 1 and self.grad_sync == "ddp" and self.dist.distributed:
-                raise ValueError("several objectives in one iteration need train.grad_sync=manual under DDP")
-            # Each objective writes gradients only into the parameters of its own optimisers.
-            names = list(objectives)
-            for i, name in enumerate(names):
-                params = [p for o in active if o.objective == name for p in o.params]
-                grads = torch.autograd.grad(
-                    self.scaler.scale(objectives[name]),
-                    params,
-                    retain_graph=i < len(names) - 1,
-                    allow_unused=True,
-                )
-                for p, g in zip(params, grads):
-                    p.grad = g
-        if self.grad_sync == "manual":
-            dist_utils.all_reduce_gradients([p for o in active for p in o.params])
-        for built in active:
-            if tc.grad_clip:
-                self.scaler.unscale_(built.optimizer)
-                nn.utils.clip_grad_norm_(built.params, tc.grad_clip)
-            self.scaler.step(built.optimizer)
-        if active:
-            self.scaler.update()
+        descend(objectives, self.optimizers, self.scaler, self.grad_sync, self.dist.distributed, tc.grad_clip)
         return {k: v.detach() for k, v in losses.items()}, output
 
     def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
-        values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
-        if bool(torch.isfinite(values).all()):
+        bad = non_finite(losses)
+        if not bad:
             return
-        bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
         lrs = {b.name: b.optimizer.param_groups[0]["lr"] for b in self.optimizers}
-        raise TrainingStopped(
-            f"non-finite loss {bad} (epoch {self.iteration // self.iters_per_epoch}, lr {lrs}, "
-            f"amp={self.train_cfg.amp})",
-            self.iteration,
-            "lower train.base_lr or set train.grad_clip (e.g. 1.0), both allowed on resume: "
-            f"{resume_mod.resume_advice(self.out_dir, self.last_checkpoint)}; or start a new run with "
-            "train.amp=bf16 or none instead of fp16, or check the data",
-        )
+        raise non_finite_loss(bad, self.iteration, self.iteration // self.iters_per_epoch, lrs, self.train_cfg.amp,
+                              resume_mod.resume_advice(self.out_dir, self.last_checkpoint))
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        rng = ckpt.capture_rng_state()
-        if self.dist.distributed:  # every rank's RNG, so that each continues its own stream on resume
-            gathered: list[Any] = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(gathered, rng)
-            rng = {"ranks": gathered}
-        model_state = self.model.state_dict()
-        return {
-            "format": ckpt.FORMAT_VERSION,
-            "fsslab_version": fsslab.__version__,
-            "iteration": self.iteration,
-            "epoch": self.iteration // self.iters_per_epoch,
-            "model": model_state,
-            "state_dict": model_state,  # same tensors (stored once): readable as an official-style file
-            "optimizers": {b.name: b.optimizer.state_dict() for b in self.optimizers},
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-            "world_size": self.dist.world_size,
-            "config": self.run_config.to_dict(),
-            "best_metric": self.best_metric,
-            "metrics": self.last_eval,
-        }
+        """The checkpoint of this run now (``train_state.capture_state``; collective under DDP)."""
+        return capture_state(self)
 
     def save(self, name: str, state: dict[str, Any] | None = None) -> Path | None:
         state = state if state is not None else self.state_dict()  # collective: every rank calls it
@@ -258,30 +174,14 @@ class Trainer:
     def resume(self, path: str | Path | None = None) -> int:
         """Load the state of ``path`` (default: the newest loadable checkpoint of ``out_dir``), without the
         directory lock and config check of ``fit(resume=...)``; returns the iteration."""
-        resume_mod.restore_state(self, *resume_mod.find_checkpoint(self.out_dir, path))
+        restore_state(self, *resume_mod.find_checkpoint(self.out_dir, path))
         return self.iteration
 
     # ----------------------------------------------------------------------------------------- loop
     def _loader(self, epoch: int, start_batch: int) -> DataLoader:
-        sampler = EpochBatchSampler(
-            len(self.train_set),
-            self.batch_per_rank,
-            self.train_cfg.seed,
-            epoch,  # type: ignore[arg-type]
-            self.dist.rank,
-            self.dist.world_size,
-            start_batch,
-        )
-        workers = self.workers
-        # An explicit generator keeps the DataLoader from drawing on the global torch RNG (resume parity).
-        return DataLoader(
-            SeededEpisodes(self.train_set),
-            batch_sampler=sampler,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(0),
-            persistent_workers=False,
-        )
+        """This rank's batches of ``epoch`` from ``start_batch`` on (``sampling.episode_loader``)."""
+        return episode_loader(self.train_set, self.batch_per_rank, self.train_cfg.seed, epoch, self.dist.rank,
+                              self.dist.world_size, start_batch, self.workers, self.device.type == "cuda")
 
     def fit(self, resume: bool | str | Path = False, overwrite: bool = False) -> dict[str, Any]:
         """Train to ``total_iters``. ``resume``: continue the run of ``out_dir`` from its newest loadable
@@ -292,7 +192,7 @@ class Trainer:
             if start.checkpoint is not None:
                 state = start.state or resume_mod.load_training_checkpoint(start.checkpoint)
                 start.state = None  # the optimiser state may be large: keep only the loaded copy
-                resume_mod.restore_state(self, state, start.checkpoint)
+                restore_state(self, state, start.checkpoint)
                 del state
             if self.dist.is_main:
                 self.logger.start(resumed_at=self.iteration if resume else None)
@@ -325,13 +225,9 @@ class Trainer:
                     try:
                         losses, output = self.train_step(batch)
                     except Exception as exc:
-                        if _is_oom(exc):
-                            raise TrainingStopped(
-                                f"out of memory on {self.device} ({type(exc).__name__})",
-                                self.iteration,
-                                f"lower data.batch_size (now {self.batch_size}) or data.size "
-                                f"(now {self.run_config.data.size}), use train.amp=bf16, or add GPUs",
-                            ) from None
+                        if is_oom(exc):
+                            raise out_of_memory(exc, self.device, self.iteration, self.batch_size,
+                                                self.run_config.data.size) from None
                         raise
                     self.iteration += 1
                     window_iters += 1

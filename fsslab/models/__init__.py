@@ -29,6 +29,13 @@ def model_class(name: str) -> type:
     return getattr(importlib.import_module(module_name), cls_name)
 
 
+def model_options(name: str) -> list[str]:
+    """The keyword options of the model registered as ``name``: its constructor's parameters, in order.
+
+    Asked of the model itself, so that what takes ``shot`` (or any option) is never listed a second time."""
+    return [p for p in inspect.signature(model_class(name).__init__).parameters if p != "self"]
+
+
 def build_model(cfg: Mapping[str, Any] | Any) -> FewShotModel:
     """Build a model from a mapping (or dataclass with ``name`` and ``params``): ``{"name": ..., **kwargs}``.
 
@@ -41,7 +48,7 @@ def build_model(cfg: Mapping[str, Any] | Any) -> FewShotModel:
     if name is None:
         raise ConfigError(f"model config needs a 'name' (one of {sorted(MODEL_REGISTRY)})")
     cls = model_class(name)
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    valid = model_options(name)
     unknown = sorted(set(cfg) - set(valid))
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for model {name!r}; valid options: {valid}")
@@ -64,4 +71,5 @@ __all__ = [
     "load_official",
     "model_class",
     "model_device",
+    "model_options",
 ]

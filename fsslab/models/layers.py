@@ -1,5 +1,5 @@
-"""Layers shared by the few-shot models: masked pooling, the PFENet prior, tokens <-> maps, sine positions,
-FFN, Dice loss."""
+"""Layers shared by the few-shot models: 1x1/3x3 conv + ReLU blocks, masked pooling, the PFENet prior, tokens <->
+maps, sine positions, FFN, Dice loss."""
 
 from __future__ import annotations
 
@@ -12,6 +12,16 @@ from torch import nn
 # Cap on the elements of one [.., support positions, query positions] cosine block in ``prior_mask``:
 # the references hold three full (h*w)^2 tensors per shot; chunking keeps the peak at ~64 MB.
 _PRIOR_BLOCK_ELEMENTS = 1 << 24
+
+
+def conv_relu(cin: int, cout: int, kernel: int, dropout: float = 0.0) -> nn.Sequential:
+    """Conv (no bias, same padding) + ReLU (+ Dropout2d): the feature reductions and fusions of IPMT and AMFormer.
+
+    A Sequential, so that the parameter names (``<name>.0.weight``) are the ones their checkpoints hold."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.ReLU(inplace=True)]
+    if dropout:
+        layers.append(nn.Dropout2d(dropout))
+    return nn.Sequential(*layers)
 
 
 def masked_average_pool(feat: torch.Tensor, mask: torch.Tensor, eps: float = 5e-4) -> torch.Tensor:
@@ -163,5 +173,5 @@ def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: float
     raise ValueError(f"unknown reduction {reduction!r}; valid: 'sum', 'mean', 'none'")
 
 
-__all__ = ["FFN", "SinePositionalEncoding", "masked_average_pool", "prior_mask", "tokens_to_map",
+__all__ = ["FFN", "SinePositionalEncoding", "conv_relu", "masked_average_pool", "prior_mask", "tokens_to_map",
            "weighted_dice_loss"]

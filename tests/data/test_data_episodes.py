@@ -208,9 +208,9 @@ def test_a_support_is_never_the_query_image(tmp_path, monkeypatch):
     for episode in ds.episodes:  # 3 distinct images, 2 shots: the supports are exactly the two others
         assert sorted(episode.supports) == sorted(set(range(3)) - {episode.query})
     # an index that still holds one image under two spellings (built elsewhere): the path decides, not the index
-    from fsslab.data import episodic
+    from fsslab.data import episode_dataset  # where EpisodicDataset builds its index
 
-    real = episodic.build_fold_index
+    real = episode_dataset.build_fold_index
 
     def aliased(*args, **kwargs):
         index = real(*args, **kwargs)
@@ -219,7 +219,7 @@ def test_a_support_is_never_the_query_image(tmp_path, monkeypatch):
         index.class_to_items = {6: [0, 1, 2, 3]}
         return index
 
-    monkeypatch.setattr(episodic, "build_fold_index", aliased)
+    monkeypatch.setattr(episode_dataset, "build_fold_index", aliased)
     with pytest.warns(FsslabWarning):
         ds = PascalEpisodes(tmp_path, "val", 1, 2, size=64, episodes=40, seed=0, on_small_class="exclude")
     image = [str(Path(p).resolve()) for p, _ in ((tmp_path / i, lab) for i, lab in ds.index.items)]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 from fsslab.cli import main
 from fsslab.config import ConfigError
-from fsslab.data import DatasetError, build_dataset, fss1000_split, read_binary_mask
+from fsslab.data import DatasetError, EpisodeOptions, build_dataset, fss1000_split, read_binary_mask
 from fsslab.data.folder import FSS1000_SPLIT_DIR, check_class_split, split_benchmark, write_split_file
 
 
@@ -224,3 +225,14 @@ def test_bad_splits_and_options(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith(f"fsslab eval: error: split file not found: {tmp_path / 'missing.yaml'} ")
     assert "Traceback" not in "".join(err)
+
+
+def test_class_folders_take_episode_options_without_base_annotations(folder_root):
+    options = EpisodeOptions(size=32, episodes=6, seed=1)
+    test = build_dataset("folder", folder_root, "test", shot=2, options=options, classes=SPLIT)
+    assert (test.options.use_base_mask, test.options.base_label) == (False, "all")
+    assert test.episodes == build_dataset("folder", folder_root, "test", shot=2, size=32, episodes=6, seed=1,
+                                          classes=SPLIT).episodes
+    with pytest.raises(ConfigError, match="no base-class annotations"):
+        build_dataset("folder", folder_root, "test", shot=2, options=dataclasses.replace(options, base_label="base"),
+                      classes=SPLIT)

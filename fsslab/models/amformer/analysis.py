@@ -1,5 +1,6 @@
 """AMFormer-only analysis: what its discriminator D says about a given mask at test time (where the model does
-not run D), for notebook 03's mask perturbations and the part-attention figures."""
+not run D): ``AMFormer.discriminator_scores`` (``score_masks``), and the helpers of notebook 03's mask
+perturbations and part-attention figures."""
 
 from __future__ import annotations
 
@@ -11,6 +12,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsslab.batch import batch_of_one
+from fsslab.models.amformer.discriminator import judge_masks
+
+
+@torch.no_grad()
+def score_masks(model: nn.Module, features_or_batch: Mapping[str, torch.Tensor] | torch.Tensor,
+                masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``AMFormer.discriminator_scores``: how D judges arbitrary foreground masks for an episode (eval-safe: no
+    grads, no dropout; the model's train/eval mode is restored).
+
+    features_or_batch: an episode batch (G runs on it; ``query_mask`` is not read) or G's fused maps
+    [B,3,C,h,w] (trace ``fused_features``). masks: [B,H,W] or [B,M,H,W] soft/binary masks at any resolution
+    (bilinearly resized to the feature size). Returns ``score`` [B,M,3] (D's P(real) averaged over parts),
+    ``part_scores`` [B,M,3,N] and ``part_maps`` [B,M,3,N,h,w].
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(features_or_batch, Mapping):
+            episode = {k: v for k, v in features_or_batch.items() if k != "query_mask"}
+            features = model.forward(episode, trace=True).trace["fused_features"]
+        else:
+            features = features_or_batch
+        return judge_masks(model.discriminator, features, masks.unsqueeze(1) if masks.dim() == 3 else masks)
+    finally:
+        model.train(was_training)
 
 
 def discriminator_score_fn(model: nn.Module) -> Callable[[Mapping[str, torch.Tensor], torch.Tensor], float]:
@@ -43,4 +69,4 @@ def add_discriminator_trace(model: nn.Module, batch: Mapping[str, torch.Tensor],
             "d_score_real": judged["score"][:, 0], "d_score_fake": judged["score"][:, 1]}
 
 
-__all__ = ["add_discriminator_trace", "discriminator_score_fn"]
+__all__ = ["add_discriminator_trace", "discriminator_score_fn", "score_masks"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,21 @@ class PartDiscriminator(nn.Module):
         """parts [..., C] -> P(real) [..., 1] (sigmoid output)."""
         return self.classifiers[level](parts)
 
+    def optimizer_groups(self, base_lr: float, head_lr: float) -> list[dict[str, Any]]:
+        """D's parameter groups with the learning rates the reference's poly schedule actually applies:
+        part-attention weights at ``base_lr``; part-attention biases, classifier weights and biases at ``head_lr``.
+
+        (``optimizer_D`` builds them with 1/2/2/4x, but ``poly_learning_rate(index_split=0)`` resets every group
+        after the first to 10x before the first step.) Frozen parameters and empty groups are left out."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        part = [(n, p) for n, p in named if n.startswith("part_attention.")]
+        cls = [(n, p) for n, p in named if n.startswith("classifiers.")]
+        groups = [{"params": [p for n, p in part if not n.endswith("bias")], "lr": base_lr},
+                  {"params": [p for n, p in part if n.endswith("bias")], "lr": head_lr},
+                  {"params": [p for n, p in cls if n.endswith("weight")], "lr": head_lr},
+                  {"params": [p for n, p in cls if n.endswith("bias")], "lr": head_lr}]
+        return [g for g in groups if g["params"]]
+
 
 def _detached_params(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in module.named_parameters()}
@@ -177,6 +193,18 @@ def diversity_draws(levels: int, parts: int, device: torch.device, python_rng: b
     else:
         draws = [tuple(torch.randperm(parts)[:count] for _ in range(2)) for _ in range(levels)]
     return [tuple(d.to(device) for d in pair) for pair in draws]
+
+
+def judge_generator(disc: PartDiscriminator, fused_maps: list[torch.Tensor], final: torch.Tensor,
+                    query_mask: torch.Tensor, python_rng: bool = False) -> dict[str, torch.Tensor]:
+    """The adversarial branch of an episode with its label: D judges the parts mined with G's foreground map
+    (``final`` [B,2,h,w], the last ensemble, channel 1) against those mined with ``query_mask`` [B,H,W]
+    (``== 1``; 255 counts as background), on G's fused maps. python_rng: the reference's diversity draws."""
+    real = (query_mask == 1).to(final.dtype).unsqueeze(1)
+    real = F.interpolate(real, size=final.shape[-2:], mode="bilinear", align_corners=True)
+    parts = disc.part_attention[0].part_queries.shape[0]
+    draws = diversity_draws(len(fused_maps), parts, final.device, python_rng=python_rng)
+    return adversarial_branch(disc, fused_maps, final[:, 1:], real, draws)
 
 
 @torch.no_grad()

@@ -1,6 +1,9 @@
-"""AMFormer's training losses: CE terms, attention distillation, adversarial G/D losses, part diversity."""
+"""AMFormer's training losses (CE terms, attention distillation, adversarial G/D losses, part diversity), the sum
+the model reports (``amformer_losses``) and train.py's schedule that turns them into G's or D's objective."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,3 +71,64 @@ def generator_adversarial(fake_prob: torch.Tensor) -> torch.Tensor:
 def discriminator_adversarial(real_prob: torch.Tensor, fake_prob: torch.Tensor) -> torch.Tensor:
     """0.5 * (BCE(fake, 0) + BCE(real, 0.9)): one-sided label smoothing on the real side."""
     return 0.5 * (bce_on_probability(fake_prob, 0.0) + bce_on_probability(real_prob, REAL_LABEL_SMOOTHED))
+
+
+def amformer_losses(logits: torch.Tensor, aux: dict[str, Any], query_mask: torch.Tensor,
+                    query_base_mask: torch.Tensor | None, aux_weight1: float = 1.0, aux_weight2: float = 1.0
+                    ) -> dict[str, torch.Tensor]:
+    """Every component; ``total`` = main + aux_weight1 * distillation + aux_weight2 * base_ce.
+
+    logits: [B,2,H,W] final logits; aux: the forward's ``stage_logits`` (G's three stages), ``attention_weights``
+    (mining attention per level), ``base_logits`` and, in training, ``adversarial_g``, ``adversarial_d``,
+    ``diversity`` (each averaged over D's 3 levels), which are passed through. main = CE(final) + mean CE of the
+    stage logits (the reference's ``main_loss + aux_loss1``); distillation = attention distillation / levels (its
+    ``aux_loss1``); base_ce: base-learner CE against ``query_base_mask`` (its ``aux_loss2``; 0 without one, and
+    constant w.r.t. the trainable parameters: the base learner is frozen).
+    """
+    final_ce = segmentation_ce(logits, query_mask)
+    stage_ce = torch.stack([segmentation_ce(x, query_mask) for x in aux["stage_logits"]]).mean()
+    weights = aux["attention_weights"]
+    losses = {"final_ce": final_ce, "stage_ce": stage_ce, "main": final_ce + stage_ce,
+              "distillation": attention_distillation(query_mask, weights) / len(weights)}
+    if query_base_mask is not None:
+        losses["base_ce"] = segmentation_ce(aux["base_logits"], query_base_mask)
+    else:
+        losses["base_ce"] = logits.new_zeros(())
+    for name in ("adversarial_g", "adversarial_d", "diversity"):
+        if name in aux:
+            losses[name] = aux[name]
+    losses["total"] = losses["main"] + aux_weight1 * losses["distillation"] + aux_weight2 * losses["base_ce"]
+    return losses
+
+
+def gd_objectives(losses: dict[str, torch.Tensor], iteration: int, adversarial_period: int = 5,
+                  adversarial_weight: float = 0.1, adversarial_max_loss: float = 11.0,
+                  diversity_weight: float = 0.01) -> dict[str, torch.Tensor]:
+    """train.py's schedule; ``iteration`` is the batch index (the reference uses the index within the epoch).
+
+    Even iterations step G: ``total + 1e-9 * adversarial_g``, except every ``adversarial_period``-th
+    (``iteration % 5 == 4``) where the adversarial weight is 0.1 if ``adversarial_g <= 11`` and
+    nothing is stepped otherwise. Odd iterations step D: ``adversarial_d + 0.01 * diversity``.
+    """
+    if "adversarial_g" not in losses:  # no adversarial branch (e.g. eval): plain segmentation step
+        return {"generator": losses["total"]}
+    if iteration % 2 == 1:
+        return {"discriminator": losses["adversarial_d"] + diversity_weight * losses["diversity"]}
+    if iteration % adversarial_period != adversarial_period - 1:
+        return {"generator": losses["total"] + 1e-9 * losses["adversarial_g"]}
+    if float(losses["adversarial_g"].detach()) <= adversarial_max_loss:
+        return {"generator": losses["total"] + adversarial_weight * losses["adversarial_g"]}
+    return {}
+
+
+__all__ = [
+    "REAL_LABEL_SMOOTHED",
+    "amformer_losses",
+    "attention_distillation",
+    "bce_on_probability",
+    "discriminator_adversarial",
+    "gd_objectives",
+    "generator_adversarial",
+    "part_diversity",
+    "segmentation_ce",
+]

@@ -32,6 +32,12 @@ Weak supports (box / scribble ``support_masks``) need nothing special: only ``==
 Inference never reads ``query_mask``. ``reproduce_official=True`` also runs the adversarial branch
 in eval when ``query_mask`` is in the batch and draws the diversity channels with Python's
 ``random.sample``, as the official eval forward does (its logits do not depend on either).
+
+Layout (as ``fsslab.models.ipmt``): the class below holds the layers, ``forward`` in the numbered steps above,
+``loss`` and the G/D schedule (``loss.py``), the reference's two optimisers (D's groups in ``discriminator.py``)
+and ``TRACE_KEYS``. G is ``transformer.py``; D and the adversarial branch ``discriminator.py``; the training-free
+priors ``priors.py``; the base learner's embedding ``fast_head.py``; D on given masks ``analysis.py``; official
+checkpoints ``official.py``.
 """
 
 from __future__ import annotations
@@ -44,19 +50,15 @@ from torch import nn
 
 from fsslab.batch import Batch
 from fsslab.errors import ConfigError
-from fsslab.models.amformer.discriminator import (
-    PartDiscriminator,
-    adversarial_branch,
-    diversity_draws,
-    judge_masks,
-)
+from fsslab.models.amformer.analysis import score_masks
+from fsslab.models.amformer.discriminator import PartDiscriminator, judge_generator
 from fsslab.models.amformer.fast_head import pyramid_embedding
-from fsslab.models.amformer.loss import attention_distillation, segmentation_ce
+from fsslab.models.amformer.loss import amformer_losses, gd_objectives
 from fsslab.models.amformer.priors import foreground_similarity, gram_matrix, target_class_probability
 from fsslab.models.amformer.transformer import ObjectMiningTransformer
 from fsslab.models.backbones import frozen_stage_runner
 from fsslab.models.base import FewShotModel, OptimizerSpec
-from fsslab.models.layers import masked_average_pool
+from fsslab.models.layers import conv_relu, masked_average_pool
 from fsslab.models.output import FSSOutput
 from fsslab.models.pspnet import PSPNet, load_pspnet_weights
 
@@ -126,12 +128,9 @@ class AMFormer(FewShotModel):
         self.base_learner.requires_grad_(False)
         chans = self.base_learner.backbone.out_channels
         feat_dim = chans["layer2"] + chans["layer3"]
-        self.reduce_query = nn.Sequential(nn.Conv2d(feat_dim, hidden_dim, 1, bias=False), nn.ReLU(inplace=True),
-                                          nn.Dropout2d(0.5))
-        self.reduce_support = nn.Sequential(nn.Conv2d(feat_dim, hidden_dim, 1, bias=False), nn.ReLU(inplace=True),
-                                            nn.Dropout2d(0.5))
-        self.query_fusion = nn.Sequential(nn.Conv2d(2 * hidden_dim + 2, transformer_dim, 1, bias=False),
-                                          nn.ReLU(inplace=True))
+        self.reduce_query = conv_relu(feat_dim, hidden_dim, 1, dropout=0.5)
+        self.reduce_support = conv_relu(feat_dim, hidden_dim, 1, dropout=0.5)
+        self.query_fusion = conv_relu(2 * hidden_dim + 2, transformer_dim, 1)  # [query, prototype, 2 priors]
         self.generator = ObjectMiningTransformer(transformer_dim, tuple(transformer_heads), mining_heads,
                                                  sr_ratios=tuple(sr_ratios), mlp_ratio=mlp_ratio)
         self.discriminator = PartDiscriminator(transformer_dim, 3, parts, part_heads,
@@ -179,9 +178,8 @@ class AMFormer(FewShotModel):
         generator: AdamW (betas 0.9/0.999) - G at base_lr; reductions, query fusion, Gram and learner
         fusion (and the K-shot reweighting, commented out in the reference) at 10x.
         discriminator: Adam - part-attention weights at base_lr; part-attention biases, classifier
-        weights and biases at 10x. (``optimizer_D`` builds them with 1/2/2/4x, but the reference's
-        ``poly_learning_rate(index_split=0)`` resets every group after the first to 10x before the
-        first step, so 1/10/10/10 is what trains.)
+        weights and biases at 10x (``PartDiscriminator.optimizer_groups``: 1/10/10/10 is what the reference
+        trains, whatever its ``optimizer_D`` says).
         """
         def trainable(module: nn.Module | None) -> list[nn.Parameter]:
             return [] if module is None else [p for p in module.parameters() if p.requires_grad]
@@ -197,17 +195,9 @@ class AMFormer(FewShotModel):
                    and not n.startswith("discriminator.")]
         if missing:  # every G parameter must be optimised by exactly one group
             raise RuntimeError(f"generator parameters without an optimiser group: {missing}")
-
-        named = [(n, p) for n, p in self.discriminator.named_parameters() if p.requires_grad]
-        part = [(n, p) for n, p in named if n.startswith("part_attention.")]
-        cls = [(n, p) for n, p in named if n.startswith("classifiers.")]
-        d_groups = [{"params": [p for n, p in part if not n.endswith("bias")], "lr": base_lr},
-                    {"params": [p for n, p in part if n.endswith("bias")], "lr": head},
-                    {"params": [p for n, p in cls if n.endswith("weight")], "lr": head},
-                    {"params": [p for n, p in cls if n.endswith("bias")], "lr": head}]
         return [OptimizerSpec("generator", "adamw", g_groups, objective="generator",
                               options={"betas": (0.9, 0.999), "weight_decay": weight_decay}),
-                OptimizerSpec("discriminator", "adam", [g for g in d_groups if g["params"]],
+                OptimizerSpec("discriminator", "adam", self.discriminator.optimizer_groups(base_lr, head),
                               objective="discriminator", options={"weight_decay": weight_decay})]
 
     # ------------------------------------------------------------------ features
@@ -259,17 +249,6 @@ class AMFormer(FewShotModel):
         bg, fg = final[:, :1], final[:, 1:]
         return ((fg > REFINE_THRESHOLD) & ~(bg > fg)).to(final.dtype)
 
-    def _check_input_size(self, size: torch.Size, hw: torch.Size) -> None:
-        """Inputs too small for G's pyramid: say the minimum input size instead of torch's kernel-size error."""
-        need = self.generator.min_feature_size()
-        if min(hw) >= need:
-            return
-        stride = max(1, round(size[0] / hw[0]))  # input pixels per feature cell (8 for the dilated ResNets)
-        raise ConfigError(
-            f"AMFormer needs inputs of at least {need * stride}x{need * stride} pixels (its 1/{stride} feature map "
-            f"must be at least {need}x{need} for the transformer's pyramid), got {size[0]}x{size[1]}; raise "
-            "data.size / data.val_size")
-
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch, trace: bool = False) -> FSSOutput:
         query_img, support_imgs = batch["query_img"], batch["support_imgs"]  # (B, 3, H, W), (B, K, 3, H, W)
@@ -288,7 +267,7 @@ class AMFormer(FewShotModel):
             q["layer2"] = up(q["layer2"], q["layer3"].shape[-2:])
             s["layer2"] = up(s["layer2"], s["layer3"].shape[-2:])
         hw = q["layer3"].shape[-2:]
-        self._check_input_size(size, hw)
+        self.generator.check_input_size(size, hw)
 
         # 2. Reduced [layer3, layer2] features; support prototype by masked average pooling, mean over shots
         query_feat = self.reduce_query(torch.cat([q["layer3"], q["layer2"]], dim=1))  # (B, D, h, w)
@@ -345,20 +324,13 @@ class AMFormer(FewShotModel):
                        stage_logits=[up(x, size) for x in stage_logits], attention_weights=attn_weights)
         adversarial = None
         if "query_mask" in batch and (self.training or self.reproduce_official):
-            adversarial = self._adversarial(batch, fused_maps, final, size)
+            adversarial = judge_generator(self.discriminator, fused_maps, final, batch["query_mask"],
+                                          python_rng=self.reproduce_official)
             out.aux.update({n: v for n, v in adversarial.items() if not n.startswith(("part_maps", "d_score"))})
         if trace:
             out.trace = self._trace(init, similarity, stage_logits, masks, finals, base_logits, base_map,
                                     distance, weights, estimate, attn_weights, fused_maps, adversarial)
         return out
-
-    def _adversarial(self, batch: Batch, fused_maps: list[torch.Tensor], final: torch.Tensor,
-                     size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        real = (batch["query_mask"] == 1).to(final.dtype).unsqueeze(1)
-        real = F.interpolate(real, size=final.shape[-2:], mode="bilinear", align_corners=True)
-        parts = self.discriminator.part_attention[0].part_queries.shape[0]
-        draws = diversity_draws(len(fused_maps), parts, final.device, python_rng=self.reproduce_official)
-        return adversarial_branch(self.discriminator, fused_maps, final[:, 1:], real, draws)
 
     def _trace(self, init, similarity, stage_logits, masks, finals, base_logits, base_map, distance, weights,
                estimate, attn_weights, fused_maps, adversarial) -> dict[str, torch.Tensor]:
@@ -379,51 +351,19 @@ class AMFormer(FewShotModel):
 
     # ------------------------------------------------------------------ losses and schedule
     def loss(self, output: FSSOutput, batch: Batch) -> dict[str, torch.Tensor]:
-        """Every component; ``total`` = main + aux_weight1 * distillation + aux_weight2 * base_ce.
-
-        main = CE(final) + mean CE of G's three stage logits (the reference's ``main_loss + aux_loss1``);
-        distillation = attention distillation / 3 (its ``aux_loss1``); base_ce: base learner CE against
-        ``query_base_mask`` (its ``aux_loss2``; constant w.r.t. the trainable parameters: the base
-        learner is frozen). In training: adversarial_g, adversarial_d, diversity (each averaged
-        over D's 3 levels). ``step_objectives`` combines them as the reference's train.py.
-        """
-        target = batch["query_mask"]
-        aux = output.aux
-        final_ce = segmentation_ce(output.logits, target)
-        stage_ce = torch.stack([segmentation_ce(x, target) for x in aux["stage_logits"]]).mean()
-        weights = aux["attention_weights"]
-        losses = {"final_ce": final_ce, "stage_ce": stage_ce, "main": final_ce + stage_ce,
-                  "distillation": attention_distillation(target, weights) / len(weights)}
-        if "query_base_mask" in batch:
-            losses["base_ce"] = segmentation_ce(aux["base_logits"], batch["query_base_mask"])
-        else:
-            losses["base_ce"] = output.logits.new_zeros(())
-        for name in ("adversarial_g", "adversarial_d", "diversity"):
-            if name in aux:
-                losses[name] = aux[name]
-        losses["total"] = losses["main"] + self.aux_weight1 * losses["distillation"] + \
-            self.aux_weight2 * losses["base_ce"]
-        return losses
+        """Every component; ``total`` = main + aux_weight1 * distillation + aux_weight2 * base_ce (what each term
+        is: ``loss.amformer_losses``). ``step_objectives`` combines them as the reference's train.py."""
+        return amformer_losses(output.logits, output.aux, batch["query_mask"], batch.get("query_base_mask"),
+                               self.aux_weight1, self.aux_weight2)
 
     def step_objectives(self, losses: dict[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
-        """train.py's schedule; ``iteration`` is the batch index (the reference uses the index within the epoch).
-
-        Even iterations step G: ``total + 1e-9 * adversarial_g``, except every ``adversarial_period``-th
-        (``iteration % 5 == 4``) where the adversarial weight is 0.1 if ``adversarial_g <= 11`` and
-        nothing is stepped otherwise. Odd iterations step D: ``adversarial_d + 0.01 * diversity``.
-        """
-        if "adversarial_g" not in losses:  # no adversarial branch (e.g. eval): plain segmentation step
-            return {"generator": losses["total"]}
-        if iteration % 2 == 1:
-            return {"discriminator": losses["adversarial_d"] + self.diversity_weight * losses["diversity"]}
-        if iteration % self.adversarial_period != self.adversarial_period - 1:
-            return {"generator": losses["total"] + 1e-9 * losses["adversarial_g"]}
-        if float(losses["adversarial_g"].detach()) <= self.adversarial_max_loss:
-            return {"generator": losses["total"] + self.adversarial_weight * losses["adversarial_g"]}
-        return {}
+        """train.py's G/D schedule (``loss.gd_objectives``); ``iteration`` is the batch index (the reference uses
+        the index within the epoch): even iterations step G, odd ones D, every ``adversarial_period``-th G step
+        weighs in the adversarial loss (or steps nothing when it exceeds ``adversarial_max_loss``)."""
+        return gd_objectives(losses, iteration, self.adversarial_period, self.adversarial_weight,
+                             self.adversarial_max_loss, self.diversity_weight)
 
     # ------------------------------------------------------------------ analysis
-    @torch.no_grad()
     def discriminator_scores(self, features_or_batch: Mapping[str, torch.Tensor] | torch.Tensor,
                              masks: torch.Tensor) -> dict[str, torch.Tensor]:
         """How D judges arbitrary foreground masks for an episode (eval-safe: no grads, no dropout).
@@ -431,16 +371,6 @@ class AMFormer(FewShotModel):
         features_or_batch: an episode batch (G runs on it; ``query_mask`` is not read) or G's fused
         maps [B,3,C,h,w] (trace ``fused_features``). masks: [B,H,W] or [B,M,H,W] soft/binary masks at
         any resolution (bilinearly resized to the feature size). Returns ``score`` [B,M,3] (D's P(real)
-        averaged over parts), ``part_scores`` [B,M,3,N] and ``part_maps`` [B,M,3,N,h,w].
+        averaged over parts), ``part_scores`` [B,M,3,N] and ``part_maps`` [B,M,3,N,h,w] (``analysis.score_masks``).
         """
-        was_training = self.training
-        self.eval()
-        try:
-            if isinstance(features_or_batch, Mapping):
-                episode = {k: v for k, v in features_or_batch.items() if k != "query_mask"}
-                features = self.forward(episode, trace=True).trace["fused_features"]
-            else:
-                features = features_or_batch
-            return judge_masks(self.discriminator, features, masks.unsqueeze(1) if masks.dim() == 3 else masks)
-        finally:
-            self.train(was_training)
+        return score_masks(self, features_or_batch, masks)

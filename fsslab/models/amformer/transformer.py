@@ -220,6 +220,18 @@ class ObjectMiningTransformer(nn.Module):
                 return side
         raise AssertionError("no feature size fits the pyramid")  # unreachable for sane geometries
 
+    def check_input_size(self, size: tuple[int, int], hw: tuple[int, int]) -> None:
+        """Inputs (``size``) whose feature map (``hw``) is too small for the pyramid: say the minimum input size
+        instead of torch's kernel-size error."""
+        need = self.min_feature_size()
+        if min(hw) >= need:
+            return
+        stride = max(1, round(size[0] / hw[0]))  # input pixels per feature cell (8 for the dilated ResNets)
+        raise ConfigError(
+            f"AMFormer needs inputs of at least {need * stride}x{need * stride} pixels (its 1/{stride} feature map "
+            f"must be at least {need}x{need} for the transformer's pyramid), got {size[0]}x{size[1]}; raise "
+            "data.size / data.val_size")
+
     def encode(self, feat: torch.Tensor) -> list[torch.Tensor]:
         """[B,C,h,w] -> pyramid coarse to fine: [[B,C,h/4,w/4], [B,C,h/2,w/2], [B,C,h,w]] (ceil sizes)."""
         pyramid = []

@@ -15,7 +15,7 @@ from fsslab.models.backbones import build_backbone, frozen_stage_runner
 from fsslab.models.base import FewShotModel, OptimizerSpec
 from fsslab.models.ipmt.loss import ipmt_losses
 from fsslab.models.ipmt.transformer import MASKED_LOGIT, IPMTransformer, mask_to_bias
-from fsslab.models.layers import masked_average_pool, prior_mask
+from fsslab.models.layers import conv_relu, masked_average_pool, prior_mask
 from fsslab.models.output import FSSOutput
 
 # name -> "shape: meaning" of every entry of ``FSSOutput.trace`` (h, w: feature size = input/8;
@@ -40,13 +40,6 @@ TRACE_KEYS: dict[str, str] = {
     "sampling_locations": "[L,B,h*w,M,1,P,2]: deformable sampling points (x, y in [0,1]) of each query layer",
     "sampling_weights": "[L,B,h*w,M,1,P]: deformable attention weights (softmax over P)",
 }
-
-
-def _conv_relu(cin: int, cout: int, kernel: int, dropout: float = 0.0) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.ReLU(inplace=True)]
-    if dropout:
-        layers.append(nn.Dropout2d(dropout))
-    return nn.Sequential(*layers)
 
 
 def _two_convs(dims: int) -> nn.Sequential:
@@ -109,14 +102,14 @@ class IPMT(FewShotModel):
         self.backbone.requires_grad_(False)
         channels = self.backbone.out_channels
         mid = channels["layer2"] + channels["layer3"]
-        self.support_reduce = _conv_relu(mid, hidden_dim, 1, dropout=0.5)
-        self.query_reduce = _conv_relu(mid, hidden_dim, 1, dropout=0.5)
-        self.query_merge = _conv_relu(2 * hidden_dim + 1, hidden_dim, 1)  # [query, prototype, prior]
-        self.support_merge = _conv_relu(2 * hidden_dim, hidden_dim, 1)  # [support, its prototype]
+        self.support_reduce = conv_relu(mid, hidden_dim, 1, dropout=0.5)
+        self.query_reduce = conv_relu(mid, hidden_dim, 1, dropout=0.5)
+        self.query_merge = conv_relu(2 * hidden_dim + 1, hidden_dim, 1)  # [query, prototype, prior]
+        self.support_merge = conv_relu(2 * hidden_dim, hidden_dim, 1)  # [support, its prototype]
         self.query_residual = _two_convs(hidden_dim)
         self.initial_classifier = _classifier(hidden_dim)
         self.transformer = IPMTransformer(hidden_dim, num_layers, num_heads, deform_points, dropout)
-        self.fusion_reduce = _conv_relu(hidden_dim, hidden_dim, 1)
+        self.fusion_reduce = conv_relu(hidden_dim, hidden_dim, 1)
         self.fusion_residual = _two_convs(hidden_dim)
         self.classifier = _classifier(hidden_dim)
 

@@ -1,0 +1,41 @@
+"""fsslab.bench's model configs: which models get the benchmarked shot is asked of the models themselves."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from fsslab import bench, models
+from fsslab.errors import ConfigError
+
+
+class ShotTakingToy(nn.Module):
+    """A model registered only by this test: its constructor takes ``shot``, and nothing in bench.py names it."""
+
+    def __init__(self, shot: int = 1, width: int = 4) -> None:
+        super().__init__()
+        self.shot, self.width = shot, width
+
+
+@pytest.mark.parametrize("name", bench.MODELS)
+def test_shot_goes_to_exactly_the_models_whose_constructor_takes_it(name):
+    cfg = bench.model_config(name, "tiny", shots=5, mode="forward", overrides={})
+    takes_shot = "shot" in models.model_options(name)
+    assert takes_shot == (name in ("ipmt", "amformer"))  # today's shot-aware models, from their signatures
+    assert cfg.get("shot") == (5 if takes_shot else None)
+    models.build_model(cfg)  # every option it passes is one the constructor takes
+
+
+def test_a_new_model_needs_no_entry_in_bench_to_get_its_shot(monkeypatch):
+    monkeypatch.setitem(models.MODEL_REGISTRY, "shot_toy", f"{__name__}:ShotTakingToy")
+    monkeypatch.setitem(bench.SETTINGS["tiny"], "shot_toy", {"width": 2})
+    cfg = bench.model_config("shot_toy", "tiny", shots=3, mode="forward", overrides={})
+    assert cfg == {"name": "shot_toy", "width": 2, "shot": 3}
+    assert models.build_model(cfg).shot == 3
+
+
+def test_model_options_are_the_constructor_parameters():
+    assert models.model_options("oracle") == []
+    assert models.model_options("amformer")[:4] == ["backbone", "pretrained", "n_base_classes", "shot"]
+    with pytest.raises(ConfigError, match="unknown model 'nope'; valid models"):
+        models.model_options("nope")
