@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from fsslab.batch import IGNORE_INDEX
@@ -21,7 +20,7 @@ from fsslab.data.episode_options import EpisodeOptions, merge_options
 from fsslab.data.episode_sampler import Episode, EpisodeSampler, small_classes
 from fsslab.data.episode_stats import EpisodeStats, stats_line
 from fsslab.data.eval_protocols import get_protocol
-from fsslab.data.io import DatasetError, read_pair
+from fsslab.data.io import DatasetError, image_size, read_pair
 from fsslab.data.lists import TRAINING_SPLITS, FoldIndex, base_label_table, build_fold_index
 from fsslab.data.transforms import TrainAugment, normalize
 from fsslab.data.weak import weak_label
@@ -36,16 +35,6 @@ def _binary_target(label: np.ndarray, class_id: int) -> np.ndarray:
     out = (label == class_id).astype(np.uint8)
     out[label == IGNORE_INDEX] = IGNORE_INDEX
     return out
-
-
-def _label_size(path: Path) -> tuple[int, int]:
-    """(h, w) of a label image from its header, without decoding it."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read the label {path}: {exc}") from exc
-    return height, width
 
 
 class EpisodicDataset(Dataset):
@@ -149,7 +138,7 @@ class EpisodicDataset(Dataset):
 
     def _label_canvas(self) -> tuple[int, int]:
         """Largest label height and width among the episodes' queries (PNG headers only)."""
-        sizes = [_label_size(self.root / self.index.items[item][1]) for item in {e.query for e in self.episodes}]
+        sizes = [image_size(self.root / self.index.items[item][1], "label") for item in {e.query for e in self.episodes}]
         return max(h for h, _ in sizes), max(w for _, w in sizes)
 
     # ----- hooks of datasets in another layout (fsslab.data.folder: FSS-1000, class folders) -----------
