@@ -94,6 +94,8 @@ def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: i
         changes["model.params.pretrained"] = str(stage1)
     if quick:
         changes.update(QUICK_CHANGES)
+        if shipped.data.train_data == "base":  # BAM BaseData (stage 1) has no episodes: nothing to exclude
+            del changes["data.params.on_small_class"]
     return load_config(f"synthetic/{name}", list(overrides), changes=changes)  # the overrides win
 
 

@@ -49,6 +49,13 @@ def test_quick_and_full_configs(root):
     assert full.model.init_checkpoint == str(top / "runs/synthetic/backbone_pretrain_tiny_fold0/latest.pt")
     stage1 = notebook_config("pspnet_base_tiny", quick=True, data_root=root)
     assert stage1.model.init_checkpoint == str(top / "runs/notebooks_quick/backbone_pretrain_tiny_fold0/latest.pt")
+    # stage 1 trains on BAM's BaseData, which has no episodes and refuses episode options; the others exclude
+    # the quick benchmark's small classes from their episodes
+    assert stage1.data.train_data == "base" and "on_small_class" not in stage1.data.params
+    assert quick.data.params["on_small_class"] == "exclude"
+    from fsslab.engine import build_train_set
+
+    assert len(build_train_set(stage1)) > 0
     assert run_name("ipmt_tiny", 5) == "ipmt_tiny_fold0_5shot"
 
 
