@@ -179,7 +179,7 @@ def evaluate_seed(
         accumulator.update(pred, target, batch["class_id"])
         base_objects = base_object_mask(batch)
         if base_objects is not None:
-            base_counter.update(logits, batch)
+            base_counter.update(logits, batch, base_objects)
             pred, target = logits_at_label_resolution(suppress_base_objects(logits, base_objects), batch)
             without_base.update(pred, target, batch["class_id"])
     model.train(was_training)

@@ -106,15 +106,18 @@ class BaseObjectCounter:
     def __init__(self) -> None:
         self.counts = torch.zeros(3, dtype=torch.float64)  # predicted fg, fg on base objects, annotated samples
 
-    def update(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        base_objects = base_object_mask(batch)
+    def update(self, logits: torch.Tensor, batch: dict[str, torch.Tensor],
+               base_objects: torch.Tensor | None = None) -> None:
+        """Add a batch; ``base_objects``: ``base_object_mask(batch)`` when the caller has it already."""
+        base_objects = base_object_mask(batch) if base_objects is None else base_objects
         if base_objects is None:
             return
         if base_objects.shape[-2:] != logits.shape[-2:]:
             logits = F.interpolate(logits.float(), size=base_objects.shape[-2:], mode="bilinear", align_corners=True)
-        valid = batch["query_mask"].to(logits.device) != IGNORE_INDEX
+        annotated = (batch["query_base_mask"] != IGNORE_INDEX).flatten(1).any(1).to(logits.device)  # [B]
+        # only samples with a base annotation count: an all-255 one cannot say where its base objects are
+        valid = (batch["query_mask"].to(logits.device) != IGNORE_INDEX) & annotated[:, None, None]
         foreground = (logits.argmax(1) == 1) & valid
-        annotated = (batch["query_base_mask"] != IGNORE_INDEX).flatten(1).any(1)
         self.counts += torch.tensor([float(foreground.sum()), float((foreground & base_objects.to(logits.device)).sum()),
                                      float(annotated.sum())], dtype=torch.float64)
 
