@@ -20,6 +20,7 @@ from fsslab.data.classes import Benchmark
 from fsslab.data.io import read_pair
 from fsslab.data.lists import base_label_table, default_list_path, read_list
 from fsslab.data.transforms import TrainAugment, normalize
+from fsslab.errors import ConfigError
 
 
 class BaseClassDataset(Dataset):
@@ -33,13 +34,23 @@ class BaseClassDataset(Dataset):
 
     def __init__(self, root: str | Path, benchmark: Benchmark, split: str = "train", fold: int = 0, *,
                  size: int = 473, augmentation: TrainAugment | dict | None = None,
-                 list_path: str | Path | None = None) -> None:  # fmt: skip
+                 list_path: str | Path | None = None, base_label: str = "base",
+                 n_label_classes: int | None = None) -> None:  # fmt: skip
+        if base_label not in ("base", "all"):
+            raise ConfigError(f"base_label must be 'base' (BAM: novel classes as background) or 'all' (every class "
+                              f"keeps its id: a pretraining corpus), got {base_label!r}")
         self.root, self.benchmark, self.split, self.fold = Path(root), benchmark, split, fold
+        self.base_label = base_label
+        # ids the labels may hold: the benchmark's, or a pretraining corpus's own (a procedural synthetic split)
+        self.n_label_classes = n_label_classes or benchmark.n_classes
         self.items = read_list(list_path or default_list_path(self.root, split), self.root)
         if isinstance(augmentation, dict):
             augmentation = TrainAugment.from_options(size, augmentation)
         self.augmentation = augmentation or TrainAugment(size=size)
-        self.base_table = base_label_table(benchmark, fold)
+        if base_label == "all":
+            self.base_table = np.arange(256, dtype=np.uint8)  # every id kept, 255 stays
+        else:
+            self.base_table = base_label_table(benchmark, fold)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -47,8 +58,8 @@ class BaseClassDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
         image_rel, label_rel = self.items[index]
-        image, label = read_pair(self.root / image_rel, self.root / label_rel, self.benchmark.n_classes)
-        base = self.base_table[label]  # novel → 0, base → 1..n_base, 255 stays
+        image, label = read_pair(self.root / image_rel, self.root / label_rel, self.n_label_classes)
+        base = self.base_table[label]  # novel → 0, base → 1..n_base, 255 stays (base_label "all": unchanged)
         foreground = np.where(base == IGNORE_INDEX, IGNORE_INDEX, base > 0).astype(np.uint8)
         image, (foreground, base), padding, _ = self.augmentation(image, [foreground, base], rng)
         return {
@@ -59,6 +70,9 @@ class BaseClassDataset(Dataset):
         }
 
     def describe(self) -> str:
+        if self.base_label == "all":
+            return (f"{self.benchmark.name} {self.split}: {len(self)} images, every class id kept "
+                    f"({self.n_label_classes} classes)")
         return (f"{self.benchmark.name} {self.split} fold {self.fold}: {len(self)} images with base annotations "
                 "(BAM BaseData: whole list, novel classes as background)")  # fmt: skip
 

@@ -90,7 +90,7 @@ def _write_sample(task: tuple[str, dict[str, Any], str, int]) -> tuple[str, list
         raise RuntimeError(f"cv2 could not encode synthetic sample {name}")
     (Path(root) / "JPEGImages" / f"{name}.jpg").write_bytes(jpg.tobytes())
     (Path(root) / "SegmentationClassAug" / f"{name}.png").write_bytes(png.tobytes())
-    class_pixels = np.bincount(label.ravel(), minlength=256)[1 : N_CLASSES + 1]
+    class_pixels = np.bincount(label.ravel(), minlength=256)[1 : config.label_classes(split) + 1]
     return name, class_pixels.tolist()
 
 
@@ -141,7 +141,7 @@ def generate_synthetic(
         (root / "lists" / f"{split}.txt").write_text(
             "".join(f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n" for name, _ in results)
         )
-        pixels = np.asarray([p for _, p in results], dtype=np.int64).reshape(n, N_CLASSES)
+        pixels = np.asarray([p for _, p in results], dtype=np.int64).reshape(n, config.label_classes(split))
         counts[split] = {
             "images": (pixels > 0).sum(0).tolist(),
             "qualifying": (pixels >= MIN_AREA).sum(0).tolist(),
@@ -219,7 +219,8 @@ def _coverage_warnings(counts: dict[str, dict[str, list[int]]], minimum: int = 6
     """Classes with fewer qualifying images than a 5-shot episode needs (5 supports + 1 query)."""
     out = []
     for split, per in counts.items():
-        low = [f"{CLASS_NAMES[c]}={n}" for c, n in enumerate(per["qualifying"]) if n < minimum]
+        names = CLASS_NAMES if len(per["qualifying"]) == N_CLASSES else [f"procedural{c + 1}" for c in range(len(per["qualifying"]))]
+        low = [f"{names[c]}={n}" for c, n in enumerate(per["qualifying"]) if n < minimum]
         if low:
             out.append(
                 f"{split}: classes with < {minimum} images above the {MIN_AREA}-px rule: {', '.join(low)}"

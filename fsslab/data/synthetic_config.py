@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from fsslab.data.synthetic_procedural import MAX_PROCEDURAL_CLASSES
 from fsslab.data.synthetic_shapes import CLASS_NAMES
 from fsslab.errors import ConfigError
 
@@ -27,6 +28,10 @@ class SyntheticConfig:
     # images of a third split, "pretrain", that no episode uses: the corpus on which a backbone learns every
     # class before few-shot training (the synthetic ImageNet; configs/synthetic/backbone_pretrain_tiny.yaml)
     n_pretrain: int = 0
+    # 0: the pretrain split holds the benchmark's 20 classes (as ImageNet holds PASCAL's); N > 0: N procedural
+    # shape classes disjoint from them, ids 1..N in its labels (synthetic_procedural), so that the backbone
+    # learns generic shape features and meets the benchmark's classes only in episodes
+    pretrain_classes: int = 0
     min_size: int = 128
     max_size: int = 160
     # shape and clutter defaults calibrated for a 2-core CPU budget (a backbone learns them in minutes); the
@@ -78,6 +83,11 @@ class SyntheticConfig:
             problems.append(f"placement must be 'random' or 'spread', got {self.placement!r}")
         if self.distinct_classes and self.max_objects > N_CLASSES:
             problems.append(f"distinct_classes allows at most {N_CLASSES} objects, got max_objects {self.max_objects}")
+        if not 0 <= self.pretrain_classes <= MAX_PROCEDURAL_CLASSES:
+            problems.append(f"pretrain_classes must be in 0..{MAX_PROCEDURAL_CLASSES}, got {self.pretrain_classes}")
+        elif self.pretrain_classes and self.distinct_classes and self.max_objects > self.pretrain_classes:
+            problems.append(f"distinct_classes allows at most pretrain_classes={self.pretrain_classes} objects per "
+                            f"pretraining image, got max_objects {self.max_objects}")
         if not 1 <= self.jpeg_quality <= 100:
             problems.append(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if problems:
@@ -112,6 +122,10 @@ class SyntheticConfig:
         """(split, number of images) of every written split; "pretrain" only when n_pretrain > 0."""
         sizes = [("train", self.n_train), ("val", self.n_val), ("pretrain", self.n_pretrain)]
         return [(split, n) for split, n in sizes if split != "pretrain" or n > 0]
+
+    def label_classes(self, split: str) -> int:
+        """How many class ids the labels of ``split`` use: 20, or ``pretrain_classes`` for a procedural pretrain split."""
+        return self.pretrain_classes if split == "pretrain" and self.pretrain_classes else N_CLASSES
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -168,7 +182,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Knobs added within a generator version, with the value that reproduces the earlier output exactly.
 _ADDED_KNOB_DEFAULTS: dict[str, Any] = {"min_objects": 1, "class_appearance": 0.0, "n_pretrain": 0,
-                                        "distinct_classes": False, "placement": "random"}
+                                        "distinct_classes": False, "placement": "random", "pretrain_classes": 0}
 
 
 __all__ = ["CALIBRATED", "N_CLASSES", "PRESETS", "SPLITS", "SyntheticConfig"]

@@ -7,6 +7,7 @@ import numpy as np
 
 from fsslab.batch import IGNORE_INDEX
 from fsslab.data.synthetic_config import N_CLASSES, SPLITS, SyntheticConfig
+from fsslab.data.synthetic_procedural import procedural_parts, procedural_unit_area
 from fsslab.data.synthetic_shapes import SHAPE_FAMILIES, UNIT_AREAS, Pose, distractor_parts, rasterize
 from fsslab.data.synthetic_textures import background, finish, material, typical_material
 
@@ -91,7 +92,8 @@ def boundary_band(instances: np.ndarray, width: int) -> np.ndarray:
 
 
 def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image and its label: ([H, W, 3] uint8 RGB, [H, W] uint8 with 0 bg, 1..20, 255 band)."""
+    """One image and its label: ([H, W, 3] uint8 RGB, [H, W] uint8 with 0 bg, 1..20, 255 band; a procedural
+    pretrain split, ``pretrain_classes`` N > 0, labels its classes 1..N)."""
     rng = _sample_rng(config.seed, split, index)
     shape = (
         int(rng.integers(config.min_size, config.max_size + 1)),
@@ -104,10 +106,12 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
     n_objects = int(rng.integers(config.min_objects, config.max_objects + 1))
     n_distractors = int(rng.integers(0, config.distractors + 1))
     # Distractors are interleaved with objects so that some of them occlude objects.
+    n_classes = config.label_classes(split)
+    procedural = split == "pretrain" and config.pretrain_classes > 0
     if config.distinct_classes:
-        classes = rng.choice(N_CLASSES, n_objects, replace=False) + 1
+        classes = rng.choice(n_classes, n_objects, replace=False) + 1
     else:
-        classes = rng.integers(1, N_CLASSES + 1, n_objects)
+        classes = rng.integers(1, n_classes + 1, n_objects)
     layers = [("object", int(c)) for c in classes]
     centres = iter(_spread_centres(rng, n_objects)) if config.placement == "spread" else None
     for _ in range(n_distractors):
@@ -116,11 +120,19 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
     d = config.diversity
     for layer_index, (kind, class_id) in enumerate(layers, start=1):
         if kind == "object":
-            parts = SHAPE_FAMILIES[class_id - 1][1](lambda: float(rng.uniform(-1.0, 1.0)) * d)
+            def jitter() -> float:
+                return float(rng.uniform(-1.0, 1.0)) * d
+
+            if procedural:  # appearance ids after the benchmark's: no procedural class wears a benchmark class's look
+                parts, unit_area = procedural_parts(class_id, jitter), procedural_unit_area(class_id)
+                appearance_id = N_CLASSES + class_id
+            else:
+                parts, unit_area = SHAPE_FAMILIES[class_id - 1][1](jitter), UNIT_AREAS[class_id - 1]
+                appearance_id = class_id
             centre = next(centres) if centres is not None else None
-            pose = _object_pose(rng, config, UNIT_AREAS[class_id - 1], shape, centre)
+            pose = _object_pose(rng, config, unit_area, shape, centre)
             mask = rasterize(parts, pose, shape, 0.12 * d, rng)
-            _paint(image, mask, rng, config, bool(rng.random() < config.outline_prob), class_id)
+            _paint(image, mask, rng, config, bool(rng.random() < config.outline_prob), appearance_id)
             inside = mask.astype(bool)
             label[inside], instances[inside] = class_id, layer_index  # later layers occlude earlier ones
         else:

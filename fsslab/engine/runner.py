@@ -93,11 +93,16 @@ def build_train_set(cfg: RunConfig) -> Any:
         from fsslab.data.base_data import BaseClassDataset
         from fsslab.data.classes import get_benchmark
 
-        unsupported = sorted(set(cfg.data.params) - {"augmentation", "list_path"})
+        unsupported = sorted(set(cfg.data.params) - {"augmentation", "list_path", "base_label"})
         if unsupported:
             raise ConfigError(f"data.params {unsupported} do not apply to data.train_data=base (BAM BaseData: every "
-                              "image of the list, no episodes); it takes only augmentation and list_path")
+                              "image of the list, no episodes); it takes only augmentation, list_path and base_label")
         options, _ = dataset_options(cfg, cfg.data.train_split)
+        n_label_classes = None
+        if cfg.data.dataset == "synthetic" and cfg.data.synthetic:  # a procedural pretrain split has its own ids
+            from fsslab.data.synthetic_config import SyntheticConfig
+
+            n_label_classes = SyntheticConfig.from_dict(dict(cfg.data.synthetic)).label_classes(cfg.data.train_split)
         return BaseClassDataset(
             cfg.data.root,
             get_benchmark(cfg.data.dataset, cfg.data.root, cfg.data.coco_split),
@@ -106,6 +111,8 @@ def build_train_set(cfg: RunConfig) -> Any:
             size=options.size,
             augmentation=options.augmentation,
             list_path=options.list_path,
+            base_label=options.base_label or "base",
+            n_label_classes=n_label_classes,
         )
     options, own = dataset_options(cfg, cfg.data.train_split)
     return build_dataset(

@@ -23,6 +23,7 @@ from fsslab.data.synthetic import (
     write_synthetic_if_missing,
 )
 from fsslab.data.synthetic_textures import TEXTURES, class_signature
+from fsslab.errors import DatasetError
 
 TINY = {"n_train": 40, "n_val": 12, "min_size": 96, "max_size": 112}
 
@@ -87,6 +88,43 @@ def test_pretrain_split_is_a_separate_training_corpus(tmp_path):
     assert set(torch.unique(sample["query_base_mask"]).tolist()) <= set(range(21)) | {255}
     with pytest.raises(ValueError, match="n_pretrain must be >= 0"):
         SyntheticConfig(n_pretrain=-1)
+
+
+def test_procedural_pretrain_classes_are_their_own_ids_and_leave_the_benchmark_unchanged(tmp_path):
+    from fsslab.data.base_data import BaseClassDataset
+    from fsslab.data.classes import synthetic_benchmark
+    from fsslab.data.synthetic_procedural import procedural_parts
+
+    config = SyntheticConfig(seed=2, n_train=8, n_val=4, n_pretrain=30, min_size=96, max_size=96, max_objects=3,
+                             distinct_classes=True, class_appearance=0.8, pretrain_classes=50)
+    summary = write_synthetic_if_missing(tmp_path, config, workers=0)
+    assert len(summary["class_counts"]["pretrain"]["images"]) == 50  # counted over the corpus's own classes
+    ids = set()
+    for label in _labels(tmp_path, "pretrain"):
+        ids |= set(np.unique(label).tolist())
+    assert ids - {0, 255} and max(ids - {255}) <= 50 and len(ids - {0, 255}) > 20  # beyond the benchmark's 20
+    # the episodes' splits are those of the same config without procedural classes, byte for byte
+    plain = SyntheticConfig.from_dict({**config.to_dict(), "pretrain_classes": 0})
+    for split in ("train", "val"):
+        assert all(np.array_equal(a, b) for a, b in zip(render_sample(plain, split, 1), render_sample(config, split, 1),
+                                                        strict=True))
+    assert not np.array_equal(render_sample(plain, "pretrain", 1)[1], render_sample(config, "pretrain", 1)[1])
+    # a class is its id: the same canonical parts whatever the seed, different parts for another id
+    canonical = [procedural_parts(c, lambda: 0.0)[0][1] for c in (7, 7, 8)]
+    assert np.array_equal(canonical[0], canonical[1]) and not np.array_equal(canonical[0], canonical[2])
+    # stage-1 style reading with every id kept (base_label "all"); the benchmark's own 20 ids would reject them
+    corpus = BaseClassDataset(tmp_path, synthetic_benchmark(tmp_path), "pretrain", size=64, base_label="all",
+                              n_label_classes=50)
+    seen = set()
+    for i in range(len(corpus)):
+        seen |= set(torch.unique(corpus[i]["query_base_mask"]).tolist())
+    assert max(seen - {255}) > 20 and seen <= set(range(51)) | {255}
+    with pytest.raises(DatasetError, match="pretrain"):
+        BaseClassDataset(tmp_path, synthetic_benchmark(tmp_path), "pretrain", size=64, base_label="all")[0]
+    with pytest.raises(ValueError, match="pretrain_classes must be in 0..200"):
+        SyntheticConfig(pretrain_classes=300)
+    with pytest.raises(ValueError, match="base_label must be"):
+        BaseClassDataset(tmp_path, synthetic_benchmark(tmp_path), "pretrain", base_label="novel")
 
 
 def test_label_values_and_boundary_bands(tiny_root):
