@@ -163,14 +163,15 @@ _SEVERAL_CLASSES: dict[str, Any] = {"min_objects": 2, "max_objects": 3, "distinc
                                     "placement": "spread", "object_scale": (0.33, 0.5)}
 # Difficulty presets. "default" is the benchmark the shipped configs, zoo and notebooks use: 2-3 objects of
 # different classes per image, 80% of them in their class's typical appearance (the other 20% in random colours:
-# appearance hints, the shape decides for them), shape diversity 0.3, so that a CPU-length pretraining learns
-# the classes (step 5 of the calibration). "multi" is the same layout with appearance 0.5 (step 4); "salient"
-# the previous default (1-2 objects, other classes included: rewards a salient-object segmenter); "easy" nearly
-# a pure shape-matching task; "medium" (1-4 objects, distractors, more appearance spread and clutter) and "hard"
-# need far more training than a CPU run affords.
+# appearance hints, the shape decides for them), shape diversity 0.3 (step 5 of the calibration), and a pretrain
+# split of 100 procedural shape classes disjoint from the benchmark's, so that the backbone has never seen a
+# benchmark class and a prototype of its features is a weak few-shot learner (step 8). "multi" is the same
+# layout with appearance 0.5 (step 4); "salient" the previous default (1-2 objects, other classes included:
+# rewards a salient-object segmenter); "easy" nearly a pure shape-matching task; "medium" (1-4 objects,
+# distractors, more appearance spread and clutter) and "hard" need far more training than a CPU run affords.
 PRESETS: dict[str, dict[str, Any]] = {
     "easy": {**CALIBRATED, "diversity": 0.2, "clutter": 0.1, "max_objects": 1, "outline_prob": 0.0},
-    "default": {**CALIBRATED, **_SEVERAL_CLASSES, "class_appearance": 0.8, "diversity": 0.3},
+    "default": {**CALIBRATED, **_SEVERAL_CLASSES, "class_appearance": 0.8, "diversity": 0.3, "pretrain_classes": 100},
     "salient": dict(CALIBRATED),
     "medium": {**CALIBRATED, "diversity": 0.8, "clutter": 0.5, "max_objects": 4, "distractors": 2,
                "outline_prob": 0.3},

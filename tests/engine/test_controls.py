@@ -111,24 +111,26 @@ def test_control_separates_support_driven_from_support_blind_models(root):
     assert copy_mismatched != copy_matched
 
 
-def test_backbone_pretrain_config_reads_the_pretrain_split_with_every_class(synthetic_root_factory):
+def test_backbone_pretrain_config_reads_the_procedural_pretrain_split_with_every_class(synthetic_root_factory):
+    from fsslab.data.base_data import BaseClassDataset
     from fsslab.engine.runner import build_train_set
 
-    knobs = {**KNOBS, "n_pretrain": 30}
+    knobs = {**KNOBS, "n_pretrain": 30, "pretrain_classes": 40}
     root = synthetic_root_factory(knobs)
     cfg = load_config(
         "synthetic/backbone_pretrain_tiny",
-        [f"data.root={root}", "data.size=64", "data.params.on_small_class=exclude"]
+        [f"data.root={root}", "data.size=64"]
         + ["data.synthetic={" + ", ".join(f"{k}: {v}" for k, v in knobs.items()) + "}"],
     )
-    assert cfg.data.train_split == "pretrain" and cfg.model.params["n_classes"] == 21
+    assert cfg.data.train_split == "pretrain" and cfg.model.params["n_classes"] == 101
+    assert cfg.data.synthetic["pretrain_classes"] == 40
     corpus = build_train_set(cfg)
-    assert corpus.split == "pretrain" and corpus.training
+    assert isinstance(corpus, BaseClassDataset) and corpus.split == "pretrain" and corpus.n_label_classes == 40
     pretrain_names = {line.split()[0] for line in (root / "lists" / "pretrain.txt").read_text().splitlines()}
-    assert {corpus.index.items[i][0] for i in corpus.query_items} <= pretrain_names
+    assert {image for image, _ in corpus.items} == pretrain_names  # the whole list, no episode sampling
     torch.manual_seed(0)
-    labels = torch.cat([corpus[i]["query_base_mask"].flatten() for i in range(6)])
-    assert labels[labels != 255].max() <= 20 and len(set(labels.tolist()) - {0, 255}) >= 1
+    labels = torch.cat([corpus[i]["query_base_mask"].flatten() for i in range(len(corpus))])
+    assert labels[labels != 255].max() <= 40 and labels[labels != 255].max() > 20  # the corpus's own ids
 
 
 def test_base_class_analysis_through_the_evaluation_path(root):
