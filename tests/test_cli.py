@@ -134,6 +134,28 @@ def test_prerequisite_is_trained_first_once(tmp_path, toy_world, capsys):
     assert not (tmp_path / "s1_2").exists() and "training the prerequisite" not in capsys.readouterr().out
 
 
+def test_a_finished_prerequisite_is_not_retrained_from_its_own_chain(tmp_path, toy_world, capsys):
+    # pretraining -> stage 1 -> stage 2; fold 1's stage 1 started from fold 0's pretraining (as the synthetic
+    # chain does): stage 2 of fold 1 must not train a fold-1 pretraining that nothing reads
+    common = "data: {dataset: synthetic, root: unused, batch_size: 2, workers: 0}\n"
+    train = "log_every: 1, tensorboard: false, progress: false, device: cpu, validate: false"
+    (tmp_path / "pre.yaml").write_text(
+        common + f"model: {{name: toy}}\ntrain: {{iterations: 2, {train}, out_dir: '{tmp_path}/pre_{{fold}}'}}\n")
+    (tmp_path / "stage1.yaml").write_text(
+        common + f"model: {{name: toy, init_checkpoint: '{tmp_path}/pre_{{fold}}/latest.pt', init_prefix: encoder., "
+        f"prerequisite: '{tmp_path}/pre.yaml'}}\ntrain: {{iterations: 2, {train}, out_dir: '{tmp_path}/s1_{{fold}}'}}\n")
+    (tmp_path / "stage2.yaml").write_text(
+        common + f"model: {{name: toy, init_checkpoint: '{tmp_path}/s1_{{fold}}/latest.pt', init_prefix: encoder., "
+        f"prerequisite: '{tmp_path}/stage1.yaml'}}\ntrain: {{iterations: 1, {train}, out_dir: '{tmp_path}/s2'}}\n")
+    assert main(["train", str(tmp_path / "pre.yaml")]) == 0
+    assert main(["train", str(tmp_path / "stage1.yaml"), "data.fold=1",
+                 f"model.init_checkpoint={tmp_path}/pre_0/latest.pt"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "stage2.yaml"), "data.fold=1", "--with-prerequisites"]) == 0
+    assert not (tmp_path / "pre_1").exists() and "training the prerequisite" not in capsys.readouterr().out
+    assert (tmp_path / "s2" / "latest.pt").is_file()
+
+
 def test_train_resume_eval_end_to_end(tmp_path, toy_world, capsys):
     config = tmp_path / "toy.yaml"
     config.write_text(f"""

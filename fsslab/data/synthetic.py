@@ -239,6 +239,14 @@ def read_meta(root: str | os.PathLike) -> dict[str, Any]:
         raise DatasetError(f"{path} is not valid JSON ({err}); delete the directory and regenerate") from err
 
 
+def label_classes_on_disk(root: str | os.PathLike, split: str) -> int:
+    """How many class ids the labels of ``split`` of the benchmark at ``root`` use (its meta.json says): 20, or the
+    ``pretrain_classes`` of a procedural pretrain split."""
+    meta = read_meta(root)
+    config = SyntheticConfig.from_dict({**_ADDED_KNOB_DEFAULTS, **meta.get("config", {})})
+    return config.label_classes(split)
+
+
 def write_synthetic_if_missing(
     root: str | os.PathLike,
     config: SyntheticConfig | None = None,

@@ -122,8 +122,10 @@ def train_prerequisites(cfg: RunConfig) -> list[Path]:
     pre = prerequisite_config(cfg)
     if pre is None:
         return []
-    train_prerequisites(pre)
     if not _finished(pre, str(cfg.model.prerequisite)):
+        # the chain below only when this prerequisite must be trained: a finished stage 1 needs no pretraining
+        # (fold 1's stage 1 may start from fold 0's pretraining, which its shipped config does not name)
+        train_prerequisites(pre)
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"training the prerequisite {cfg.model.prerequisite} first (writes {pre.train.out_dir}/latest.pt)")
         # continue whatever run its directory holds (also one killed before its first checkpoint)

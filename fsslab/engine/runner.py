@@ -99,10 +99,10 @@ def build_train_set(cfg: RunConfig) -> Any:
                               "image of the list, no episodes); it takes only augmentation, list_path and base_label")
         options, _ = dataset_options(cfg, cfg.data.train_split)
         n_label_classes = None
-        if cfg.data.dataset == "synthetic" and cfg.data.synthetic:  # a procedural pretrain split has its own ids
-            from fsslab.data.synthetic_config import SyntheticConfig
+        if cfg.data.dataset == "synthetic":  # a procedural pretrain split has its own ids: the data's meta.json says
+            from fsslab.data.synthetic import label_classes_on_disk
 
-            n_label_classes = SyntheticConfig.from_dict(dict(cfg.data.synthetic)).label_classes(cfg.data.train_split)
+            n_label_classes = label_classes_on_disk(cfg.data.root, cfg.data.train_split)
         return BaseClassDataset(
             cfg.data.root,
             get_benchmark(cfg.data.dataset, cfg.data.root, cfg.data.coco_split),

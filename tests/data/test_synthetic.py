@@ -19,6 +19,7 @@ from fsslab.data.synthetic import (
     SyntheticConfig,
     boundary_band,
     generate_synthetic,
+    label_classes_on_disk,
     render_sample,
     write_synthetic_if_missing,
 )
@@ -99,6 +100,7 @@ def test_procedural_pretrain_classes_are_their_own_ids_and_leave_the_benchmark_u
                              distinct_classes=True, class_appearance=0.8, pretrain_classes=50)
     summary = write_synthetic_if_missing(tmp_path, config, workers=0)
     assert len(summary["class_counts"]["pretrain"]["images"]) == 50  # counted over the corpus's own classes
+    assert (label_classes_on_disk(tmp_path, "pretrain"), label_classes_on_disk(tmp_path, "train")) == (50, 20)
     ids = set()
     for label in _labels(tmp_path, "pretrain"):
         ids |= set(np.unique(label).tolist())
