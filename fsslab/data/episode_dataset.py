@@ -55,8 +55,9 @@ class EpisodicDataset(Dataset):
     gives identical episodes whatever the number of workers.
 
     `query_base_mask` is the label with base classes renumbered 1..n_base and novel classes as 0 (BAM's
-    base annotation, `base_label="base"`), or the full label (`"all"`: for a pretraining stand-in on the
-    synthetic "pretrain" split, which sees every class as ImageNet has seen PASCAL's).
+    base annotation, `base_label="base"`), or the full label (`"all"`: every class keeps its id, e.g. for a
+    pretraining stand-in on a 20-class synthetic "pretrain" split; the default procedural one is read whole by
+    `fsslab.data.base_data.BaseClassDataset`).
 
     Evaluation inputs follow `eval_protocol` (`fsslab.data.eval_protocols`: "fsslab", "ipmt" or
     "amformer"); each sample also carries its original label (`query_mask_ori`, on a canvas as large as the
