@@ -25,8 +25,8 @@ class SyntheticConfig:
     seed: int = 0
     n_train: int = 2000
     n_val: int = 500
-    # images of a third split, "pretrain", that no episode uses: the corpus on which a backbone learns every
-    # class before few-shot training (the synthetic ImageNet; configs/synthetic/backbone_pretrain_tiny.yaml)
+    # images of a third split, "pretrain", that no episode uses: the corpus on which the backbone is pretrained
+    # before few-shot training (the synthetic ImageNet; configs/synthetic/backbone_pretrain_tiny.yaml)
     n_pretrain: int = 0
     # 0: the pretrain split holds the benchmark's 20 classes (as ImageNet holds PASCAL's); N > 0: N procedural
     # shape classes disjoint from them, ids 1..N in its labels (synthetic_procedural), so that the backbone

@@ -5,8 +5,9 @@ benchmark's; ``SyntheticConfig.pretrain_classes = N`` gives the synthetic pretra
 objects belong to N procedurally generated classes (ids 1..N in its labels), none of them one of the benchmark's
 families, so the few-shot models meet every benchmark class for the first time in episodes.
 
-A class is fixed by its id alone (whatever the seed): a closed outline whose radius follows a few class-specific
-harmonics, optionally with a hole or drawn as a thick open curve, in the class's own typical appearance.
+A class is fixed by its id alone (whatever the seed), as one of five kinds: a smooth outline whose radius follows a
+few class-specific harmonics, the same with a hole, two overlapping lobes of it, an irregular polygon, or a thick
+wavy curve; the renderer dresses it in the class's own typical appearance (ids after the benchmark's 20).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from functools import cache
 
 import numpy as np
 
-from fsslab.data.synthetic_shapes import Jitter, Part, Pose, rasterize
+from fsslab.data.synthetic_shapes import Jitter, Part, canonical_unit_area
 
 MAX_PROCEDURAL_CLASSES = 200  # label ids 1..N stay below the ignore value 255 with room to spare
 _CLASS_SEED = 0x9C0DE  # class definitions do not depend on the benchmark's seed
@@ -79,12 +80,9 @@ def procedural_parts(class_id: int, jitter: Jitter) -> list[Part]:
 
 
 @cache
-def procedural_unit_area(class_id: int, resolution: float = 60.0) -> float:
+def procedural_unit_area(class_id: int) -> float:
     """Area of the canonical member in unit coordinates (objects are sized by area, as the families are)."""
-    size = int(6 * resolution)
-    pose = Pose(cx=size / 2, cy=size / 2, scale=resolution, angle=0.0)
-    mask = rasterize(procedural_parts(class_id, lambda: 0.0), pose, (size, size), 0.0, np.random.default_rng(0))
-    return float(mask.sum()) / resolution**2
+    return canonical_unit_area(lambda jitter: procedural_parts(class_id, jitter), resolution=60.0)
 
 
 __all__ = ["MAX_PROCEDURAL_CLASSES", "procedural_parts", "procedural_unit_area"]

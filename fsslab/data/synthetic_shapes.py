@@ -252,7 +252,7 @@ def rasterize(
     return mask
 
 
-def _canonical_unit_area(family: Callable[[Jitter], list[Part]], resolution: float = 100.0) -> float:
+def canonical_unit_area(family: Callable[[Jitter], list[Part]], resolution: float = 100.0) -> float:
     """Area of the canonical family member in unit coordinates, measured by rasterising it once."""
     size = int(6 * resolution)
     pose = Pose(cx=size / 2, cy=size / 2, scale=resolution, angle=0.0)
@@ -261,7 +261,7 @@ def _canonical_unit_area(family: Callable[[Jitter], list[Part]], resolution: flo
 
 
 # Used to size every object by its *area*, so thin families (spiral, zigzag) are not systematically smaller.
-UNIT_AREAS: tuple[float, ...] = tuple(_canonical_unit_area(family) for _, family in SHAPE_FAMILIES)
+UNIT_AREAS: tuple[float, ...] = tuple(canonical_unit_area(family) for _, family in SHAPE_FAMILIES)
 
 
 def distractor_parts(rng: np.random.Generator) -> list[Part]:
