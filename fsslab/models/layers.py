@@ -47,6 +47,29 @@ def _pool_channels(tokens: torch.Tensor, size: int) -> torch.Tensor:
     return pooled.reshape(*lead, tokens.shape[-2], size)
 
 
+def _max_cosine(query_feat: torch.Tensor, support: torch.Tensor, eps: float,
+                channel_pool: int | None) -> torch.Tensor:
+    """query [B,C,h,w], masked support [B,K,C,L] -> [B,K,h*w] max over the L support positions of
+    ``dot / (|s| |q| + eps)``, in blocks of rows: exact (max is order-free) and memory-bounded."""
+    b, k = support.shape[:2]
+    h, w = query_feat.shape[-2:]
+    supp = support.transpose(-2, -1)  # [B,K,L,C]
+    query = query_feat.flatten(2).transpose(-2, -1)  # [B,h*w,C]
+    if channel_pool is not None:
+        supp, query = _pool_channels(supp, channel_pool), _pool_channels(query, channel_pool)
+    query_t = query.transpose(-2, -1).unsqueeze(1)  # [B,1,C',h*w]
+    supp_norm = supp.float().norm(dim=-1, keepdim=True)  # [B,K,L,1]
+    query_norm = query_t.float().norm(dim=-2, keepdim=True)  # [B,1,1,h*w]
+    rows = max(1, _PRIOR_BLOCK_ELEMENTS // max(1, b * k * h * w))
+    best = None
+    for start in range(0, supp.shape[2], rows):
+        dots = torch.matmul(supp[:, :, start:start + rows], query_t).float()  # [B,K,rows,h*w]
+        cosine = dots / (supp_norm[:, :, start:start + rows] * query_norm + eps)
+        block_best = cosine.amax(dim=2)  # [B,K,h*w]
+        best = block_best if best is None else torch.maximum(best, block_best)
+    return best
+
+
 def prior_mask(query_feat: torch.Tensor, support_feats: torch.Tensor, support_masks: torch.Tensor,
                normalize: bool = True, eps: float = 1e-7, channel_pool: int | None = None) -> torch.Tensor:
     """Training-free prior (PFENet): how well each query position matches its best foreground support position.
@@ -62,24 +85,24 @@ def prior_mask(query_feat: torch.Tensor, support_feats: torch.Tensor, support_ma
     (``dot / (|s| |q| + eps)``, so background support positions score 0), min-max normalised when
     asked, averaged over shots.
     """
-    b, k, _, hs, ws = support_feats.shape
+    b, k, c, hs, ws = support_feats.shape
     h, w = query_feat.shape[-2:]
-    supp = (support_feats * support_masks).flatten(3).transpose(-2, -1)  # [B,K,hs*ws,C]
-    query = query_feat.flatten(2).transpose(-2, -1)  # [B,h*w,C]
-    if channel_pool is not None:
-        supp, query = _pool_channels(supp, channel_pool), _pool_channels(query, channel_pool)
-    query_t = query.transpose(-2, -1).unsqueeze(1)  # [B,1,C',h*w]
-    supp_norm = supp.float().norm(dim=-1, keepdim=True)  # [B,K,hs*ws,1]
-    query_norm = query_t.float().norm(dim=-2, keepdim=True)  # [B,1,1,h*w]
-
-    # Max over support positions in blocks of rows: exact (max is order-free) and memory-bounded.
-    rows = max(1, _PRIOR_BLOCK_ELEMENTS // max(1, b * k * h * w))
-    best = None
-    for start in range(0, hs * ws, rows):
-        dots = torch.matmul(supp[:, :, start:start + rows], query_t).float()  # [B,K,rows,h*w]
-        cosine = dots / (supp_norm[:, :, start:start + rows] * query_norm + eps)
-        block_best = cosine.amax(dim=2)  # [B,K,h*w]
-        best = block_best if best is None else torch.maximum(best, block_best)
+    # A support position whose mask is exactly 0 is a zero vector after masking: its cosine to every query
+    # position is exactly 0 (0 / eps). Only the positions of the largest foreground enter the products, the
+    # rest count as that one 0 -- the same maximum, (hs*ws / foreground) times fewer FLOPs on small objects.
+    nonzero = support_masks.flatten(2) != 0  # [B,K,hs*ws]
+    count = int(nonzero.sum(-1).max())
+    has_background = count < hs * ws
+    if has_background:  # foreground first in each shot, then the first `count` positions
+        order = nonzero.to(torch.uint8).argsort(dim=-1, descending=True)[..., :count]  # [B,K,count]
+        support_feats = support_feats.flatten(3).gather(3, order[:, :, None].expand(b, k, c, count))
+        support_masks = support_masks.flatten(3).gather(3, order[:, :, None])  # [B,K,1,count]
+    if count == 0:  # no foreground anywhere: every cosine is 0
+        best = torch.zeros(b, k, h * w, device=query_feat.device)
+    else:
+        best = _max_cosine(query_feat, support_feats.flatten(3) * support_masks.flatten(3), eps, channel_pool)
+    if has_background:
+        best = best.clamp_min(0.0)  # the background positions' exact 0
     if normalize:
         low, high = best.amin(dim=-1, keepdim=True), best.amax(dim=-1, keepdim=True)
         best = (best - low) / (high - low + eps)

@@ -73,6 +73,29 @@ def test_prior_mask_matches_naive_loops(shots: int, normalize: bool, pool: int |
                                expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("coverage", ["full", "empty", "opposite_with_background", "opposite_full"])
+def test_prior_mask_edge_coverages(coverage: str) -> None:
+    """Only foreground support positions enter the products; the background counts as one exact 0 -- which
+    must win over negative cosines when some background exists, and must not appear when none does."""
+    gen = torch.Generator().manual_seed(3)
+    query = torch.rand(2, 6, 3, 3, generator=gen) + 0.1  # positive features
+    supports = torch.rand(2, 2, 6, 3, 3, generator=gen) + 0.1
+    masks = torch.ones(2, 2, 1, 3, 3)
+    if coverage == "empty":
+        masks.zero_()
+    if coverage.startswith("opposite"):
+        supports = -supports  # every foreground cosine is negative
+    if coverage == "opposite_with_background":
+        masks[:, :, :, 0, 0] = 0
+    expected = _naive_prior(query, supports, masks, False, 1e-7, None).float()
+    got = prior_mask(query, supports, masks, normalize=False)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    if coverage == "opposite_with_background":
+        assert torch.equal(got, torch.zeros_like(got))
+    if coverage == "opposite_full":
+        assert (got < 0).all()
+
+
 def test_positional_encoding_hand_values() -> None:
     pe = SinePositionalEncoding(num_feats=4, temperature=100)
     out = pe(torch.zeros(1, 2, 3, dtype=torch.bool))

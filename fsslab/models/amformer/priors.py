@@ -21,19 +21,14 @@ def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
 
 
 def foreground_similarity(query: torch.Tensor, support: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
-    """Max cosine over masked support positions, mean over shots: [B,1,h,w].
+    """Max cosine over masked support positions, mean over shots: [B,1,h,w] (PFENet's prior, not normalised).
 
-    query [B,C,h,w]; support [B,K,C,hs,ws]; fg [B,K,hs*ws] binary. Only the foreground positions
-    (plus one background position standing for the zero vectors of the masked-out support) enter
-    the cosine: equal to the reference's dense computation, 2-5x cheaper on typical masks.
+    query [B,C,h,w]; support [B,K,C,hs,ws]; fg [B,K,hs*ws] binary. ``prior_mask`` computes only the
+    foreground positions (the masked-out ones score exactly 0): equal to the reference's dense computation,
+    2-5x cheaper on typical masks.
     """
-    b, k, c, hs, ws = support.shape
-    flat = support.flatten(3)  # [B,K,C,Ls]
-    keep = min(int(fg.sum(-1).max().item()) + 1, hs * ws)
-    order = fg.argsort(dim=-1, descending=True)[..., :keep]  # [B,K,M]: foreground first
-    picked = flat.gather(3, order[:, :, None, :].expand(b, k, c, keep))  # [B,K,C,M]
-    picked_mask = fg.gather(2, order)[:, :, None, :, None]  # [B,K,1,M,1]
-    return prior_mask(query, picked.unsqueeze(-1), picked_mask.to(picked.dtype), normalize=False, eps=1e-7)
+    b, k, _, hs, ws = support.shape
+    return prior_mask(query, support, fg.view(b, k, 1, hs, ws).to(support.dtype), normalize=False, eps=1e-7)
 
 
 def target_class_probability(query_mask: torch.Tensor, query_base_mask: torch.Tensor,
