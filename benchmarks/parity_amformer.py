@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     common.add_support_option(ap)
     common.add_bf16_option(ap)
+    common.add_floor_option(ap)
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -168,6 +169,9 @@ def main() -> None:
             print(common.format_seconds(results[label], label))
             print(common.format_ratio_table(results[label], f"  AMFormer 1-shot {label} time: fsslab/official, "
                                                             f"median of {args.rounds} rounds (per-round min-max)"))
+        if not args.no_floor:
+            results["floor"] = common.report_floor(runs, results["wall"], ["official", "fsslab_channels_last"],
+                                                   args.threads, "AMFormer 1-shot")
     if args.memory:
         results["peak_mib"] = _peak_memory(args, state, supports)
     if args.json:

@@ -136,3 +136,101 @@ def format_seconds(summary: dict[str, dict], label: str) -> str:
     return "\n".join(f"  {label:>4} {support:6} {variant:<28} median {s['median']:7.3f} s  "
                      f"min {s['min']:7.3f}  max {s['max']:7.3f}"
                      for support, row in summary.items() for variant, s in row["seconds"].items())
+
+
+class _NoModuleTracking:
+    """Stands in for the flop counter's module tracker, which fails on modules called under ``no_grad`` with
+    inputs that require grad; only the global total is read here."""
+
+    def __init__(self) -> None:
+        self.parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _fused_conv_flops(x_shape, second, third, *_, out_shape=None, **__) -> int:
+    """FLOPs of ``mkldnn._convolution_pointwise``: (x, weight, bias, ...) or, for the ``binary`` overload
+    (the fused residual sum), (x, other, weight, bias, ...) -- the counter keys formulas by op packet."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    weight_shape = third if isinstance(third, torch.Size) and len(third) == 4 else second
+    return conv_flop_count(x_shape, weight_shape, out_shape, transposed=False)
+
+
+def counted_gmac(run: Callable[[], object]) -> float:
+    """Multiply-accumulates (1e9) of the convolutions and matrix products of one ``run()``, counted by
+    ``torch.utils.flop_counter``, which also learns fsslab's fused oneDNN convolutions here (2 FLOPs per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {}
+    if hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        mapping = {torch.ops.mkldnn._convolution_pointwise: _fused_conv_flops}
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    counter.mod_tracker = _NoModuleTracking()
+    with counter:
+        run()
+    return counter.get_total_flops() / 2e9
+
+
+def peak_gmac_per_s(threads: int, rounds: int = 5) -> float:
+    """The best fp32 multiply-accumulate rate this CPU sustains on the models' largest layers: the faster of
+    a [3600,2048]x[2048,512] matrix product and a channels_last 3x3 convolution 512->512 at 60x60 (ResNet-50's
+    layer4 at 473x473), median of ``rounds``. Any exact implementation of a forward of G GMAC takes at least
+    G / this seconds here."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(3600, 2048), torch.randn(2048, 512)
+    x = torch.randn(1, 512, 60, 60).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 3, 3).contiguous(memory_format=torch.channels_last)
+    cases = {3600 * 2048 * 512: lambda: a @ b,
+             3600 * 512 * 512 * 9: lambda: torch.nn.functional.conv2d(x, w, padding=1)}
+    rates = []
+    with torch.no_grad():
+        for macs, fn in cases.items():
+            fn()
+            times = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            rates.append(macs / statistics.median(times) / 1e9)
+    return max(rates)
+
+
+def format_floor(gmac: dict[str, float], seconds: dict[str, float], peak: float, official_seconds: float,
+                 title: str) -> str:
+    """Per variant: counted GMAC, median seconds, achieved GMAC/s, and the time and fsslab/official ratio the
+    same work would take at the CPU's peak rate (the floor of any exact implementation)."""
+    head = f"  {'variant':<30} {'GMAC':>8} {'median s':>9} {'GMAC/s':>8} {'at peak s':>10} {'ratio at peak':>14}"
+    lines = [title, head, "  " + "-" * (len(head) - 2)]
+    for name, work in gmac.items():
+        sec = seconds.get(name)
+        achieved = f"{work / sec:8.1f}" if sec else f"{'-':>8}"
+        lines.append(f"  {name:<30} {work:8.1f} {sec if sec else float('nan'):9.3f} {achieved} "
+                     f"{work / peak:10.3f} {work / peak / official_seconds:14.3f}")
+    return "\n".join(lines)
+
+
+def add_floor_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the work count (GMAC of the official and the default fsslab forward) and the "
+                             "CPU's peak rate, i.e. the time any exact implementation needs here")
+
+
+def report_floor(runs: dict[tuple[str, str], Callable[[], object]], wall: dict[str, dict], variants: Iterable[str],
+                 threads: int, title: str) -> dict[str, dict]:
+    """Count the work of ``variants`` per support object (``runs`` keyed by (support, variant)), measure the
+    CPU's peak rate and print ``format_floor`` per support object, against the official median seconds."""
+    peak = peak_gmac_per_s(threads)
+    out: dict[str, dict] = {"peak_gmac_per_s": peak}
+    for support, row in wall.items():
+        gmac = {variant: counted_gmac(runs[(support, variant)]) for variant in variants}
+        seconds = {variant: row["seconds"][variant]["median"] for variant in variants}
+        print(format_floor(gmac, seconds, peak, seconds["official"],
+                           f"  {title}, {support} support: work and the floor at this CPU's peak "
+                           f"({peak:.1f} GMAC/s)"))
+        out[support] = {"gmac": gmac, "floor_ratio": gmac[variants[-1]] / peak / seconds["official"]}
+    return out

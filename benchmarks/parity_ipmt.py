@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     common.add_support_option(ap)
     common.add_bf16_option(ap)
+    common.add_floor_option(ap)
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--shot", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
@@ -179,6 +180,10 @@ def main() -> None:
                 print(common.format_seconds(row[label], label))
                 print(common.format_ratio_table(row[label], f"  IPMT {shot}-shot {label} time: fsslab/official, "
                                                             f"median of {args.rounds} rounds (per-round min-max)"))
+            if not args.no_floor:
+                with torch.no_grad():
+                    row["floor"] = common.report_floor(runs, row["wall"], ["official", "fsslab_channels_last"],
+                                                       args.threads, f"IPMT {shot}-shot")
         if not args.no_memory:
             row["peak_mib"] = {support: _peak_memory(args, shot, support, ckpt) for support in supports}
         results[f"shot{shot}"] = row

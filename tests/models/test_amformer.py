@@ -260,3 +260,55 @@ def test_inputs_below_the_minimum_size_name_it(model: AMFormer) -> None:
         model(episode(1, 1, 16, 16))
     with torch.no_grad():
         assert model(episode(1, 1, 32, 32)).logits.shape == (1, 2, 32, 32)  # the minimum itself runs
+
+
+@pytest.mark.parametrize("window", [(slice(2, 5), slice(0, 3)), (slice(0, 8), slice(3, 9)), (slice(6, 8), slice(8, 9))])
+def test_windowed_pyramid_embedding_equals_dense_on_the_window(window: tuple[slice, slice]) -> None:
+    from fsslab.models.amformer.fast_head import pyramid_embedding
+    from fsslab.models.pspnet import PSPNet
+
+    torch.manual_seed(0)
+    psp = PSPNet("resnet_tiny", n_classes=3, norm="batch").eval()
+    for bn in psp.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):  # non-trivial running statistics
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, psp.backbone.out_channels["layer4"], 8, 9)
+    with torch.no_grad():
+        dense = pyramid_embedding(psp.ppm, psp.head, x)
+        torch.testing.assert_close(dense, psp.head.embed(psp.ppm(x)), rtol=1e-5, atol=1e-5)
+        windowed = pyramid_embedding(psp.ppm, psp.head, x, window)
+    rows, cols = window
+    torch.testing.assert_close(windowed[:, :, rows, cols], dense[:, :, rows, cols], rtol=1e-5, atol=1e-5)
+    outside = torch.ones(8, 9, dtype=torch.bool)
+    outside[rows, cols] = False
+    assert windowed[:, :, outside].abs().max() == 0
+
+
+def test_foreground_window_bounds() -> None:
+    from fsslab.models.amformer.fast_head import foreground_window
+
+    fg = torch.zeros(2, 10, 12, dtype=torch.bool)
+    assert foreground_window(fg) is None  # empty: nothing to save
+    fg[0, 3:5, 4:6] = True
+    fg[1, 6, 0] = True
+    assert foreground_window(fg) == (slice(3, 7), slice(0, 6))  # the union's bounding box
+    assert foreground_window(fg, halo=1) == (slice(2, 8), slice(0, 7))  # widened, clipped at the border
+    assert foreground_window(torch.ones(1, 10, 12, dtype=torch.bool)) is None  # the whole map
+
+
+def test_support_embedding_window_keeps_the_forward(model: AMFormer, monkeypatch) -> None:
+    """The support embedding computed around the support foreground only gives the dense forward's outputs."""
+    import sys
+
+    amformer_module = sys.modules[type(model).__module__]
+    batch = episode_batch(b=2, k=1, h=64, w=64, seed=4)
+    batch["support_masks"].zero_()
+    batch["support_masks"][:, :, 20:36, 24:40] = 1
+    model.eval()
+    with torch.no_grad():
+        windowed = model(batch, trace=True)
+        monkeypatch.setattr(amformer_module, "foreground_window", lambda fg: None)
+        dense = model(batch, trace=True)
+    torch.testing.assert_close(windowed.logits, dense.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(windowed.trace["similarity"], dense.trace["similarity"], rtol=1e-5, atol=1e-5)

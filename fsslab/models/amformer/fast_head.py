@@ -50,17 +50,52 @@ def conv3x3_of_upsampled(pooled: torch.Tensor, weight: torch.Tensor, size: tuple
     return torch.einsum("nyoiw,yhi->nohw", cols, uy_shift)  # [N,O,H,W]
 
 
-def pyramid_embedding(ppm: nn.Module, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``head.embed(ppm(x))`` (conv3x3 + BN over [x, upsampled pyramid]) for fsslab's PSPNet modules."""
+def foreground_window(fg: torch.Tensor, halo: int = 0) -> tuple[slice, slice] | None:
+    """[N,h,w] bool -> (rows, cols) of the union bounding box of ``fg`` widened by ``halo`` cells, or None when
+    that is the whole map or ``fg`` is empty (then nothing is saved by a window)."""
+    h, w = fg.shape[-2:]
+    rows, cols = torch.nonzero(fg.any(0), as_tuple=True)
+    if rows.numel() == 0:
+        return None
+    top, bottom = max(int(rows.min()) - halo, 0), min(int(rows.max()) + halo + 1, h)
+    left, right = max(int(cols.min()) - halo, 0), min(int(cols.max()) + halo + 1, w)
+    if (bottom - top) * (right - left) >= h * w:
+        return None
+    return slice(top, bottom), slice(left, right)
+
+
+def pyramid_embedding(ppm: nn.Module, head: nn.Module, x: torch.Tensor,
+                      window: tuple[slice, slice] | None = None) -> torch.Tensor:
+    """``head.embed(ppm(x))`` (conv3x3 + BN over [x, upsampled pyramid]) for fsslab's PSPNet modules.
+
+    window: optional (rows, cols) of the output to compute; the rest of the map is 0. The pyramid still pools
+    the whole ``x``, and the 3x3 convolution reads one cell around the window, so the window's values are the
+    dense computation's (up to float summation order) -- for maps only read there (a support's foreground).
+    """
     weight = head.conv.weight  # [O, C + levels*Cb, 3, 3]
     channels = x.shape[1]
-    out = F.conv2d(x, weight[:, :channels], padding=1)
+    size = x.shape[-2:]
+    rows, cols = window if window is not None else (slice(0, size[0]), slice(0, size[1]))
+    # the input rows/cols the window's outputs read (3x3, padding 1); outside the map the padding's zeros
+    top, left = max(rows.start - 1, 0), max(cols.start - 1, 0)
+    bottom, right = min(rows.stop + 1, size[0]), min(cols.stop + 1, size[1])
+    dense = F.conv2d(x[:, :, top:bottom, left:right], weight[:, :channels], padding=1)
+    out = dense[:, :, rows.start - top:rows.stop - top, cols.start - left:cols.stop - left]
     offset = channels
     for branch in ppm.branches:
         pooled = branch(x)  # [N,Cb,b,b]
         part = weight[:, offset:offset + pooled.shape[1]]
         offset += pooled.shape[1]
-        out = out + conv3x3_of_upsampled(pooled, part, x.shape[-2:]).to(out.dtype)
+        out = out + conv3x3_of_upsampled(pooled, part, size)[:, :, rows, cols].to(out.dtype)
     if offset != weight.shape[1] or head.conv.bias is not None:
         raise ValueError("pyramid_embedding: head conv does not match the PPM layout")
-    return head.bn(out)
+    if window is None:
+        return head.bn(out)
+    full = out.new_zeros(*out.shape[:2], *size).contiguous(memory_format=_layout(x))
+    full[:, :, rows, cols] = head.bn(out)
+    return full
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
