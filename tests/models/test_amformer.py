@@ -312,3 +312,28 @@ def test_support_embedding_window_keeps_the_forward(model: AMFormer, monkeypatch
         dense = model(batch, trace=True)
     torch.testing.assert_close(windowed.logits, dense.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(windowed.trace["similarity"], dense.trace["similarity"], rtol=1e-5, atol=1e-5)
+
+
+def _dense_mining_attention(q, k, v, key_mask, temperature=0.1):
+    """The reference's form: full [L,L] scores, softmax over queries, then removed keys' columns zeroed."""
+    qn, kn = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    attn = (qn @ kn.transpose(-2, -1) / temperature).softmax(dim=-2)  # [B,h,Lq,Lk], over queries
+    attn = attn * (key_mask != 0)[:, None, None, :].to(attn.dtype)
+    return attn @ v
+
+
+@pytest.mark.parametrize("case", ["mixed", "all_kept", "none_kept"])
+def test_masked_mining_attention_equals_dense_reference(case: str) -> None:
+    from fsslab.models.amformer.transformer import masked_mining_attention
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 2, 12, 4, generator=gen) for _ in range(3))
+    key_mask = torch.rand(2, 12, generator=gen)
+    if case == "mixed":
+        key_mask[0, ::3] = 0  # different kept counts per episode
+        key_mask[1, :9] = 0
+    elif case == "none_kept":
+        key_mask.zero_()
+    out, weight = masked_mining_attention(q, k, v, key_mask)
+    torch.testing.assert_close(out, _dense_mining_attention(q, k, v, key_mask), rtol=1e-5, atol=1e-6)
+    assert weight.shape == (2, 12)
