@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                     row["note"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
                                     row["traceback"] = traceback.format_exc()
                                 results.append(row)
+                                _annotate_train_ratio(row, results)
                                 _print_row(row)
     if args.json:
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
@@ -310,6 +311,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
         print(f"results -> {args.json}")
     return results
+
+
+def _annotate_train_ratio(row: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """On the second of a forward / train pair of one configuration: ``train_over_forward`` (median training
+    step / median eval forward) and ``train_episodes_per_s`` (batch size / median step) in the row and its
+    note -- the figures the training budgets depend on."""
+    key = ("model", "setting", "device", "precision", "size", "shots", "channels_last", "batch_size")
+    modes = {"forward", "train"}
+    if row.get("mode") not in modes or not isinstance(row.get("median_s"), float):
+        return
+    other = next((r for r in rows if r is not row and r.get("mode") == (modes - {row["mode"]}).pop()
+                  and all(r.get(k) == row.get(k) for k in key) and isinstance(r.get("median_s"), float)), None)
+    if other is None:
+        return
+    train, forward = (row, other) if row["mode"] == "train" else (other, row)
+    row["train_over_forward"] = train["median_s"] / forward["median_s"]
+    row["train_episodes_per_s"] = (train.get("batch_size") or 1) / train["median_s"]
+    row["note"] = (row["note"] + " " if row["note"] else "") + (
+        f"train/forward {row['train_over_forward']:.2f}x, {row['train_episodes_per_s']:.1f} episodes/s in the step")
 
 
 def _print_row(row: dict[str, Any]) -> None:

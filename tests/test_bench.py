@@ -39,3 +39,21 @@ def test_model_options_are_the_constructor_parameters():
     assert models.model_options("amformer")[:4] == ["backbone", "pretrained", "n_base_classes", "shot"]
     with pytest.raises(ConfigError, match="unknown model 'nope'; valid models"):
         models.model_options("nope")
+
+
+def test_train_rows_get_their_ratio_to_the_forward_of_the_same_configuration():
+    from fsslab.bench import _annotate_train_ratio
+
+    base = {"model": "ipmt", "setting": "tiny", "device": "cpu", "precision": "fp32", "size": 96, "shots": 1,
+            "channels_last": False, "batch_size": 8, "note": ""}
+    rows = [{**base, "mode": "forward", "median_s": 0.1}, {**base, "shots": 5, "mode": "forward", "median_s": 0.3}]
+    train = {**base, "mode": "train", "median_s": 0.25}
+    rows.append(train)
+    _annotate_train_ratio(train, rows)
+    assert train["train_over_forward"] == pytest.approx(2.5)  # the 1-shot forward, not the 5-shot one
+    assert train["train_episodes_per_s"] == pytest.approx(32.0)
+    assert "train/forward 2.50x, 32.0 episodes/s" in train["note"]
+    failed = {**base, "shots": 5, "mode": "train", "median_s": None, "note": "error: x"}
+    rows.append(failed)
+    _annotate_train_ratio(failed, rows)
+    assert "train_over_forward" not in failed and failed["note"] == "error: x"
