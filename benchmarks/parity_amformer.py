@@ -104,7 +104,7 @@ def child(args: argparse.Namespace) -> None:
 def _print_diffs(outs: dict[str, tuple[torch.Tensor, ...]], support: str) -> dict[str, list[float]]:
     """max |fsslab - official| of (final_out, meta_out, base_out) per fsslab variant."""
     diffs = {}
-    for variant in VARIANTS[1:]:
+    for variant in (v for v in VARIANTS[1:] if v in outs):
         diffs[variant] = [(mine - theirs).abs().max().item() for mine, theirs in zip(outs[variant], outs["official"])]
         print(f"  {support:6} {variant:28s} " + "  ".join(f"{d:.3e}" for d in diffs[variant]), flush=True)
     return diffs
@@ -158,7 +158,7 @@ def main() -> None:
         d = common.harness_inputs(ref, 1, support)
         runs.update({(support, "official"): official_runner(ref, reference, d),
                      **{(support, v): fsslab_runner(v, models[v], d) for v in VARIANTS[1:]}})
-        outs = {v: runs[(support, v)]() for v in VARIANTS}  # warm-up + outputs
+        outs = {v: runs[(support, v)]() for v in VARIANTS if common.timed_variant(v, args.no_bf16)}  # warm-up + outputs
         results["diff"][support] = _print_diffs(outs, support)
     if args.rounds > 0:
         timed = {key: run for key, run in runs.items() if common.timed_variant(key[1], args.no_bf16)}

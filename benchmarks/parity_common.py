@@ -49,9 +49,9 @@ def add_support_option(parser: argparse.ArgumentParser) -> None:
 
 def add_bf16_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-bf16", action="store_true",
-                        help="leave the bf16 autocast variant out of the timing rounds (its difference to the "
-                             "official output is still printed): on a CPU without AVX512-BF16 or AMX, bf16 is "
-                             "emulated and 5-24x slower than fp32, and its rounds would take most of the run")
+                        help="leave the bf16 autocast variant out (timing rounds and its difference to the "
+                             "official output): on a CPU without AVX512-BF16 or AMX, bf16 is emulated and 5-24x "
+                             "slower than fp32, and it would take most of the run")
 
 
 def timed_variant(variant: str, no_bf16: bool) -> bool:

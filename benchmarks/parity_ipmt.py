@@ -88,7 +88,8 @@ def child(args) -> None:
     print(json.dumps({"variant": args.child, "peak_mib": (peak - before) / 1024}))
 
 
-def _max_abs_diffs(ref, shot: int, support: str, official_model, model, default_model) -> dict[str, float]:
+def _max_abs_diffs(ref, shot: int, support: str, official_model, model, default_model,
+                   variants: tuple[str, ...] = VARIANTS[1:]) -> dict[str, float]:
     """max |fsslab - official| of the reproduce-official model (and the default model) per variant."""
     def official(inputs: dict) -> torch.Tensor:
         return ref.run_ipmt(official_model, inputs["x"], inputs["s_x"], inputs["s_y"], inputs["y"])
@@ -105,7 +106,7 @@ def _max_abs_diffs(ref, shot: int, support: str, official_model, model, default_
             diffs[f"{support}/{name}/default_mode"] = (default_model(_batch(inputs)).logits
                                                        - expected).abs().max().item()
         expected = official(cases["episode"])
-        for variant in VARIANTS[1:]:
+        for variant in variants:
             got = _runner(variant, ref, official_model, model)(cases["episode"])  # also warms caches up
             diffs[f"{support}/episode/{variant}"] = (got - expected).abs().max().item()
     return diffs
@@ -114,7 +115,7 @@ def _max_abs_diffs(ref, shot: int, support: str, official_model, model, default_
 def _peak_memory(args, shot: int, support: str, ckpt: Path) -> dict[str, float]:
     """Peak RSS of one forward per variant, each in a fresh child process."""
     peaks = {}
-    for variant in VARIANTS:
+    for variant in (v for v in VARIANTS if common.timed_variant(v, args.no_bf16)):
         # glibc keeps freed heap pages; serving every block >= 128 KiB by mmap makes RSS follow the
         # live tensors, so the high-water mark is the forward's true peak (same rule for both codes)
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
@@ -161,7 +162,8 @@ def main() -> None:
         default_model = load_official("ipmt", str(ckpt), shot=shot)  # fsslab default: padding, not the label
         row: dict = {"diff": {}}
         for support in supports:
-            row["diff"].update(_max_abs_diffs(ref, shot, support, official_model, model, default_model))
+            variants = tuple(v for v in VARIANTS[1:] if common.timed_variant(v, args.no_bf16))
+            row["diff"].update(_max_abs_diffs(ref, shot, support, official_model, model, default_model, variants))
         for key, value in row["diff"].items():
             print(f"  max |logits - official| {key:<40} {value:.3e}")
 
