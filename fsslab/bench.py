@@ -318,11 +318,11 @@ def _annotate_train_ratio(row: dict[str, Any], rows: list[dict[str, Any]]) -> No
     step / median eval forward) and ``train_episodes_per_s`` (batch size / median step) in the row and its
     note -- the figures the training budgets depend on."""
     key = ("model", "setting", "device", "precision", "size", "shots", "channels_last", "batch_size")
-    modes = {"forward", "train"}
-    if row.get("mode") not in modes or not isinstance(row.get("median_s"), float):
+    partner = {"forward": "train", "train": "forward"}.get(row.get("mode"))
+    if partner is None or not isinstance(row.get("median_s"), float):
         return
-    other = next((r for r in rows if r is not row and r.get("mode") == (modes - {row["mode"]}).pop()
-                  and all(r.get(k) == row.get(k) for k in key) and isinstance(r.get("median_s"), float)), None)
+    other = next((r for r in rows if r.get("mode") == partner and isinstance(r.get("median_s"), float)
+                  and all(r.get(k) == row.get(k) for k in key)), None)
     if other is None:
         return
     train, forward = (row, other) if row["mode"] == "train" else (other, row)

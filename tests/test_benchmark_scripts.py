@@ -101,3 +101,29 @@ def test_quality_table_base_analysis_reads_the_eval_files(tmp_path):
     rows = quality_table.base_table(tmp_path)[2:]
     assert rows == ["| prototype baseline | 47.40 ± 1.10 | – | – |", "| IPMT | 51.70 ± 0.90 | 19.8% | 57.10 (+5.40) |",
                     "| AMFormer | – | – | – |"]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (the fused convolution ops)")
+def test_counted_gmac_counts_fused_onednn_convolutions_and_matrix_products():
+    """The floor table's work count must include fsslab's fused convolutions (plain and with the residual sum)."""
+    x, w, bias = torch.randn(1, 4, 6, 6), torch.randn(8, 4, 3, 3), torch.zeros(8)
+    residual = torch.randn(1, 8, 6, 6)
+    geometry = ([1, 1], [1, 1], [1, 1], 1)
+
+    def run():
+        with torch.no_grad():
+            torch.ops.mkldnn._convolution_pointwise(x, w, bias, *geometry, "relu", [], "")
+            torch.ops.mkldnn._convolution_pointwise.binary(x, residual, w, bias, *geometry, "add", None, None, [], "")
+            torch.nn.functional.conv2d(x, w, padding=1)
+            torch.randn(5, 4) @ torch.randn(4, 3)
+
+    conv_macs = 6 * 6 * 8 * 4 * 9
+    assert parity_common.counted_gmac(run) * 1e9 == pytest.approx(3 * conv_macs + 5 * 4 * 3)
+
+
+def test_format_floor_divides_the_work_by_the_peak_and_the_official_time():
+    text = parity_common.format_floor({"official": 300.0, "fsslab": 150.0}, {"official": 6.0, "fsslab": 3.0},
+                                      peak=75.0, official_seconds=6.0, title="t")
+    fsslab_row = next(line for line in text.splitlines() if line.strip().startswith("fsslab"))
+    # 150 GMAC at 75 GMAC/s = 2 s, / 6 s official = 0.333; achieved 150 / 3 = 50 GMAC/s
+    assert fsslab_row.split()[1:] == ["150.0", "3.000", "50.0", "2.000", "0.333"]

@@ -35,6 +35,21 @@ def masked_average_pool(feat: torch.Tensor, mask: torch.Tensor, eps: float = 5e-
     return (feat * mask).sum(dim=(2, 3), keepdim=True) / (area + eps)
 
 
+def foreground_window(fg: torch.Tensor, halo: int = 0) -> tuple[slice, slice] | None:
+    """[N,h,w] bool -> (rows, cols) of the union bounding box of ``fg`` widened by ``halo`` cells, or None when
+    that is the whole map or ``fg`` is empty (then nothing is saved by a window). IPMT crops the supports'
+    layer4 with it (halo = layer4's receptive-field radius), AMFormer their PSPNet embedding."""
+    h, w = fg.shape[-2:]
+    rows, cols = torch.nonzero(fg.any(0), as_tuple=True)
+    if rows.numel() == 0:
+        return None
+    top, bottom = max(int(rows.min()) - halo, 0), min(int(rows.max()) + halo + 1, h)
+    left, right = max(int(cols.min()) - halo, 0), min(int(cols.max()) + halo + 1, w)
+    if (bottom - top) * (right - left) >= h * w:
+        return None
+    return slice(top, bottom), slice(left, right)
+
+
 def tokens_to_map(tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """[B,h*w,C] tokens -> [B,C,h,w]; a channels_last view (no copy) when ``tokens`` is contiguous."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], hw[0], hw[1])

@@ -285,18 +285,6 @@ def test_windowed_pyramid_embedding_equals_dense_on_the_window(window: tuple[sli
     assert windowed[:, :, outside].abs().max() == 0
 
 
-def test_foreground_window_bounds() -> None:
-    from fsslab.models.amformer.fast_head import foreground_window
-
-    fg = torch.zeros(2, 10, 12, dtype=torch.bool)
-    assert foreground_window(fg) is None  # empty: nothing to save
-    fg[0, 3:5, 4:6] = True
-    fg[1, 6, 0] = True
-    assert foreground_window(fg) == (slice(3, 7), slice(0, 6))  # the union's bounding box
-    assert foreground_window(fg, halo=1) == (slice(2, 8), slice(0, 7))  # widened, clipped at the border
-    assert foreground_window(torch.ones(1, 10, 12, dtype=torch.bool)) is None  # the whole map
-
-
 def test_support_embedding_window_keeps_the_forward(model: AMFormer, monkeypatch) -> None:
     """The support embedding computed around the support foreground only gives the dense forward's outputs."""
     import sys

@@ -220,8 +220,8 @@ def test_support_layer4_window_is_exact_and_smaller(model, monkeypatch):
     batch["support_masks"][1, 1, 60:80, 40:70] = 1
     window = model._layer4_window((batch["support_masks"] == 1).flatten(0, 1), (21, 23))
     assert window is not None
-    (top, bottom), (left, right) = window
-    assert (bottom - top) * (right - left) < 21 * 23
+    rows, cols = window
+    assert (rows.stop - rows.start) * (cols.stop - cols.start) < 21 * 23
     with torch.no_grad():
         windowed = model(batch).logits
         monkeypatch.setattr(model, "_layer4_window", lambda fg, size: None)

@@ -11,6 +11,7 @@ from fsslab.models import layers
 from fsslab.models.layers import (
     FFN,
     SinePositionalEncoding,
+    foreground_window,
     masked_average_pool,
     prior_mask,
     weighted_dice_loss,
@@ -140,3 +141,13 @@ def test_weighted_dice_loss_hand_computed_with_ignore() -> None:
     torch.testing.assert_close(none, torch.tensor([[2.0, 2 * (1 - 1 / 1.8125)]]))
     with pytest.raises(ValueError, match="reduction"):
         weighted_dice_loss(logits, target, reduction="max")
+
+
+def test_foreground_window_bounds() -> None:
+    fg = torch.zeros(2, 10, 12, dtype=torch.bool)
+    assert foreground_window(fg) is None  # empty: nothing to save
+    fg[0, 3:5, 4:6] = True
+    fg[1, 6, 0] = True
+    assert foreground_window(fg) == (slice(3, 7), slice(0, 6))  # the union's bounding box
+    assert foreground_window(fg, halo=1) == (slice(2, 8), slice(0, 7))  # widened, clipped at the border
+    assert foreground_window(torch.ones(1, 10, 12, dtype=torch.bool)) is None  # the whole map

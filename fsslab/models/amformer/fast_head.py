@@ -50,20 +50,6 @@ def conv3x3_of_upsampled(pooled: torch.Tensor, weight: torch.Tensor, size: tuple
     return torch.einsum("nyoiw,yhi->nohw", cols, uy_shift)  # [N,O,H,W]
 
 
-def foreground_window(fg: torch.Tensor, halo: int = 0) -> tuple[slice, slice] | None:
-    """[N,h,w] bool -> (rows, cols) of the union bounding box of ``fg`` widened by ``halo`` cells, or None when
-    that is the whole map or ``fg`` is empty (then nothing is saved by a window)."""
-    h, w = fg.shape[-2:]
-    rows, cols = torch.nonzero(fg.any(0), as_tuple=True)
-    if rows.numel() == 0:
-        return None
-    top, bottom = max(int(rows.min()) - halo, 0), min(int(rows.max()) + halo + 1, h)
-    left, right = max(int(cols.min()) - halo, 0), min(int(cols.max()) + halo + 1, w)
-    if (bottom - top) * (right - left) >= h * w:
-        return None
-    return slice(top, bottom), slice(left, right)
-
-
 def pyramid_embedding(ppm: nn.Module, head: nn.Module, x: torch.Tensor,
                       window: tuple[slice, slice] | None = None) -> torch.Tensor:
     """``head.embed(ppm(x))`` (conv3x3 + BN over [x, upsampled pyramid]) for fsslab's PSPNet modules.
@@ -89,13 +75,5 @@ def pyramid_embedding(ppm: nn.Module, head: nn.Module, x: torch.Tensor,
         out = out + conv3x3_of_upsampled(pooled, part, size)[:, :, rows, cols].to(out.dtype)
     if offset != weight.shape[1] or head.conv.bias is not None:
         raise ValueError("pyramid_embedding: head conv does not match the PPM layout")
-    if window is None:
-        return head.bn(out)
-    full = out.new_zeros(*out.shape[:2], *size).contiguous(memory_format=_layout(x))
-    full[:, :, rows, cols] = head.bn(out)
-    return full
-
-
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
+    # zeros around the window (constant padding keeps the memory format)
+    return F.pad(head.bn(out), (cols.start, size[1] - cols.stop, rows.start, size[0] - rows.stop))

@@ -52,13 +52,13 @@ from fsslab.batch import Batch
 from fsslab.errors import ConfigError
 from fsslab.models.amformer.analysis import score_masks
 from fsslab.models.amformer.discriminator import PartDiscriminator, judge_generator
-from fsslab.models.amformer.fast_head import foreground_window, pyramid_embedding
+from fsslab.models.amformer.fast_head import pyramid_embedding
 from fsslab.models.amformer.loss import amformer_losses, gd_objectives
 from fsslab.models.amformer.priors import foreground_similarity, gram_matrix, target_class_probability
 from fsslab.models.amformer.transformer import ObjectMiningTransformer
 from fsslab.models.backbones import frozen_stage_runner
 from fsslab.models.base import FewShotModel, OptimizerSpec
-from fsslab.models.layers import conv_relu, masked_average_pool
+from fsslab.models.layers import conv_relu, foreground_window, masked_average_pool
 from fsslab.models.output import FSSOutput
 from fsslab.models.pspnet import PSPNet, load_pspnet_weights
 

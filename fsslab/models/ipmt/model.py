@@ -15,7 +15,7 @@ from fsslab.models.backbones import build_backbone, frozen_stage_runner
 from fsslab.models.base import FewShotModel, OptimizerSpec
 from fsslab.models.ipmt.loss import ipmt_losses
 from fsslab.models.ipmt.transformer import MASKED_LOGIT, IPMTransformer, mask_to_bias
-from fsslab.models.layers import conv_relu, masked_average_pool, prior_mask
+from fsslab.models.layers import conv_relu, foreground_window, masked_average_pool, prior_mask
 from fsslab.models.output import FSSOutput
 
 # name -> "shape: meaning" of every entry of ``FSSOutput.trace`` (h, w: feature size = input/8;
@@ -130,14 +130,13 @@ class IPMT(FewShotModel):
         if window is None:
             layer4 = run("layer4", layer3)
         else:
-            (top, bottom), (left, right) = window
-            cropped = run("layer4", layer3[:, :, top:bottom, left:right])
+            rows, cols = window
+            cropped = run("layer4", layer3[:, :, rows, cols])
             layer4 = cropped.new_zeros(*cropped.shape[:2], *layer3.shape[-2:])
-            layer4[:, :, top:bottom, left:right] = cropped
+            layer4[:, :, rows, cols] = cropped
         return torch.cat([layer2, layer3], dim=1), layer4
 
-    def _layer4_window(self, fg: torch.Tensor, size: tuple[int, int]
-                       ) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    def _layer4_window(self, fg: torch.Tensor, size: tuple[int, int]) -> tuple[slice, slice] | None:
         """Rows/cols of layer4's input whose outputs cover every cell of the soft (bilinear) foreground at
         ``size`` (union over the batch), or None when that is the whole map or the backbone is not a ResNet."""
         radius = getattr(self, "_layer4_radius", None)
@@ -152,14 +151,8 @@ class IPMT(FewShotModel):
         if radius < 0:
             return None
         soft = F.interpolate(fg.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=True)[:, 0]
-        rows, cols = torch.nonzero(soft.amax(0) > 0, as_tuple=True)
-        if rows.numel() == 0:
-            return None  # empty supports: the prior is zero whatever layer4 is; keep the plain path
-        top, bottom = max(int(rows.min()) - radius, 0), min(int(rows.max()) + radius + 1, size[0])
-        left, right = max(int(cols.min()) - radius, 0), min(int(cols.max()) + radius + 1, size[1])
-        if (bottom - top) * (right - left) >= size[0] * size[1]:
-            return None
-        return (top, bottom), (left, right)
+        # empty supports: None, the prior is zero whatever layer4 is; keep the plain path
+        return foreground_window(soft > 0, halo=radius)
 
     def _query_ignore(self, batch: Batch, size: tuple[int, int]) -> torch.Tensor:
         """[B,h,w] bool cells excluded from positions / deformable values."""
