@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from fsslab.batch import IGNORE_INDEX
 from fsslab.config import load_config
 from fsslab.engine import load_run
-from fsslab.engine.runner import eval_dataset_factory
+from fsslab.engine.build import eval_dataset_factory
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ caching makes it meaningless). It prints one table and writes every row to ``--j
 fsslab models are randomly initialised (timing does not depend on the weights); the official models
 are built by the verification harness (``--harness``, see /work/shared/tools/official_ref/README.md)
 with its seeded weights and then moved to the device here. Both get the same random episode
-(``fsslab.bench.make_batch``). No network access is needed.
+(``fsslab.cli.bench.make_batch``). No network access is needed.
 
 What the official rows are, exactly (the harness targets CPU, this script adapts it at run time):
 * The official forward is called directly (not through the harness's ``run_*``), under ``no_grad``
@@ -25,7 +25,7 @@ What the official rows are, exactly (the harness targets CPU, this script adapts
   training step can run: official IPMT figures include that slower kernel.
 * Training step = forward in train mode + backward of the sum of the losses it returns (AMFormer:
   after the official ``freeze_modules``; its two optimizers' separate backward passes are folded into
-  one); fsslab's is ``fsslab.bench.make_step``. No optimizer step on either side.
+  one); fsslab's is ``fsslab.cli.bench.make_step``. No optimizer step on either side.
 * Known official limits appear as notes: IPMT hard-codes 473x473; AMFormer cannot run K>1 shots and
   its training forward allocates on ``'cuda'`` (no CPU training row).
 """
@@ -48,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fsslab.bench import PRECISIONS, autocast, make_batch, make_step, model_config, time_step
+from fsslab.cli.bench import PRECISIONS, autocast, make_batch, make_step, model_config, time_step
 from fsslab.models import build_model
 
 MODELS = ("ipmt", "amformer")

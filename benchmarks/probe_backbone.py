@@ -21,8 +21,8 @@ import torch
 
 from fsslab.batch import IGNORE_INDEX
 from fsslab.config import load_config
+from fsslab.engine.build import eval_dataset_factory
 from fsslab.engine.checkpoint import load_checkpoint
-from fsslab.engine.runner import eval_dataset_factory
 from fsslab.models import build_model
 
 

@@ -6,7 +6,7 @@ Times, on the shipped synthetic configs' models and real episodes of the default
 - ``eval forward``: one inference forward (what `fsslab eval` does per batch);
 - ``train forward + loss``, ``backward``, ``optimiser step`` of one training step, the optimiser once with
   PyTorch's CPU default (a Python loop over the parameters, fsslab's default until 2026-11-30) and once fused
-  (one kernel over every parameter, the default now: ``fsslab.engine.optim``);
+  (one kernel over every parameter, the default now: ``fsslab.engine.train.optim``);
 - ``loader``: one batch from the trainer's DataLoader (``data.workers`` processes), the main process idle;
   ``batch built in-process``: the CPU time those workers spend on one batch (episode sampling, decoding,
   augmentation), which a 2-core machine takes from the step.
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from fsslab.config import load_config
-from fsslab.engine.optim import build_optimizers
-from fsslab.engine.runner import build_run_model, build_train_set
+from fsslab.engine.build import build_run_model, build_train_set
 from fsslab.engine.sampling import EpochBatchSampler, SeededEpisodes
+from fsslab.engine.train.optim import build_optimizers
 
 CONFIGS = {"ipmt": "synthetic/ipmt_tiny", "amformer": "synthetic/amformer_tiny", "baseline": "synthetic/baseline_tiny"}
 

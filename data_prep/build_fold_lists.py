@@ -5,7 +5,7 @@ For every fold and split: which images qualify for which classes under the 2x32x
 under the PFENet protocol (every image with a base class) and/or the BAM protocol (training images with
 any novel-class pixel removed). The index is cached under <root>/fsslab_index/, so a second run is instant.
 
-Same as `fsslab data lists`; the logic lives in fsslab.data.prep_cli.
+Same as `fsslab data lists`; the logic lives in fsslab.cli.data.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fsslab.data.prep_cli import lists_main as main
-from fsslab.data.prep_cli import lists_parser as build_parser
+from fsslab.cli.data import lists_main as main
+from fsslab.cli.data import lists_parser as build_parser
 
 __all__ = ["build_parser", "main"]
 

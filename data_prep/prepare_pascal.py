@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Merge PASCAL VOC 2012 and SBD into SegmentationClassAug labels and PFENet-style train/val lists.
 
-Same as `fsslab data pascal`; the logic lives in fsslab.data.prep_cli.
+Same as `fsslab data pascal`; the logic lives in fsslab.cli.data.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fsslab.data.prep_cli import pascal_main as main
-from fsslab.data.prep_cli import pascal_parser as build_parser
+from fsslab.cli.data import pascal_main as main
+from fsslab.cli.data import pascal_parser as build_parser
 
 __all__ = ["build_parser", "main"]
 

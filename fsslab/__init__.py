@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from fsslab.version import __version__
 
 # exported lazily (PEP 562), so that `import fsslab` and `fsslab --help` do not import torch
 _FROM_PREDICT = ("Prediction", "PredictModel", "Support", "load_model", "write_predictions")

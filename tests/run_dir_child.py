@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch
 from engine_toys import ToyEpisodes, ToyNet, toy_config
 
-from fsslab.engine.trainer import Trainer, seed_everything
+from fsslab.engine.train.trainer import Trainer, seed_everything
 
 # 10 episodes, batch 2: 5 iterations per epoch; 24 iterations cross four epoch boundaries, and are long enough
 # (23 slowed writes) that none of the test's four kills comes after the end of the run

@@ -1,4 +1,4 @@
-"""fsslab.assignments: each check rejects typical wrong answers with a useful message and accepts a correct one;
+"""fsslab.lab.assignments: each check rejects typical wrong answers with a useful message and accepts a correct one;
 the student notebooks are the solution notebooks with their solution cells replaced by stubs."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsslab import assignments as A
+from fsslab.lab import assignments as A
 
 torch.set_num_threads(1)
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks" / "assignments"
@@ -183,7 +183,7 @@ def test_student_notebook_is_in_sync_with_its_solution(solution):
     student = nbformat.read(NOTEBOOKS / solution.name.replace("_solution", ""), as_version=4)
     expected = A.student_version(nbformat.read(solution, as_version=4))
     assert [c["source"] for c in student.cells] == [c["source"] for c in expected["cells"]], (
-        "regenerate the student notebooks: python -m fsslab.assignments notebooks/assignments")
+        "regenerate the student notebooks: python -m fsslab.lab.assignments notebooks/assignments")
     stubs = [c for c in student.cells if "raise NotImplementedError" in c["source"]]
     checks = [c for c in student.cells if "check_" in c["source"] and "import" not in c["source"]]
     assert stubs and checks, "a student notebook needs stubs and check cells"

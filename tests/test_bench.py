@@ -1,11 +1,12 @@
-"""fsslab.bench's model configs: which models get the benchmarked shot is asked of the models themselves."""
+"""fsslab.cli.bench's model configs: which models get the benchmarked shot is asked of the models themselves."""
 
 from __future__ import annotations
 
 import pytest
 from torch import nn
 
-from fsslab import bench, models
+from fsslab import models
+from fsslab.cli import bench
 from fsslab.errors import ConfigError
 
 
@@ -42,7 +43,7 @@ def test_model_options_are_the_constructor_parameters():
 
 
 def test_train_rows_get_their_ratio_to_the_forward_of_the_same_configuration():
-    from fsslab.bench import _annotate_train_ratio
+    from fsslab.cli.bench import _annotate_train_ratio
 
     base = {"model": "ipmt", "setting": "tiny", "device": "cpu", "precision": "fp32", "size": 96, "shots": 1,
             "channels_last": False, "batch_size": 8, "note": ""}

@@ -8,13 +8,13 @@ import pytest
 import torch
 from engine_toys import ToyEpisodes
 
-import fsslab.data
+import fsslab.engine.build
 from fsslab import models
 from fsslab.cli import main
-from fsslab.engine.runlog import read_jsonl
+from fsslab.jsonl import read_jsonl
 
 COMMANDS = [[], ["data"], ["data", "synth"], ["train"], ["eval"], ["config"], ["predict"]]
-DELEGATED = ("lists", "pascal", "coco")  # packaged in fsslab.data.prep_cli (data_prep/*.py wrap them)
+DELEGATED = ("lists", "pascal", "coco")  # packaged in fsslab.cli.data (data_prep/*.py wrap them)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "fsslab")
@@ -93,7 +93,7 @@ def _fake_build_dataset(name, root, split, fold, shot, *, options=None, **kwargs
 @pytest.fixture
 def toy_world(monkeypatch):
     monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "engine_toys:ToyNet")
-    monkeypatch.setattr(fsslab.data, "build_dataset", _fake_build_dataset)
+    monkeypatch.setattr(fsslab.engine.build, "build_dataset", _fake_build_dataset)
 
 
 def test_prerequisite_is_trained_first_once(tmp_path, toy_world, capsys):
@@ -205,7 +205,7 @@ def test_a_delegated_script_returning_its_results_exits_zero(monkeypatch):
 
 def test_bench_tiny_models_are_the_shipped_synthetic_configs():
     # `fsslab bench --settings tiny` times the models the synthetic configs train (weights aside)
-    from fsslab.bench import SETTINGS
+    from fsslab.cli.bench import SETTINGS
     from fsslab.config import load_config
 
     for name, config in {"ipmt": "ipmt_tiny", "amformer": "amformer_tiny", "baseline": "baseline_tiny",

@@ -9,7 +9,7 @@ import torch
 
 import fsslab.lab
 import fsslab.zoo
-import fsslab.zoo_pack
+import fsslab.zoo.pack
 from fsslab.config import load_config
 from fsslab.engine import predict_fn
 from fsslab.engine.checkpoint import atomic_save
@@ -102,7 +102,7 @@ def test_trained_or_fresh_prefers_the_shipped_checkpoint(root, tmp_path, monkeyp
     atomic_save({"format": 1, "iteration": 1, "model": model.state_dict(), "config": cfg.to_dict()}, run / "latest.pt")
     loaded, source = trained_or_fresh("baseline_tiny", 1, cfg=cfg, checkpoint=run / "latest.pt")
     assert source.startswith("checkpoint") and torch.equal(next(loaded.parameters()), next(model.parameters()))
-    fsslab.zoo_pack.pack_checkpoint(run, "baseline_tiny_fold0_1shot", check={"seeds": [0], "episodes": 2})
+    fsslab.zoo.pack.pack_checkpoint(run, "baseline_tiny_fold0_1shot", check={"seeds": [0], "episodes": 2})
     shipped, source = trained_or_fresh("baseline_tiny", 1, cfg=cfg)
     assert source == "shipped checkpoint baseline_tiny_fold0_1shot"
     # no 5-shot checkpoint shipped: the 1-shot one, said so (a run of the notebook's own would come first)
@@ -126,7 +126,7 @@ def test_amformer_probes(root):
     torch.manual_seed(0)
     cfg = notebook_config("amformer_tiny", 1, quick=True, data_root=root, overrides=["data.val_size=64"])
     model, _ = trained_or_fresh("amformer_tiny", 1, cfg=cfg)
-    from fsslab.engine.runner import eval_dataset_factory
+    from fsslab.engine.build import eval_dataset_factory
 
     sample = eval_dataset_factory(cfg)[0](0, 1)[0]
     prediction = predict_fn(model)(sample)

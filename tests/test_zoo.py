@@ -25,7 +25,7 @@ from fsslab.zoo import (
     total_size,
     verify_pretrained,
 )
-from fsslab.zoo_pack import pack_checkpoint
+from fsslab.zoo.pack import pack_checkpoint
 
 TINY_KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128,
               "max_objects": 4}  # up to 4 objects: every fold-0 class gets enough images in a tiny set
@@ -104,7 +104,7 @@ def test_load_pretrained_restores_weights_and_outputs(tiny_runs, packed):
         else:
             assert torch.equal(value, original[key]), key
     cfg = pretrained_config("ipmt_test", out, data_root=tiny_runs["root"])
-    from fsslab.engine.runner import eval_dataset_factory
+    from fsslab.engine.build import eval_dataset_factory
 
     factory, _ = eval_dataset_factory(cfg)
     sample = factory(0, 2)[0]
@@ -178,7 +178,7 @@ def test_a_retrained_base_never_leaves_stale_shared_tensors(tiny_runs, tmp_path)
 
 
 def test_packing_refuses_a_model_that_no_longer_scores_like_its_run(tiny_runs, tmp_path, monkeypatch):
-    from fsslab import zoo_pack
+    from fsslab.zoo import pack as zoo_pack
 
     scores = iter([50.0, 40.0])  # the packed model, then the run's own weights, on the same check episodes
     monkeypatch.setattr(zoo_pack, "check_eval", lambda *a, **k: {"miou": next(scores), "fbiou": 0.0, "per_seed": []})

@@ -16,13 +16,13 @@ from fsslab.data.classes import (
     get_benchmark,
     synthetic_benchmark,
 )
-from fsslab.data.episode_dataset import EpisodicDataset
-from fsslab.data.episode_options import EpisodeOptions
-from fsslab.data.episode_sampler import Episode
-from fsslab.data.episode_stats import EpisodeStats
-from fsslab.data.episodic import CocoEpisodes, PascalEpisodes, SyntheticEpisodes, build_dataset
+from fsslab.data.episodes.benchmarks import CocoEpisodes, PascalEpisodes, SyntheticEpisodes, build_dataset
+from fsslab.data.episodes.dataset import EpisodicDataset
+from fsslab.data.episodes.folder import FolderEpisodes, FSS1000Episodes, fss1000_split, read_binary_mask
+from fsslab.data.episodes.options import EpisodeOptions
+from fsslab.data.episodes.sampler import Episode
+from fsslab.data.episodes.stats import EpisodeStats
 from fsslab.data.eval_protocols import EVAL_PROTOCOLS, eval_resize, get_protocol
-from fsslab.data.folder import FolderEpisodes, FSS1000Episodes, fss1000_split, read_binary_mask
 from fsslab.data.io import DatasetError, read_image, read_label, read_pair
 from fsslab.data.lists import (
     MIN_AREA,

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from fsslab.config_schema import SUPPORT_MODES
+from fsslab.config.schema import SUPPORT_MODES
 from fsslab.errors import ConfigError, DatasetError
 
 

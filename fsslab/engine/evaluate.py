@@ -55,7 +55,7 @@ class EvalResult:
     class_iou_mean: dict[int, float]
     episodes_per_seed: int
     settings: dict[str, Any] = field(default_factory=dict)
-    # loading counters summed over the seeds' episodes (fsslab.data.episode_stats.STAT_COUNTERS): queries without
+    # loading counters summed over the seeds' episodes (fsslab.data.episodes.stats.STAT_COUNTERS): queries without
     # target pixels, supports without foreground; filled by fsslab.engine.runner.run_evaluation
     data_stats: dict[str, int] = field(default_factory=dict)
     # base-class analysis, None where the data has no base-class annotation: % of the predicted foreground that
@@ -120,7 +120,7 @@ class EvalResult:
         if missing:
             lines.append(f"warning: classes without episodes (not in mIoU): {missing}")
         if self.data_stats:
-            from fsslab.data.episode_stats import stats_line
+            from fsslab.data.episodes.stats import stats_line
 
             lines.append(f"data: {stats_line(self.data_stats)}")
         return "\n".join(lines)

@@ -11,8 +11,8 @@ from torch import nn
 
 from fsslab.batch import batch_of_one
 from fsslab.config import RunConfig
+from fsslab.engine.build import build_run_model, load_model_weights
 from fsslab.engine.checkpoint import load_checkpoint
-from fsslab.engine.runner import build_run_model, load_model_weights
 
 
 def load_run(cfg: RunConfig, checkpoint: str | Path | None = None) -> nn.Module:

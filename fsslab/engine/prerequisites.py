@@ -8,14 +8,14 @@ what is missing; preparing is explicit: ``prepare_data`` (``fsslab train``/``fss
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 from typing import Any
 
 from fsslab.config import RunConfig, flow_yaml, load_config
+from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
+from fsslab.engine import distributed
 from fsslab.engine.checkpoint import load_checkpoint
-from fsslab.engine.run_dir import holds_run
 from fsslab.errors import ConfigError, DatasetError
 
 
@@ -43,7 +43,6 @@ def check_data(cfg: RunConfig) -> None:
     knobs = _synthetic_knobs(cfg)
     if knobs is None:
         return
-    from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
 
     root = Path(cfg.data.root)
     if not (root / "meta.json").is_file():
@@ -62,8 +61,6 @@ def prepare_data(cfg: RunConfig, progress: bool = True) -> None:
     knobs = _synthetic_knobs(cfg)
     if knobs is None:
         return
-    from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
-    from fsslab.engine import distributed
 
     if distributed.is_main_process():
         if not (Path(cfg.data.root) / "meta.json").is_file():
@@ -88,7 +85,7 @@ def prerequisite_config(cfg: RunConfig) -> RunConfig | None:
     return pre
 
 
-def _finished(pre: RunConfig, name: str) -> bool:
+def prerequisite_finished(pre: RunConfig, name: str) -> bool:
     """Whether ``pre``'s run is on disk and finished; a run from other data is an error (ConfigError)."""
     latest = Path(pre.train.out_dir) / "latest.pt"
     if not latest.is_file():
@@ -101,7 +98,7 @@ def _finished(pre: RunConfig, name: str) -> bool:
 def check_prerequisite(cfg: RunConfig, config_name: str | None = None) -> None:
     """Fail fast (ConfigError naming the commands) when the run ``cfg`` starts from is missing or unfinished."""
     pre = prerequisite_config(cfg)
-    if pre is None or _finished(pre, str(cfg.model.prerequisite)):
+    if pre is None or prerequisite_finished(pre, str(cfg.model.prerequisite)):
         return
     latest = Path(pre.train.out_dir) / "latest.pt"
     state = "is unfinished" if latest.is_file() else "does not exist"
@@ -114,23 +111,6 @@ def check_prerequisite(cfg: RunConfig, config_name: str | None = None) -> None:
     )
 
 
-def train_prerequisites(cfg: RunConfig) -> list[Path]:
-    """Train the chain of runs ``cfg`` starts from (first the deepest), each unless already finished; returns
-    the checkpoints ``cfg`` starts from (empty without a prerequisite)."""
-    from fsslab.engine.runner import run_training
-
-    pre = prerequisite_config(cfg)
-    if pre is None:
-        return []
-    if not _finished(pre, str(cfg.model.prerequisite)):
-        # the chain below only when this prerequisite must be trained: a finished stage 1 needs no pretraining
-        # (fold 1's stage 1 may start from fold 0's pretraining, which its shipped config does not name)
-        train_prerequisites(pre)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"training the prerequisite {cfg.model.prerequisite} first (writes {pre.train.out_dir}/latest.pt)")
-        # continue whatever run its directory holds (also one killed before its first checkpoint)
-        run_training(pre, resume=holds_run(pre.train.out_dir))
-    return [Path(pre.train.out_dir) / "latest.pt"]
 
 
 def _check_same_benchmark(recorded: dict[str, Any], wanted: RunConfig, path: Path, name: str) -> None:
@@ -149,5 +129,5 @@ def _check_same_benchmark(recorded: dict[str, Any], wanted: RunConfig, path: Pat
     )
 
 
-__all__ = ["check_data", "check_prerequisite", "prepare_data", "prerequisite_config", "synth_command",
-           "train_prerequisites"]
+__all__ = ["check_data", "check_prerequisite", "prepare_data", "prerequisite_config", "prerequisite_finished",
+           "synth_command"]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from fsslab.engine.runlog import read_jsonl  # the one JSONL reader (a torn last record is left out)
+from fsslab.jsonl import read_jsonl
 from fsslab.viz.palette import series_colour
 
 _X_KEYS = ("iteration", "iter", "step", "global_step", "epoch")

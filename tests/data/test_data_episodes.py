@@ -22,7 +22,7 @@ from fsslab.data import (
     read_label,
     to_official,
 )
-from fsslab.data.episodic import stats_line, sum_stats
+from fsslab.data.episodes.stats import stats_line, sum_stats
 from fsslab.data.eval_protocols import long_side_size
 from fsslab.errors import FsslabWarning
 
@@ -208,7 +208,7 @@ def test_a_support_is_never_the_query_image(tmp_path, monkeypatch):
     for episode in ds.episodes:  # 3 distinct images, 2 shots: the supports are exactly the two others
         assert sorted(episode.supports) == sorted(set(range(3)) - {episode.query})
     # an index that still holds one image under two spellings (built elsewhere): the path decides, not the index
-    from fsslab.data import episode_dataset  # where EpisodicDataset builds its index
+    from fsslab.data.episodes import dataset as episode_dataset  # where EpisodicDataset builds its index
 
     real = episode_dataset.build_fold_index
 

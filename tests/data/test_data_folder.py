@@ -1,4 +1,4 @@
-"""FSS-1000 and class-folder datasets (fsslab.data.folder) on fixtures written in the real layout
+"""FSS-1000 and class-folder datasets (fsslab.data.episodes.folder) on fixtures written in the real layout
 (``<root>/<class>/<n>.jpg`` + ``<n>.png``, masks 0/255 with anti-aliased edges as FSS-1000 ships them)."""
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from PIL import Image
 from fsslab.cli import main
 from fsslab.config import ConfigError
 from fsslab.data import DatasetError, EpisodeOptions, build_dataset, fss1000_split, read_binary_mask
-from fsslab.data.folder import FSS1000_SPLIT_DIR, check_class_split, split_benchmark, write_split_file
+from fsslab.data.episodes.folder import (
+    FSS1000_SPLIT_DIR,
+    check_class_split,
+    split_benchmark,
+    write_split_file,
+)
 
 
 def write_class(root: Path, name: str, n: int = 3, size: tuple[int, int] = (40, 48), seed: int = 0) -> None:

@@ -1,5 +1,5 @@
 """EpisodeOptions: the episodic datasets' options as one dataclass; keyword arguments still build it, the config
-builds it (fsslab.engine.runner.dataset_options), and a bad value is an error naming it."""
+builds it (fsslab.engine.build.dataset_options), and a bad value is an error naming it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from fsslab.config import load_config
 from fsslab.data import EpisodeOptions, PascalEpisodes, build_dataset
-from fsslab.engine.runner import dataset_kwargs, dataset_options
+from fsslab.engine.build import dataset_kwargs, dataset_options
 from fsslab.errors import ConfigError
 
 SIZE = 64

@@ -17,7 +17,7 @@ from prep_fixtures import coco_image, polygon_annotation, write_coco, write_jpeg
 from fsslab.cli import main as cli_main
 from fsslab.data.classes import COCO_ID_TO_INDEX
 from fsslab.data.prep import PrepError, coco_semantic_label, prepare_coco
-from fsslab.data.prep_coco_checks import clean_polygons, clip_polygon
+from fsslab.data.prep.coco_checks import clean_polygons, clip_polygon
 
 pytest.importorskip("pycocotools")
 

@@ -23,7 +23,7 @@ from fsslab.data.synthetic import (
     render_sample,
     write_synthetic_if_missing,
 )
-from fsslab.data.synthetic_textures import TEXTURES, class_signature
+from fsslab.data.synthetic.textures import TEXTURES, class_signature
 from fsslab.errors import DatasetError
 
 TINY = {"n_train": 40, "n_val": 12, "min_size": 96, "max_size": 112}
@@ -94,7 +94,7 @@ def test_pretrain_split_is_a_separate_training_corpus(tmp_path):
 def test_procedural_pretrain_classes_are_their_own_ids_and_leave_the_benchmark_unchanged(tmp_path):
     from fsslab.data.base_data import BaseClassDataset
     from fsslab.data.classes import synthetic_benchmark
-    from fsslab.data.synthetic_procedural import procedural_parts
+    from fsslab.data.synthetic.procedural import procedural_parts
 
     config = SyntheticConfig(seed=2, n_train=8, n_val=4, n_pretrain=30, min_size=96, max_size=96, max_objects=3,
                              distinct_classes=True, class_appearance=0.8, pretrain_classes=50)
@@ -361,7 +361,7 @@ def test_distinct_classes_and_spread_placement():
     for _ in range(20):
         assert len(set((rng.choice(20, 3, replace=False) + 1).tolist())) == 3
     # spread: one object per grid cell, so their centres are at least a third of a cell apart
-    from fsslab.data.synthetic import _spread_centres
+    from fsslab.data.synthetic.render import _spread_centres
 
     centres = np.asarray(_spread_centres(np.random.default_rng(3), 4))
     gaps = [np.abs(a - b).max() for i, a in enumerate(centres) for b in centres[i + 1 :]]

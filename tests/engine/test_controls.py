@@ -113,7 +113,7 @@ def test_control_separates_support_driven_from_support_blind_models(root):
 
 def test_backbone_pretrain_config_reads_the_procedural_pretrain_split_with_every_class(synthetic_root_factory):
     from fsslab.data.base_data import BaseClassDataset
-    from fsslab.engine.runner import build_train_set
+    from fsslab.engine.build import build_train_set
 
     knobs = {**KNOBS, "n_pretrain": 30, "pretrain_classes": 40}
     root = synthetic_root_factory(knobs)

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: engine_t
 from engine_toys import ToyEpisodes, ToyGD, ToyNet, toy_config
 
 from fsslab.engine.evaluate import evaluate
-from fsslab.engine.trainer import Trainer, seed_everything
+from fsslab.engine.train.trainer import Trainer, seed_everything
 
 TOLERANCE = 1e-6  # float32 all-reduce sums two half-batch gradients: reduction order differs in the last bits
 

@@ -13,7 +13,7 @@ from fsslab.configs.generate import AMNET_TEST_SEEDS
 from fsslab.data import PASCAL, read_label
 from fsslab.data.base_data import BaseClassDataset
 from fsslab.data.lists import read_list
-from fsslab.engine.trainer import Trainer, seed_everything
+from fsslab.engine.train.trainer import Trainer, seed_everything
 from fsslab.models.pspnet import PSPNet
 
 
@@ -108,7 +108,7 @@ class _Bench:
 
 def test_base_data_refuses_episode_options():
     from fsslab.config import ConfigError
-    from fsslab.engine.runner import build_train_set
+    from fsslab.engine.build import build_train_set
 
     cfg = load_config("pascal/pspnet_base_r50_fold0", ["data.params.on_small_class=exclude"])
     with pytest.raises(ConfigError, match=r"\['on_small_class'\] do not apply to data.train_data=base"):
@@ -116,7 +116,7 @@ def test_base_data_refuses_episode_options():
 
 
 def test_build_train_set_gives_base_data(voc_root):
-    from fsslab.engine.runner import build_train_set
+    from fsslab.engine.build import build_train_set
 
     cfg = load_config("synthetic/pspnet_base_tiny", [f"data.root={voc_root}", "data.synthetic=null",
                                                      "data.train_data=base", "data.size=64"])  # fmt: skip
@@ -130,7 +130,7 @@ def test_build_train_set_gives_base_data(voc_root):
                                            ("synthetic/amformer_tiny", "model.params.pretrained=/nonexistent/s1.pt")])
 def test_a_full_checkpoint_needs_no_starting_point(name, missing, tmp_path):
     """`fsslab eval --checkpoint` loads every weight: the runs the model started from need not exist."""
-    from fsslab.engine.runner import build_run_model, load_model_weights
+    from fsslab.engine.build import build_run_model, load_model_weights
     from fsslab.errors import FsslabError
 
     cfg = load_config(name, [missing, "model.prerequisite=null"])

@@ -20,9 +20,9 @@ from run_dir_child import make_trainer
 
 from fsslab.config import ConfigError
 from fsslab.engine import checkpoint as ckpt
-from fsslab.engine.run_dir import RunDirError, RunLock, _process_start, holds_run
-from fsslab.engine.runlog import read_jsonl
-from fsslab.engine.trainer import Trainer, TrainingStopped, seed_everything
+from fsslab.engine.train.run_dir import RunDirError, RunLock, _process_start, holds_run
+from fsslab.engine.train.trainer import Trainer, TrainingStopped, seed_everything
+from fsslab.jsonl import read_jsonl
 
 torch.set_num_threads(1)
 TESTS = Path(__file__).resolve().parents[1]  # tests/: run_dir_child.py, engine_toys
@@ -86,12 +86,12 @@ def test_fresh_run_into_a_run_directory_is_refused_and_overwrite_replaces_it(tmp
 
 
 def test_cli_refuses_a_fresh_run_into_a_run_directory(tmp_path, monkeypatch, capsys):
-    import fsslab.data
+    import fsslab.engine.build
     from fsslab import models
     from fsslab.cli import main
 
     monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "engine_toys:ToyNet")
-    monkeypatch.setattr(fsslab.data, "build_dataset", lambda *a, **k: ToyEpisodes(10))
+    monkeypatch.setattr(fsslab.engine.build, "build_dataset", lambda *a, **k: ToyEpisodes(10))
     config = tmp_path / "toy.yaml"
     config.write_text(
         "data: {dataset: synthetic, root: unused, batch_size: 2, workers: 0}\nmodel: {name: toy}\n"
@@ -348,8 +348,8 @@ def test_nan_stop_names_a_checkpoint_that_exists(tmp_path):
 def test_under_ddp_a_refusal_on_rank_0_stops_every_rank(tmp_path, monkeypatch, rank):
     """Rank 0 alone checks the directory and broadcasts the outcome (the collective itself runs in
     tests/engine/test_ddp.py); here the broadcast is played by hand, rank 0's outcome for rank 1."""
-    from fsslab.engine import resume
     from fsslab.engine.distributed import DistInfo
+    from fsslab.engine.train import resume
 
     (tmp_path / "log.jsonl").write_text('{"iteration": 1}\n')
     sent = []

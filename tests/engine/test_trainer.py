@@ -12,8 +12,8 @@ from engine_toys import ToyEpisodes, ToyGD, ToyNet, toy_config
 
 from fsslab.engine import checkpoint as ckpt
 from fsslab.engine.evaluate import evaluate
-from fsslab.engine.runlog import read_jsonl
-from fsslab.engine.trainer import Trainer, TrainingStopped, poly_factor, seed_everything
+from fsslab.engine.train.trainer import Trainer, TrainingStopped, poly_factor, seed_everything
+from fsslab.jsonl import read_jsonl
 
 torch.set_num_threads(1)
 
@@ -230,7 +230,7 @@ def test_out_of_memory_stops_with_advice(tmp_path):
 
 
 def test_image_grid_shows_query_prediction_and_truth():
-    from fsslab.engine.runlog import episode_grid
+    from fsslab.engine.train.runlog import episode_grid
 
     batch = next(iter(torch.utils.data.DataLoader(ToyEpisodes(3), batch_size=3)))
     grid = episode_grid(batch, torch.randn(3, 2, 8, 8), max_items=2)
@@ -268,7 +268,7 @@ def test_bf16_on_a_cpu_without_native_bf16_says_it_is_emulated(monkeypatch):
 
 def test_optimisers_use_the_fused_update_on_cpu():
     # PyTorch's CPU default is a per-parameter Python loop; fsslab asks for the fused kernel (same update rule)
-    from fsslab.engine.optim import build_optimizers
+    from fsslab.engine.train.optim import build_optimizers
 
     built = build_optimizers(ToyGD(), 0.01, 1e-4)
     assert built and all(g["fused"] for b in built for g in b.optimizer.param_groups)

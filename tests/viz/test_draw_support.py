@@ -1,6 +1,6 @@
 """Drawing a support by hand (notebook 05) without a browser: box drags and scribble strokes → labels
 (fsslab.viz.draw), the ipycanvas widget driven by the mouse events its frontend sends (fsslab.viz.draw_widget),
-and the live predictions and the mask/box/scribble comparison (fsslab.support_lab)."""
+and the live predictions and the mask/box/scribble comparison (fsslab.lab.support)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fsslab.config import load_config
+from fsslab.lab.support import ClassImages, LiveSupport, compare_support_labels, mask_iou
 from fsslab.predict import PredictModel
-from fsslab.support_lab import ClassImages, LiveSupport, compare_support_labels, mask_iou
 from fsslab.viz.draw import BOX_RGB, SCRIBBLE_RGB, SupportSketch, box_from_drag, rasterize_strokes
 from fsslab.viz.draw_widget import DrawSupport
 from fsslab.zoo import load_pretrained

@@ -123,7 +123,7 @@ def test_training_curves_from_jsonl_with_adversarial_panel(tmp_path):
 
 
 def test_training_curves_read_the_trainers_log(tmp_path):
-    runlog = pytest.importorskip("fsslab.engine.runlog")
+    runlog = pytest.importorskip("fsslab.engine.train.runlog")
     logger = runlog.RunLogger(tmp_path, tensorboard=False)
     for i in range(4):  # the records Trainer._log / Trainer._evaluate write for AMFormer
         logger.record({"iteration": i, "epoch": 0, "loss": {"total": 1.0 - 0.1 * i, "adversarial_g": 0.7,

@@ -1,0 +1,278 @@
+"""Shipped checkpoints of the synthetic-benchmark models: the manifest, list, load, verify (packing a run is
+``fsslab.zoo.pack``)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fsslab.config import RunConfig, config_from_dict, replace_section
+from fsslab.engine.build import architecture
+from fsslab.engine.checkpoint import CheckpointError
+from fsslab.errors import FsslabError
+from fsslab.version import __version__
+
+CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "synthetic"
+MANIFEST_NAME = "manifest.json"
+# everything under the checkpoint directory: the 10 MB of the zoo issue, plus 0.5 MB for the six models the
+# few-shot issue (#11) asks to ship (1- and 5-shot baseline, IPMT and AMFormer: 10.1 MB in int8)
+BUDGET_BYTES = 10_500_000
+FORMAT = 1
+STORAGES = ("fp32", "fp16", "int8")
+DEFAULT_CHECK = {"seeds": [0], "episodes": 100}
+DEFAULT_TOLERANCE = 1e-6  # percentage points; the check eval runs on CPU with one thread (deterministic)
+
+
+class ZooError(FsslabError, RuntimeError):
+    """A packed checkpoint or the manifest is missing, inconsistent or corrupt."""
+
+
+class UnknownCheckpointName(ZooError, KeyError):
+    """No shipped checkpoint has that name (also a KeyError: a failed lookup, as it was before)."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+# --------------------------------------------------------------------------------------------- storage
+def _encode(tensor: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
+    """One tensor in the packed format; non-float tensors are always stored exactly."""
+    if not tensor.is_floating_point() or storage == "fp32":
+        return {"value": tensor.clone()}
+    if storage == "int8" and tensor.dim() >= 2 and tensor.numel() >= 1024:
+        # symmetric per-output-channel quantisation: the scale follows each filter's own range
+        flat = tensor.float().flatten(1)  # [C_out, rest]
+        scale = flat.abs().amax(1).clamp_min(1e-12) / 127.0  # [C_out]
+        q = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        return {"value": q.view_as(tensor), "scale": scale}
+    return {"value": tensor.to(torch.float16) if storage in ("fp16", "int8") else tensor.clone()}
+
+
+def _decode(item: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    value = item["value"]
+    if "scale" in item:  # int8: [C_out, ...] * scale[C_out]
+        value = (value.float().flatten(1) * item["scale"][:, None]).view(value.shape)
+    return value.to(dtype)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _fingerprint(tensor: torch.Tensor) -> tuple[Any, ...]:
+    data = tensor.detach().cpu().contiguous()
+    return tuple(data.shape), str(data.dtype), hashlib.sha1(data.reshape(-1).view(torch.uint8).numpy().tobytes()
+                                                            if data.numel() else b"").hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -------------------------------------------------------------------------------------------- manifest
+def read_manifest(checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+    """The manifest (``{"format", "budget_bytes", "shared", "entries"}``); an empty one if there is none."""
+    path = Path(checkpoint_dir or CHECKPOINT_DIR) / MANIFEST_NAME
+    if not path.is_file():
+        return {"format": FORMAT, "budget_bytes": BUDGET_BYTES, "shared": {}, "entries": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ZooError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("entries"), dict):
+        raise ZooError(f"{path}: not an fsslab zoo manifest (no 'entries' mapping)")
+    manifest.setdefault("shared", {})
+    return manifest
+
+
+def _write_manifest(manifest: dict[str, Any], checkpoint_dir: Path) -> None:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=checkpoint_dir)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.chmod(tmp, 0o644)  # package data: readable by everyone (mkstemp creates 0600)
+    os.replace(tmp, checkpoint_dir / MANIFEST_NAME)
+
+
+def list_pretrained(checkpoint_dir: str | Path | None = None) -> list[str]:
+    """Names of the shipped checkpoints (``load_pretrained`` accepts each)."""
+    return sorted(read_manifest(checkpoint_dir)["entries"])
+
+
+def pretrained_info(name: str, checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+    """The manifest entry of ``name``: command, config, data seed, metrics, file, sha256, size."""
+    entries = read_manifest(checkpoint_dir)["entries"]
+    if name not in entries:
+        raise UnknownCheckpointName(f"no shipped checkpoint {name!r}; available: {sorted(entries) or 'none'}")
+    return entries[name]
+
+
+def total_size(checkpoint_dir: str | Path | None = None) -> int:
+    """Bytes of every file under the checkpoint directory (what the package ships)."""
+    root = Path(checkpoint_dir or CHECKPOINT_DIR)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+
+# ------------------------------------------------------------------------------------------------ pack
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """CPU evaluation with one thread: the same reduction order, hence the same numbers, on every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_eval(model: nn.Module, cfg: RunConfig, seeds: list[int], episodes: int,
+               data_root: str | Path | None = None) -> dict[str, Any]:
+    """The reduced, deterministic evaluation recorded at pack time and repeated by ``verify_pretrained``."""
+    from fsslab.engine.prerequisites import prepare_data
+    from fsslab.engine.runner import run_evaluation
+
+    cfg = replace_section(cfg, "data", workers=0, **({"root": str(data_root)} if data_root is not None else {}))
+    prepare_data(cfg, progress=False)  # the benchmark the packed config names, written when it is not there
+    with _one_thread(), torch.no_grad():
+        result = run_evaluation(cfg, model.cpu().eval(), seeds=seeds, episodes=episodes, progress=False,
+                                device=torch.device("cpu"))
+    return {"seeds": list(seeds), "episodes": episodes, "miou": result.miou_mean, "fbiou": result.fbiou_mean,
+            "per_seed": [{"seed": r["seed"], "miou": r["miou"], "fbiou": r["fbiou"]} for r in result.per_seed]}
+
+
+def _eval_summary(eval_json: str | Path | None) -> dict[str, Any] | None:
+    if eval_json is None:
+        return None
+    data = json.loads(Path(eval_json).read_text())
+    missing = [k for k in ("miou", "fbiou", "per_seed") if k not in data]
+    if missing:
+        raise ZooError(f"{eval_json}: not an `fsslab eval --json` file (missing {missing})")
+    keep = ("miou", "miou_std", "fbiou", "fbiou_std", "seeds", "episodes_per_seed", "class_iou")
+    summary = {k: data[k] for k in keep if k in data}
+    summary["per_seed"] = [{"seed": r["seed"], "miou": r["miou"], "fbiou": r["fbiou"]} for r in data["per_seed"]]
+    summary["settings"] = {k: v for k, v in data.get("settings", {}).items() if k != "class_names"}
+    summary["checkpoint"] = data.get("checkpoint")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ load
+def _load_verified(path: Path, sha256: str | None) -> dict[str, Any]:
+    if not path.is_file():
+        raise ZooError(f"{path}: listed in the manifest but missing")
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise ZooError(f"{path}: sha256 differs from the manifest's; the file is corrupt or was replaced")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated or not a torch file
+        raise ZooError(f"{path}: could not be read safely ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or "tensors" not in data:
+        raise ZooError(f"{path}: not a packed fsslab checkpoint (format {FORMAT})")
+    return data
+
+
+def _restore(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[str, Any],
+             model_params: dict[str, Any] | None = None) -> nn.Module:
+    cfg = config_from_dict(packed["config"])
+    if model_params:  # e.g. reproduce_official=true: same weights, other inference behaviour
+        cfg = replace_section(cfg, "model", params={**cfg.model.params, **model_params})
+    shared: dict[str, Any] = {}
+    if packed.get("shared_file"):
+        info = manifest["shared"].get(packed["shared_file"])
+        if info is None:
+            raise ZooError(f"{packed['name']}: shared file {packed['shared_file']} is not in the manifest")
+        shared = _load_verified(checkpoint_dir / packed["shared_file"], info["sha256"])["tensors"]
+    state = {}
+    for key, dtype in packed["dtypes"].items():
+        if key in packed["tensors"]:
+            item = packed["tensors"][key]
+        elif key in packed["shared_keys"] and packed["shared_keys"][key] in shared:
+            item = shared[packed["shared_keys"][key]]
+        else:
+            raise ZooError(f"{packed['name']}: tensor {key} is neither in the file nor in its shared file")
+        state[key] = _decode(item, getattr(torch, dtype))
+    model = architecture(cfg)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_pretrained(name: str, checkpoint_dir: str | Path | None = None,
+                    device: str | torch.device = "cpu", model_params: dict[str, Any] | None = None) -> nn.Module:
+    """The shipped model ``name`` in eval mode (files checked against the manifest's sha256, loaded safely).
+
+    model_params: constructor options that replace the packed config's (inference switches such as IPMT's
+    ``reproduce_official``; an option that changes the architecture fails to load the weights)."""
+    root = Path(checkpoint_dir or CHECKPOINT_DIR)
+    manifest = read_manifest(root)
+    entry = pretrained_info(name, root)
+    packed = _load_verified(root / entry["file"], entry["sha256"])
+    try:
+        model = _restore(packed, root, manifest, model_params)
+    except CheckpointError as exc:
+        raise ZooError(str(exc)) from None
+    return model.to(device).eval()
+
+
+def pretrained_config(name: str, checkpoint_dir: str | Path | None = None,
+                      data_root: str | Path | None = None) -> RunConfig:
+    """The run config of a shipped checkpoint (optionally pointed at another data root) to evaluate it."""
+    root = Path(checkpoint_dir or CHECKPOINT_DIR)
+    entry = pretrained_info(name, root)
+    cfg = config_from_dict(_load_verified(root / entry["file"], entry["sha256"])["config"])
+    return cfg if data_root is None else replace_section(cfg, "data", root=str(data_root))
+
+
+def verify_pretrained(name: str, data_root: str | Path | None = None,
+                      checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+    """Repeat the manifest's check evaluation; returns {"expected", "measured", "max_abs_diff", "ok"}."""
+    entry = pretrained_info(name, checkpoint_dir)
+    model = load_pretrained(name, checkpoint_dir)
+    cfg = pretrained_config(name, checkpoint_dir, data_root)
+    expected = entry["check"]
+    measured = check_eval(model, cfg, expected["seeds"], expected["episodes"])
+    diffs = [abs(measured[k] - expected[k]) for k in ("miou", "fbiou")]
+    diffs += [abs(m[k] - e[k]) for m, e in zip(measured["per_seed"], expected["per_seed"]) for k in ("miou", "fbiou")]
+    worst = max(diffs)
+    return {"expected": expected, "measured": measured, "max_abs_diff": worst,
+            "ok": worst <= expected.get("tolerance", DEFAULT_TOLERANCE)}
+
+
+def recheck_pretrained(name: str, eval_json: str | Path | None = None, data_root: str | Path | None = None,
+                       checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+    """Re-measure a shipped checkpoint after the *evaluation* changed (the weights do not): repeat its check
+    evaluation, record the new values (and the full metrics of ``eval_json``, an ``fsslab eval --json`` file
+    of this checkpoint) in the manifest; returns the updated entry."""
+    root = Path(checkpoint_dir or CHECKPOINT_DIR)
+    manifest = read_manifest(root)
+    entry = pretrained_info(name, root)
+    model = load_pretrained(name, root)
+    cfg = pretrained_config(name, root)
+    check = entry["check"]
+    measured = check_eval(model, cfg, list(check["seeds"]), int(check["episodes"]), data_root)
+    entry = {**entry, "check": {**measured, "tolerance": check.get("tolerance", DEFAULT_TOLERANCE)},
+             "rechecked_with_fsslab": __version__}  # fmt: skip
+    if eval_json is not None:
+        entry["metrics"] = _eval_summary(eval_json)
+    manifest["entries"][name] = entry
+    _write_manifest(manifest, root)
+    return entry
+
+
+__all__ = [
+    "BUDGET_BYTES", "CHECKPOINT_DIR", "ZooError", "check_eval",
+    "list_pretrained", "load_pretrained", "pretrained_config", "pretrained_info",
+    "read_manifest", "recheck_pretrained", "sha256_file", "total_size", "verify_pretrained",
+]
