@@ -2,8 +2,8 @@
 
 - A fresh run into a directory that already holds a run (``latest.pt``, ``best.pt``, ``iter_*.pt`` or
   ``log.jsonl``) is refused unless it resumes that run or ``--overwrite`` deletes its files first.
-- ``run.lock`` (pid, host, start time) is held for the run's lifetime: a second run into the directory is
-  refused with the first one's pid and host; a lock whose process is gone (same host) is removed with a notice.
+- ``run.lock`` is held with ``flock(2)`` for the run's lifetime: a second run into the directory is refused with
+  the first one's pid and host; the kernel releases the lock when its process ends, however it ends.
 - Hidden ``.*.tmp`` files are interrupted atomic writes (a killed checkpoint save): removed on the next start.
 
 Under DDP only rank 0 touches the directory (``fsslab.engine.train.resume.start_run`` calls this module there).
@@ -11,6 +11,7 @@ Under DDP only rank 0 touches the directory (``fsslab.engine.train.resume.start_
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -23,13 +24,20 @@ from typing import Any
 
 from fsslab.engine.checkpoint import CheckpointError
 
+try:
+    import fcntl
+
+    msvcrt = None
+except ImportError:  # Windows
+    import msvcrt  # type: ignore[no-redef]
+
+    fcntl = None  # type: ignore[assignment]
+
 LOCK_NAME = "run.lock"
 # the files that make a directory "hold a run" (config.yaml and tensorboard/ alone are written before
 # the first record and say nothing was trained)
 RUN_PATTERNS = ("latest.pt", "best.pt", "iter_*.pt", "log.jsonl")
 TEMP_PATTERN = ".*.tmp"  # what atomic_save / atomic_write_text leave when killed mid-write
-_UNREADABLE_LOCK_GRACE_S = 10.0  # an empty lock younger than this is still being written by its owner
-_HELD: set[str] = set()  # locks this process holds (tells its own live lock from a dead run's)
 
 
 class RunDirError(CheckpointError):
@@ -119,177 +127,83 @@ def refuse_fresh_start(out_dir: Path, files: list[Path]) -> RunDirError:
 
 
 # ------------------------------------------------------------------------------------------------ lock
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (Linux), or None where there is no /proc."""
+def _try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking lock on ``fd``; False when another open file holds it. The kernel releases it
+    when the file is closed or its process ends, however it ends (kill -9 included): no stale lock to recover."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()  # the command name (field 2) may hold spaces and parentheses
-
-
-def _process_start(pid: int) -> str | None:
-    """Start time of ``pid`` (clock ticks since boot): tells the locker from a later process with its pid."""
-    fields = _proc_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else None
-
-
-def _pid_alive(pid: int, started_ticks: str | None) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: assume it runs
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    fields = _proc_stat(pid)
-    if fields is not None:
-        if fields[0] == "Z":  # killed, not yet reaped by its parent
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:  # Windows: a byte-range lock on the first byte
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
             return False
-        if started_ticks is not None and len(fields) > 19 and fields[19] != started_ticks:
-            return False  # the pid was reused by another process
+        raise
     return True
 
 
 class RunLock:
-    """``out_dir/run.lock`` holding ``{"pid", "host", "started", "ticks"}`` as JSON, created exclusively and
-    complete: the content is written to a temporary file first, then hard-linked to the lock's name (which
-    fails if the lock exists), so that no one ever sees a lock without its owner (O_EXCL and a write after it
-    where the filesystem has no hard links)."""
+    """``out_dir/run.lock``, held with ``flock(2)`` while the run lasts (``msvcrt.locking`` on Windows).
+
+    A second run into the directory is refused with the holder's pid, host and start time, which the holder
+    writes into the file once it holds it. The lock belongs to the open file, so the kernel drops it when the
+    holder ends, whatever kills it; a ``run.lock`` left by a killed run is just a file that the next run
+    locks and rewrites. The holder deletes the file on release; a process that opened the old file just before
+    locks an unlinked inode, sees that the path no longer names it, and tries again."""
 
     def __init__(self, out_dir: str | Path):
         self.path = Path(out_dir) / LOCK_NAME
         self.held = False
+        self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock, recovering a stale one; raises RunDirError naming the live holder."""
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "ticks": _process_start(os.getpid()),
-        }
-        for _ in range(5):  # a few rounds: another process may take or drop the lock meanwhile
-            if self._create(json.dumps(info)):
-                self.held = True
-                _HELD.add(str(self.path.resolve()))
-                return
-            holder = self._read()
-            if holder is None:  # removed meanwhile: try again
+        """Take the lock; raises RunDirError naming the live holder."""
+        for _ in range(5):  # a few rounds: a holder may release (and delete the file) in between
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                holder = self._read(fd)
+                os.close(fd)
+                raise RunDirError(self._in_use(holder))
+            if not self._still_the_lock(fd):
+                os.close(fd)
                 continue
-            problem = self._live_holder(holder)
-            if problem:
-                raise RunDirError(problem)
-            self._remove_stale(holder)
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+            self._fd, self.held = fd, True
+            return
         raise RunDirError(f"could not take the lock {self.path}: other processes keep taking it")
 
-    def _create(self, content: str) -> bool:
-        """Create the lock with ``content``; False when it exists."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{LOCK_NAME}.", suffix=".tmp", dir=self.path.parent)
+    def _still_the_lock(self, fd: int) -> bool:
         try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(content)
-            try:
-                os.link(tmp, self.path)
-                return True
-            except FileExistsError:
-                return False
-            except FileNotFoundError:  # the holder's clean-up of stale temporary files took ours: look again
-                return False
-            except OSError:  # no hard links here
-                pass
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "w") as handle:
-                handle.write(content)
-            return True
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    @staticmethod
+    def _read(fd: int) -> dict[str, Any]:
+        """What the holder wrote (``{}`` while it has not written yet)."""
+        try:
+            data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _in_use(self, holder: dict[str, Any]) -> str:
+        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}; "
+               if holder else "")
+        return (f"run directory {self.path.parent} is in use by another fsslab run ({who}lock {self.path}): wait for "
+                "it to end or train into another directory (--out / train.out_dir)")
 
     def release(self) -> None:
-        """Delete the lock if this process holds it (safe to call twice)."""
-        if not self.held:
+        """Delete the lock file and drop the lock if this process holds it (safe to call twice)."""
+        if not self.held or self._fd is None:
             return
         self.held = False
-        _HELD.discard(str(self.path.resolve()))
-        holder = self._read()
-        if holder is not None and holder.get("pid") == os.getpid():
+        if self._still_the_lock(self._fd):
             self.path.unlink(missing_ok=True)
-
-    def _read(self) -> dict[str, Any] | None:
-        """The lock's content; ``{}`` when unreadable (being written, or its writer died), None when gone."""
-        try:
-            text = self.path.read_text()
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            return {"_text": text, "_age": age}
-        return data if isinstance(data, dict) else {"_text": text, "_age": age}
-
-    def _live_holder(self, holder: dict[str, Any]) -> str | None:
-        """Why the lock cannot be taken (its holder may still run), or None when it is stale."""
-        where = self.path.parent
-        if "pid" not in holder:
-            if holder.get("_age", 0.0) < _UNREADABLE_LOCK_GRACE_S:
-                return f"run directory {where} is being locked by another process right now ({self.path})"
-            return None
-        pid, host, started = holder["pid"], holder.get("host"), holder.get("started", "?")
-        if host != socket.gethostname():
-            return (
-                f"run directory {where} is in use by another fsslab run (pid {pid} on host {host}, started "
-                f"{started}); fsslab cannot check a process on another host: if that run has ended, delete "
-                f"{self.path}; otherwise train into another directory (--out / train.out_dir)"
-            )
-        if pid == os.getpid() and str(self.path.resolve()) not in _HELD:
-            return None  # a run of this process that ended without releasing (os._exit); nothing writes now
-        if pid == os.getpid() or _pid_alive(int(pid), holder.get("ticks")):
-            return (
-                f"run directory {where} is in use by another fsslab run (pid {pid} on {host}, started "
-                f"{started}; lock {self.path}): wait for it to end or train into another directory "
-                "(--out / train.out_dir)"
-            )
-        return None
-
-    def _remove_stale(self, holder: dict[str, Any]) -> None:
-        """Remove a dead run's lock. The lock is first renamed to a name of this process's own, so that of
-        two processes recovering it at once only one removes it, and a lock taken meanwhile is put back."""
-        grabbed = self.path.with_name(f".{LOCK_NAME}.stale.{os.getpid()}")
-        try:
-            os.replace(self.path, grabbed)
-        except FileNotFoundError:
-            return
-        try:
-            text: str | None = grabbed.read_text()
-        except OSError:
-            text = None
-        if "pid" in holder:
-            try:
-                same = json.loads(text or "") == holder
-            except json.JSONDecodeError:
-                same = False
-        else:
-            same = text == holder.get("_text")
-        if not same:  # another process took the lock in between: give it back
-            try:
-                os.link(grabbed, self.path)
-            except FileExistsError:
-                pass
-            grabbed.unlink(missing_ok=True)
-            return
-        grabbed.unlink(missing_ok=True)
-        if "pid" in holder:
-            notice(
-                f"removed the stale lock {self.path} of pid {holder['pid']} (started "
-                f"{holder.get('started', '?')}; that process no longer runs on {holder.get('host')})"
-            )
-        else:
-            notice(f"removed the unreadable lock {self.path} (its writer died while creating it)")
+        os.close(self._fd)  # drops the lock
+        self._fd = None
 
 
 __all__ = [
