@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[notebooks,coco,dev]"
+	$(PY) -m pip install --quiet -e ".[notebooks,coco,prep,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -296,3 +296,13 @@ def test_fsslab_data_exports_prep_lazily_and_keeps_its_import_errors(monkeypatch
     monkeypatch.setitem(sys.modules, "fsslab.data.prep", None)
     with pytest.raises(ModuleNotFoundError):
         fsslab.data.prepare_pascal  # noqa: B018
+
+
+def test_sbd_labels_without_scipy_name_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from fsslab.data.prep import read_sbd_label
+
+    monkeypatch.setitem(sys.modules, "scipy.io", None)  # as if scipy were not installed
+    with pytest.raises(PrepError, match=r"needs scipy: pip install 'fsslab\[prep\]'"):
+        read_sbd_label(tmp_path / "2008_000001.mat")

@@ -95,7 +95,10 @@ def _colours_to_indices(rgb: np.ndarray, path: str | os.PathLike) -> np.ndarray:
 
 def read_sbd_label(path: str | os.PathLike) -> np.ndarray:
     """SBD's `cls/<name>.mat` (struct GTcls with field Segmentation) as class indices [H, W] uint8."""
-    import scipy.io
+    try:  # an extra: only SBD's MATLAB labels need it
+        import scipy.io
+    except ImportError:
+        raise PrepError(f"{path}: reading SBD's .mat labels needs scipy: pip install 'fsslab[prep]'") from None
 
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
