@@ -32,7 +32,8 @@ class DataConfig:
     support_label: str = "mask"  # "mask" | "box" | "scribble" (weak supports)
     coco_split: str = "interleaved"  # COCO-20i fold convention: "interleaved" | "contiguous"
     # training set: "episodes" (episodic, data.protocol's list) or "base" (BAM BaseData, for the stage-1
-    # PSPNet: every image of the list, novel classes as background, no area filter; fsslab.data.base_data)
+    # PSPNet: every image of the list, novel classes as background, no area filter; fsslab.data.base_data) or
+    # "procedural" (the wide shape vocabulary rendered on the fly, data.params its knobs; fsslab.data.synthetic.wide)
     train_data: str = "episodes"
     train_split: str = "train"  # "pretrain": the synthetic benchmark's backbone corpus (n_pretrain images)
     scale_min: float = 0.9
@@ -163,7 +164,7 @@ CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("data", "support_label"): ("mask", "box", "scribble"),
     ("data", "coco_split"): ("interleaved", "contiguous"),
     ("data", "train_split"): ("train", "pretrain"),
-    ("data", "train_data"): ("episodes", "base"),
+    ("data", "train_data"): ("episodes", "base", "procedural"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "grad_sync"): ("auto", "ddp", "manual"),
     ("train", "device"): ("auto", "cpu", "cuda"),

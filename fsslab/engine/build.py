@@ -91,6 +91,10 @@ def _check_data_params(params: dict[str, Any], dataset: str) -> None:
 
 def build_train_set(cfg: RunConfig) -> Any:
 
+    if cfg.data.train_data == "procedural":  # the wide shape vocabulary, rendered on the fly: nothing on disk
+        from fsslab.data.synthetic.wide import WideShapes
+
+        return WideShapes(size=cfg.data.size, **cfg.data.params)  # its own arguments are checked by its constructor
     check_data(cfg)
     if cfg.data.train_data == "base":  # BAM BaseData: stage 1 on the whole list with base annotations
 

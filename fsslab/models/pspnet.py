@@ -89,8 +89,15 @@ class PSPNet(FewShotModel):
                  dilation: str = "pspnet", norm: str = "batch", bins: tuple[int, ...] = (1, 2, 3, 6),
                  dropout: float = 0.1, aux_weight: float = 0.0, ignore_index: int = IGNORE_INDEX,
                  head_lr_multiplier: float = 10.0, optimizer: str = "sgd", head_channels: int = 512,
-                 backbone_lr_multiplier: float = 1.0, channels_last: bool = True) -> None:
+                 backbone_lr_multiplier: float = 1.0, channels_last: bool = True,
+                 train_logits: str = "input") -> None:
         super().__init__()
+        # "features": in training, logits stay at the backbone's resolution and the loss reads the label there
+        # (nearest): a head of thousands of classes (the wide pretraining, data.train_data=procedural) then costs
+        # 1/64 of its full-resolution logits; evaluation always upsamples to the input
+        if train_logits not in ("input", "features"):
+            raise ConfigError(f"train_logits must be 'input' or 'features', got {train_logits!r}")
+        self.train_logits = train_logits
         # channels_last input: oneDNN's convolutions on CPU are faster in that layout (same function; measured
         # -28% at the tiny setting, -2% at ResNet-50 473x473, benchmarks/README.md)
         self.channels_last = channels_last
@@ -121,10 +128,11 @@ class PSPNet(FewShotModel):
             image = image.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(image)
         embedding, logits = self.decode(feats["layer4"])
-        out = FSSOutput(F.interpolate(logits, size, mode="bilinear", align_corners=True))
+        low = self.training and self.train_logits == "features"
+        out = FSSOutput(logits if low else F.interpolate(logits, size, mode="bilinear", align_corners=True))
         if self.training and self.aux_head is not None:
-            out.aux["aux_logits"] = F.interpolate(self.aux_head(feats["layer3"]), size, mode="bilinear",
-                                                  align_corners=True)
+            aux = self.aux_head(feats["layer3"])
+            out.aux["aux_logits"] = aux if low else F.interpolate(aux, size, mode="bilinear", align_corners=True)
         if trace:
             out.trace = {"layer4": feats["layer4"].detach(), "embedding": embedding.detach(),
                          "base_logits": logits.detach()}
@@ -133,6 +141,12 @@ class PSPNet(FewShotModel):
     def loss(self, output: FSSOutput, batch: Batch) -> dict[str, torch.Tensor]:
         """``main``: CE(logits, query_base_mask); ``aux`` (with an aux head) weighted by ``aux_weight``."""
         target = batch["query_base_mask"].long()  # [B,H,W]: 0 bg, 1..n_base, 255 ignore
+        if output.logits.shape[-2:] != target.shape[-2:]:  # train_logits="features": the label where each logit
+            # sits when upsampled (align_corners=True: logit j at pixel j·(H−1)/(h−1))
+            (h, w), (big_h, big_w) = output.logits.shape[-2:], target.shape[-2:]
+            rows = torch.linspace(0, big_h - 1, h, device=target.device).round().long()
+            cols = torch.linspace(0, big_w - 1, w, device=target.device).round().long()
+            target = target[:, rows][:, :, cols]
         losses = {"main": F.cross_entropy(output.logits.float(), target, ignore_index=self.ignore_index)}
         total = losses["main"]
         if "aux_logits" in output.aux:
