@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from voc_fixtures import write_coco_dataset, write_voc_dataset
+from fixtures.voc import write_coco_dataset, write_voc_dataset
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from engine_toys import ToyEpisodes
+from fixtures.toys import ToyEpisodes
 
 import fsslab.engine.build
 from fsslab import models
@@ -92,7 +92,7 @@ def _fake_build_dataset(name, root, split, fold, shot, *, options=None, **kwargs
 
 @pytest.fixture
 def toy_world(monkeypatch):
-    monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "engine_toys:ToyNet")
+    monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "fixtures.toys:ToyNet")
     monkeypatch.setattr(fsslab.engine.build, "build_dataset", _fake_build_dataset)
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from engine_toys import ToyNet
+from fixtures.toys import ToyNet
 
 from fsslab import cli, models
 from fsslab.cli import main
@@ -117,7 +117,7 @@ def test_only_fsslab_errors_become_one_line(monkeypatch, capsys):
 
 
 def test_run_summaries_print_the_data_fallbacks(tmp_path, voc_root, capsys, monkeypatch):
-    monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "engine_toys:ToyNet")
+    monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "fixtures.toys:ToyNet")
     config = tmp_path / "toy.yaml"
     config.write_text(f"""
 data: {{dataset: synthetic, root: "{voc_root}", batch_size: 2, workers: 0, size: 24, val_size: 64}}

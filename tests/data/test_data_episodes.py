@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.voc import draw_sample, write_list, write_pair
 from torch.utils.data import DataLoader
-from voc_fixtures import draw_sample, write_list, write_pair
 
 from fsslab.data import (
     PASCAL,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from fixtures.voc import draw_sample, write_list, write_pair
 from PIL import Image
-from voc_fixtures import draw_sample, write_list, write_pair
 
 from fsslab.data import (
     PASCAL,

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from voc_fixtures import draw_sample, write_list, write_pair
+from fixtures.voc import draw_sample, write_list, write_pair
 
 from fsslab.data import (
     COCO_ID_TO_INDEX,

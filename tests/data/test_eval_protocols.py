@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.voc import VOC_N_CLASSES, class_colour, draw_sample, write_list, write_pair
 from torch.utils.data import DataLoader
-from voc_fixtures import VOC_N_CLASSES, class_colour, draw_sample, write_list, write_pair
 
 from fsslab.cli import main
 from fsslab.config import _CHOICES

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from prep_fixtures import (
+from fixtures.prep import (
     box_label,
     coco_image,
     polygon_annotation,

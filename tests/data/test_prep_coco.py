@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from prep_fixtures import coco_image, polygon_annotation, write_coco, write_jpeg
+from fixtures.prep import coco_image, polygon_annotation, write_coco, write_jpeg
 
 from fsslab.cli import main as cli_main
 from fsslab.data.classes import COCO_ID_TO_INDEX

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: engine_toys
-from engine_toys import ToyEpisodes, ToyGD, ToyNet, toy_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fixtures package
+from fixtures.toys import ToyEpisodes, ToyGD, ToyNet, toy_config
 
 from fsslab.engine.evaluate import evaluate
 from fsslab.engine.train.trainer import Trainer, seed_everything

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_toys import ToyEpisodes, ToyGD, ToyNet, toy_config
+from fixtures.toys import ToyEpisodes, ToyGD, ToyNet, toy_config
 
 from fsslab.config import config_from_dict, load_config
 from fsslab.configs.generate import AMNET_TEST_SEEDS

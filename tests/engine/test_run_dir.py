@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_toys import ToyEpisodes, ToyNet, toy_config
-from run_dir_child import make_trainer
+from fixtures.run_dir_child import make_trainer
+from fixtures.toys import ToyEpisodes, ToyNet, toy_config
 
 from fsslab.config import ConfigError
 from fsslab.engine import checkpoint as ckpt
@@ -25,7 +25,7 @@ from fsslab.engine.train.trainer import Trainer, TrainingStopped, seed_everythin
 from fsslab.jsonl import read_jsonl
 
 torch.set_num_threads(1)
-TESTS = Path(__file__).resolve().parents[1]  # tests/: run_dir_child.py, engine_toys
+TESTS = Path(__file__).resolve().parents[1]  # tests/: fixtures/run_dir_child.py, fixtures/toys.py
 
 
 def _trainer(out, model=None, n=10, cfg=None, **train):
@@ -90,7 +90,7 @@ def test_cli_refuses_a_fresh_run_into_a_run_directory(tmp_path, monkeypatch, cap
     from fsslab import models
     from fsslab.cli import main
 
-    monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "engine_toys:ToyNet")
+    monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "fixtures.toys:ToyNet")
     monkeypatch.setattr(fsslab.engine.build, "build_dataset", lambda *a, **k: ToyEpisodes(10))
     config = tmp_path / "toy.yaml"
     config.write_text(
@@ -405,7 +405,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
     for plan in ["write", "time", "write", "finish"]:
         mode = "resume" if holds_run(out) else "fresh"
         block_at = rng.randint(1, 3) if plan == "write" else 0
-        child = subprocess.Popen([sys.executable, str(TESTS / "run_dir_child.py"), str(out), mode, str(block_at)],
+        child = subprocess.Popen([sys.executable, str(TESTS / "fixtures" / "run_dir_child.py"), str(out), mode, str(block_at)],
                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert child.stdout.readline().strip() == "READY"
         if plan == "time":

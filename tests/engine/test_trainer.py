@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from engine_toys import ToyEpisodes, ToyGD, ToyNet, toy_config
+from fixtures.toys import ToyEpisodes, ToyGD, ToyNet, toy_config
 
 from fsslab.engine import checkpoint as ckpt
 from fsslab.engine.evaluate import evaluate

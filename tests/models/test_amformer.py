@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from batches import episode_batch
+from fixtures.batches import episode_batch
 
 from fsslab.models import build_model
 from fsslab.models.amformer import TRACE_KEYS, AMFormer

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from batches import episode_batch
+from fixtures.batches import episode_batch
 
 from fsslab.models import build_model, load_official
 from fsslab.models.ipmt import IPMT, TRACE_KEYS

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from batches import episode_batch
+from fixtures.batches import episode_batch
 
 from fsslab.config import load_config
 from fsslab.models import MODEL_REGISTRY, build_model, model_class

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from batches import episode_batch
+from fixtures.batches import episode_batch
 
 from fsslab.models import build_model
 from fsslab.models.baseline import TRACE_KEYS as BASELINE_TRACE_KEYS

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
-from viz_fixtures import LAYERS, H, W, assert_labelled, h, make_amformer_trace, make_batch, make_ipmt_trace, w
+from fixtures.viz import LAYERS, H, W, assert_labelled, h, make_amformer_trace, make_batch, make_ipmt_trace, w
 
 from fsslab import viz
 from fsslab.viz import amformer as amv

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
-from viz_fixtures import LAYERS, H, W, assert_labelled, make_batch, make_ipmt_trace
+from fixtures.viz import LAYERS, H, W, assert_labelled, make_batch, make_ipmt_trace
 
 from fsslab import viz
 from fsslab.viz import amformer as amv
