@@ -340,8 +340,7 @@ def binary_mask(values: np.ndarray, source: str | Path, what: str = "mask", *, a
     - a single value: all background (0) or all object (any other value);
     - anything else (0/128/255, a JPEG's many grey levels, negative values) is refused, naming the values;
     - ``threshold`` (FSS-1000's 128, or ``data.params.mask_threshold``): value >= threshold is the object
-      instead, for masks that are known to be soft (a 0/1 mask stays 0/1, a palette mask's non-zero indices
-      are the object).
+      instead, for masks that are known to be soft (a 0/1 mask stays 0/1).
 
     ``allow_empty``: a mask without object pixels is returned (datasets) instead of refused (supports).
     """
@@ -390,6 +389,9 @@ def read_binary_mask_file(path: str | Path, image: ImageHeader | None = None, wh
                           allow_empty: bool = False, threshold: int | None = None) -> np.ndarray:
     """A mask file read by :func:`binary_mask`'s convention, aligned to (and checked against) ``image``."""
     array, header = read_stored_pixels(path, what)
+    if threshold is not None and array.ndim == 3:  # a soft colour mask: its luminance, as PIL's convert("L")
+        colour = array[..., :3].astype(np.float32)
+        array = np.round(colour @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
     grey = grey_values(array, path, what)
     if image is not None:
         grey = align_to_image(grey, header, image, what)

@@ -34,6 +34,10 @@ from fsslab.models import MODEL_REGISTRY, build_model, model_options
 from fsslab.models.official import check_keys
 from fsslab.models.oracle import QueryLabelOracle
 
+# models whose training reads query_base_mask (the base-class annotation), and what they learn from it
+BASE_LABEL_MODELS = {"amformer": "its base learner's map is corrected by the base labels",
+                     "pspnet": "the base learner is trained on the base classes"}
+
 
 def dataset_options(cfg: RunConfig, split: str) -> tuple[Any, dict[str, Any]]:
     """``(EpisodeOptions, own)`` of ``split`` (a training or an evaluation split): the episodes' options from
@@ -95,6 +99,13 @@ def build_train_set(cfg: RunConfig) -> Any:
         from fsslab.data.synthetic.wide import WideShapes
 
         return WideShapes(size=cfg.data.size, **cfg.data.params)  # its own arguments are checked by its constructor
+    if cfg.data.dataset in ("fss1000", "folder") and cfg.model.name in BASE_LABEL_MODELS:
+        raise ConfigError(
+            f"data.dataset={cfg.data.dataset}: class folders have no base-class annotation (one class per image), "
+            f"and model {cfg.model.name} learns from it ({BASE_LABEL_MODELS[cfg.model.name]}); train it on a "
+            "dataset with base labels (synthetic, pascal, coco) and evaluate it on the class folders, or train "
+            "ipmt or baseline on them"
+        )
     check_data(cfg)
     if cfg.data.train_data == "base":  # BAM BaseData: stage 1 on the whole list with base annotations
 

@@ -13,9 +13,12 @@ and evaluation sets by name. Two datasets use the layout:
 Class ids (1-based, as every fsslab benchmark) follow HSNet: the sorted training classes first, then the
 sorted classes of ``val``, of ``test`` and of any other split. There is one "fold" (0): the base classes are
 the training classes, the novel classes those of the split under evaluation. Masks are binarised as HSNet
-reads FSS-1000: grey level >= 128 is the object (an RGB mask is converted to grey first); a mask holding only
-0 and 1 is taken as it is, and a palette mask's non-zero indices are the object. There is no ignore label and
-no base-class annotation (every image shows one class), so ``query_base_mask`` is all 255.
+reads FSS-1000 for ``fss1000``: grey level >= 128 is the object (a mask holding only 0 and 1 is taken as it is;
+one whose non-zero values all stay below 128 is refused, not read as empty). ``folder`` masks follow fsslab's
+one mask convention (``fsslab.data.io.binary_mask``, docs/inputs.md): 0 background and one other value the
+object, or VOC style 0/1/255 with 255 an ignore band; other masks are refused unless
+``data.params.mask_threshold`` says they are soft. A colour mask must have equal channels. There is no
+base-class annotation (every image shows one class), so ``query_base_mask`` is all 255.
 """
 
 from __future__ import annotations
@@ -29,19 +32,18 @@ from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image
 
 from fsslab.data.classes import Benchmark
 from fsslab.data.episodes.dataset import EpisodicDataset
 from fsslab.data.episodes.options import merge_options
 from fsslab.data.io import (  # the checks every fsslab reader makes
     DatasetError,
-    _looks_truncated,
-    _read_bytes,
+    ImageHeader,
     check_same_size,
     image_size,
-    read_image,
+    read_image_header,
 )
+from fsslab.data.io import read_binary_mask_file as binary_mask_file
 from fsslab.data.lists import TRAINING_SPLITS, FoldIndex, IndexSummary
 from fsslab.errors import ConfigError
 
@@ -204,27 +206,12 @@ def class_pairs(root: str | Path, class_name: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def read_binary_mask(path: str | Path, threshold: int = MASK_THRESHOLD) -> np.ndarray:
-    """A mask as uint8 [H,W] with 1 on the object and 0 elsewhere (the rules in the module docstring)."""
-    data = _read_bytes(path, "mask")
-    problem = _looks_truncated(data)
-    if problem:
-        raise DatasetError(f"corrupt mask {path}: {problem}")
-    try:
-        with Image.open(path) as pil:
-            pil.load()
-            if pil.mode == "P":
-                return (np.array(pil) != 0).astype(np.uint8)
-            if pil.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "I;16"):
-                raise DatasetError(f"mask {path} has mode {pil.mode}; expected a grey, RGB or palette PNG")
-            grey = np.array(pil.convert("L") if pil.mode not in ("I", "I;16") else pil)
-    except DatasetError:
-        raise
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"corrupt mask {path}: {err}") from err
-    if grey.dtype == bool or (grey.size and grey.max() <= 1):
-        return (grey > 0).astype(np.uint8)
-    return (grey >= threshold).astype(np.uint8)
+def read_binary_mask(path: str | Path, threshold: int | None = MASK_THRESHOLD,
+                     image: ImageHeader | None = None) -> np.ndarray:
+    """A mask as uint8 [H,W]: 1 object, 0 background, 255 ignore (``fsslab.data.io.binary_mask``'s convention;
+    ``threshold``: grey level >= threshold is the object, FSS-1000's rule). ``image``: the header of its
+    image, whose EXIF orientation the mask is aligned to and whose size it must have."""
+    return binary_mask_file(path, image, "mask", allow_empty=True, threshold=threshold)
 
 
 def build_folder_index(root: str | Path, benchmark: SplitBenchmark, split: str) -> FoldIndex:
@@ -267,7 +254,7 @@ class FolderEpisodes(EpisodicDataset):
 
     def __init__(self, root: str | Path, split: str = "train", fold: int = 0, shot: int = 1, *,
                  classes: Mapping[str, Sequence[str]] | None = None, split_file: str | Path | None = None,
-                 mask_threshold: int = MASK_THRESHOLD, **kwargs: Any) -> None:  # fmt: skip
+                 mask_threshold: int | None = None, **kwargs: Any) -> None:  # fmt: skip
         self._init(root, self._class_split(classes, split_file), "folder", split, fold, shot, mask_threshold, kwargs)
 
     @staticmethod
@@ -281,16 +268,18 @@ class FolderEpisodes(EpisodicDataset):
         return check_class_split(classes)
 
     def _init(self, root: str | Path, classes: dict[str, list[str]], name: str, split: str, fold: int, shot: int,
-              mask_threshold: int, kwargs: dict[str, Any]) -> None:  # fmt: skip
+              mask_threshold: int | None, kwargs: dict[str, Any]) -> None:  # fmt: skip
         options = merge_options(kwargs.pop("options", None), kwargs, type(self).__name__)
         if options.list_path is not None:
             raise ConfigError(f"{name}: class-folder datasets have no list files (data.params.list_path); the class "
                               "split says which classes each split uses")  # fmt: skip
         if options.use_base_mask or options.base_label not in (None, "all"):
             raise ConfigError(f"{name}: class-folder datasets have no base-class annotations (one class per image)")
-        if not 1 <= int(mask_threshold) <= 255:
-            raise ConfigError(f"mask_threshold must be in 1..255, got {mask_threshold}")
-        self.mask_threshold = int(mask_threshold)
+        if mask_threshold is not None and (isinstance(mask_threshold, bool) or not isinstance(mask_threshold, int)
+                                           or not 1 <= mask_threshold <= 255):
+            raise ConfigError(f"mask_threshold must be an integer in 1..255 (or null: fsslab's mask convention), "
+                              f"got {mask_threshold!r}")
+        self.mask_threshold = mask_threshold
         self.class_split = classes
         split = _split_name(split)
         super().__init__(root, split_benchmark(name, classes, split), split, fold, shot,
@@ -304,9 +293,8 @@ class FolderEpisodes(EpisodicDataset):
     def _read(self, item: int) -> tuple[np.ndarray, np.ndarray, tuple[Path, Path]]:
         image_rel, mask_rel = self.index.items[item]
         paths = (self.root / image_rel, self.root / mask_rel)
-        image = read_image(paths[0])
-        mask = read_binary_mask(paths[1], self.mask_threshold)
-        check_same_size(image.shape, mask.shape, *paths)
+        image, header = read_image_header(paths[0])
+        mask = read_binary_mask(paths[1], self.mask_threshold, header)
         return image, mask, paths
 
     def _target(self, label: np.ndarray, class_id: int) -> np.ndarray:
