@@ -44,7 +44,7 @@ class UnknownCheckpointName(ZooError, KeyError):
 
 
 # --------------------------------------------------------------------------------------------- storage
-def _encode(tensor: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
+def encode_tensor(tensor: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
     """One tensor in the packed format; non-float tensors are always stored exactly."""
     if not tensor.is_floating_point() or storage == "fp32":
         return {"value": tensor.clone()}
@@ -57,18 +57,18 @@ def _encode(tensor: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
     return {"value": tensor.to(torch.float16) if storage in ("fp16", "int8") else tensor.clone()}
 
 
-def _decode(item: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+def decode_tensor(item: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     value = item["value"]
     if "scale" in item:  # int8: [C_out, ...] * scale[C_out]
         value = (value.float().flatten(1) * item["scale"][:, None]).view(value.shape)
     return value.to(dtype)
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _fingerprint(tensor: torch.Tensor) -> tuple[Any, ...]:
+def fingerprint(tensor: torch.Tensor) -> tuple[Any, ...]:
     data = tensor.detach().cpu().contiguous()
     return tuple(data.shape), str(data.dtype), hashlib.sha1(data.reshape(-1).view(torch.uint8).numpy().tobytes()
                                                             if data.numel() else b"").hexdigest()
@@ -99,7 +99,7 @@ def read_manifest(checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     return manifest
 
 
-def _write_manifest(manifest: dict[str, Any], checkpoint_dir: Path) -> None:
+def write_manifest(manifest: dict[str, Any], checkpoint_dir: Path) -> None:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=checkpoint_dir)
     with os.fdopen(fd, "w") as handle:
@@ -154,7 +154,7 @@ def check_eval(model: nn.Module, cfg: RunConfig, seeds: list[int], episodes: int
             "per_seed": [{"seed": r["seed"], "miou": r["miou"], "fbiou": r["fbiou"]} for r in result.per_seed]}
 
 
-def _eval_summary(eval_json: str | Path | None) -> dict[str, Any] | None:
+def eval_summary(eval_json: str | Path | None) -> dict[str, Any] | None:
     if eval_json is None:
         return None
     data = json.loads(Path(eval_json).read_text())
@@ -170,7 +170,7 @@ def _eval_summary(eval_json: str | Path | None) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------------------------------------ load
-def _load_verified(path: Path, sha256: str | None) -> dict[str, Any]:
+def load_verified(path: Path, sha256: str | None) -> dict[str, Any]:
     if not path.is_file():
         raise ZooError(f"{path}: listed in the manifest but missing")
     if sha256 is not None and sha256_file(path) != sha256:
@@ -184,7 +184,7 @@ def _load_verified(path: Path, sha256: str | None) -> dict[str, Any]:
     return data
 
 
-def _restore(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[str, Any],
+def restore_packed(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[str, Any],
              model_params: dict[str, Any] | None = None) -> nn.Module:
     cfg = config_from_dict(packed["config"])
     if model_params:  # e.g. reproduce_official=true: same weights, other inference behaviour
@@ -194,7 +194,7 @@ def _restore(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[str, A
         info = manifest["shared"].get(packed["shared_file"])
         if info is None:
             raise ZooError(f"{packed['name']}: shared file {packed['shared_file']} is not in the manifest")
-        shared = _load_verified(checkpoint_dir / packed["shared_file"], info["sha256"])["tensors"]
+        shared = load_verified(checkpoint_dir / packed["shared_file"], info["sha256"])["tensors"]
     state = {}
     for key, dtype in packed["dtypes"].items():
         if key in packed["tensors"]:
@@ -203,7 +203,7 @@ def _restore(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[str, A
             item = shared[packed["shared_keys"][key]]
         else:
             raise ZooError(f"{packed['name']}: tensor {key} is neither in the file nor in its shared file")
-        state[key] = _decode(item, getattr(torch, dtype))
+        state[key] = decode_tensor(item, getattr(torch, dtype))
     model = architecture(cfg)
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -218,9 +218,9 @@ def load_pretrained(name: str, checkpoint_dir: str | Path | None = None,
     root = Path(checkpoint_dir or CHECKPOINT_DIR)
     manifest = read_manifest(root)
     entry = pretrained_info(name, root)
-    packed = _load_verified(root / entry["file"], entry["sha256"])
+    packed = load_verified(root / entry["file"], entry["sha256"])
     try:
-        model = _restore(packed, root, manifest, model_params)
+        model = restore_packed(packed, root, manifest, model_params)
     except CheckpointError as exc:
         raise ZooError(str(exc)) from None
     return model.to(device).eval()
@@ -231,7 +231,7 @@ def pretrained_config(name: str, checkpoint_dir: str | Path | None = None,
     """The run config of a shipped checkpoint (optionally pointed at another data root) to evaluate it."""
     root = Path(checkpoint_dir or CHECKPOINT_DIR)
     entry = pretrained_info(name, root)
-    cfg = config_from_dict(_load_verified(root / entry["file"], entry["sha256"])["config"])
+    cfg = config_from_dict(load_verified(root / entry["file"], entry["sha256"])["config"])
     return cfg if data_root is None else replace_section(cfg, "data", root=str(data_root))
 
 
@@ -265,9 +265,9 @@ def recheck_pretrained(name: str, eval_json: str | Path | None = None, data_root
     entry = {**entry, "check": {**measured, "tolerance": check.get("tolerance", DEFAULT_TOLERANCE)},
              "rechecked_with_fsslab": __version__}  # fmt: skip
     if eval_json is not None:
-        entry["metrics"] = _eval_summary(eval_json)
+        entry["metrics"] = eval_summary(eval_json)
     manifest["entries"][name] = entry
-    _write_manifest(manifest, root)
+    write_manifest(manifest, root)
     return entry
 
 

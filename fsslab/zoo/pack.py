@@ -26,17 +26,17 @@ from fsslab.zoo import (
     FORMAT,
     STORAGES,
     ZooError,
-    _dtype_name,
-    _encode,
-    _eval_summary,
-    _fingerprint,
-    _load_verified,
-    _restore,
-    _write_manifest,
     check_eval,
+    dtype_name,
+    encode_tensor,
+    eval_summary,
+    fingerprint,
+    load_verified,
     read_manifest,
+    restore_packed,
     sha256_file,
     total_size,
+    write_manifest,
 )
 
 # How far (mIoU points, check episodes) a packed model may score from its run's fp32 weights: int8 rounding
@@ -109,19 +109,19 @@ def _pack_shared(base: str | Path | None, state: dict[str, torch.Tensor], out: P
     out_dir_name = Path(str((base_ckpt.get("config") or {}).get("train", {}).get("out_dir", ""))).name
     base_name = out_dir_name or base_path.parent.name
     shared_file = f"shared/{base_name}.pt"
-    by_value = {_fingerprint(v): k for k, v in base_state.items()}
+    by_value = {fingerprint(v): k for k, v in base_state.items()}
     for key, tensor in state.items():
-        match = by_value.get(_fingerprint(tensor))
+        match = by_value.get(fingerprint(tensor))
         if match is not None:
             shared_refs[key] = match
     shared_path = out / shared_file
     shared = {"format": FORMAT, "storage": storage, "source": str(base_path), "tensors": {}}
     if shared_path.is_file():
-        shared = _load_verified(shared_path, manifest["shared"].get(shared_file, {}).get("sha256"))
+        shared = load_verified(shared_path, manifest["shared"].get(shared_file, {}).get("sha256"))
         if shared["storage"] != storage:
             raise ZooError(f"{shared_path} stores {shared['storage']}; pack with --storage {shared['storage']}")
         stale = [k for k in sorted(set(shared_refs.values()) & set(shared["tensors"]))
-                 if not _same_encoding(shared["tensors"][k], _encode(base_state[k], storage))]
+                 if not _same_encoding(shared["tensors"][k], encode_tensor(base_state[k], storage))]
         readers = sorted(n for n, e in manifest["entries"].items() if e.get("shared_file") == shared_file and n != name)
         if stale and not replace_shared:
             raise ZooError(
@@ -134,7 +134,7 @@ def _pack_shared(base: str | Path | None, state: dict[str, torch.Tensor], out: P
                 print(f"rewrote {shared_file} from {base_path}: pack these entries again, they read it: "
                       f"{', '.join(readers)}")
     for base_key in sorted(set(shared_refs.values()) - set(shared["tensors"])):
-        shared["tensors"][base_key] = _encode(base_state[base_key], storage)
+        shared["tensors"][base_key] = encode_tensor(base_state[base_key], storage)
     atomic_save(shared, shared_path)
     os.chmod(shared_path, 0o644)
     manifest["shared"][shared_file] = {"sha256": sha256_file(shared_path), "size": shared_path.stat().st_size,
@@ -166,7 +166,7 @@ def _manifest_entry(name: str, path: Path, packed: dict[str, Any], cfg: RunConfi
         "fsslab_version": __version__,
         "trained_with_fsslab": ckpt.get("fsslab_version"),
         "source": str(source),
-        "metrics": _eval_summary(eval_json),
+        "metrics": eval_summary(eval_json),
         "check": {**measured, "tolerance": DEFAULT_TOLERANCE},
     }
 
@@ -212,8 +212,8 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
         "name": name,
         "storage": storage,
         "config": cfg.to_dict(),
-        "dtypes": {k: _dtype_name(v.dtype) for k, v in state.items()},
-        "tensors": {k: _encode(v, storage) for k, v in state.items() if k not in shared_refs},
+        "dtypes": {k: dtype_name(v.dtype) for k, v in state.items()},
+        "tensors": {k: encode_tensor(v, storage) for k, v in state.items() if k not in shared_refs},
         "shared_file": shared_file,
         "shared_keys": shared_refs,
     }
@@ -221,7 +221,7 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
     atomic_save(packed, path)
     os.chmod(path, 0o644)
 
-    restored = _restore(packed, out, manifest)
+    restored = restore_packed(packed, out, manifest)
     check = {**DEFAULT_CHECK, **(check or {})}
     seeds, episodes = list(check["seeds"]), int(check["episodes"])
     measured = check_eval(restored, cfg, seeds, episodes, data_root)
@@ -238,7 +238,7 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
     entry = _manifest_entry(name, path, packed, cfg, ckpt, source, command, eval_json, measured)
     manifest["entries"][name] = entry
     manifest["budget_bytes"] = BUDGET_BYTES
-    _write_manifest(manifest, out)
+    write_manifest(manifest, out)
     size = total_size(out)
     if size > BUDGET_BYTES:
         print(f"warning: {out} now holds {size / 1e6:.2f} MB, over the {BUDGET_BYTES / 1e6:.1f} MB budget "
