@@ -298,8 +298,10 @@ def test_support_labels_from_arrays_are_checked():
         Support(image, np.ones((20, 29), np.uint8))
     with pytest.raises(PredictError, match="no object pixel"):
         Support(image, np.zeros((20, 30), np.uint8))
-    with pytest.raises(PredictError, match="0 .background., 1 .object. and 255"):
-        Support(image, np.full((20, 30), 7, np.uint8))
+    three = np.zeros((20, 30), np.uint8)
+    three[:5], three[5:10] = 7, 9
+    with pytest.raises(PredictError, match="not binary: it holds the values 0, 7, 9"):
+        Support(image, three)
     tiny = np.zeros((400, 400), np.uint8)
     tiny[1, 1] = 1  # one pixel: nearest-neighbour resizing to 160 loses it
     with pytest.raises(PredictError, match="vanishes"):

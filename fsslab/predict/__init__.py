@@ -17,7 +17,6 @@ exact inverse, as in ``fsslab eval``. The module is callable: ``fsslab.predict(m
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,54 +28,79 @@ import numpy as np
 import torch
 from torch import nn
 
-from fsslab.batch import IGNORE_INDEX
 from fsslab.data.eval_protocols import EVAL_PROTOCOLS, get_protocol, to_label_resolution
+from fsslab.data.io import DatasetError, max_pixels, too_large_message
+from fsslab.data.io import binary_mask as _binary_mask
 from fsslab.data.transforms import normalize
 from fsslab.data.weak import box_to_label, strokes_to_label
 from fsslab.engine.evaluate import AMP_DTYPES as ENGINE_AMP_DTYPES
 from fsslab.engine.evaluate import warn_if_emulated_bf16
 from fsslab.predict.io import (
+    OutputSet,
     PredictError,
     check_box,
     collect_queries,
-    load_image,
+    load_image_header,
     parse_box,
     read_mask,
     read_scribble,
-    unique_stem,
-    write_outputs,
 )
 
 AMP_DTYPES = {"none": None, **ENGINE_AMP_DTYPES}
 DEFAULT_SIZE = 473  # the papers' evaluation size, for a bare nn.Module without a config
+MIN_SIZE, MAX_SIZE = 16, 4096  # model input side: below, nothing is left; above, memory explodes (60000: 43 GB)
+
+
+def _as_rgb(image: Any, what: str) -> np.ndarray:
+    """An RGB uint8 [H,W,3] array of a numpy array ([H,W] grey replicated) or a PIL image (EXIF applied)."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        Image = None  # type: ignore[assignment]
+    if Image is not None and isinstance(image, Image.Image):
+        try:
+            image = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        except (OSError, ValueError) as err:
+            raise PredictError(f"{what}: the PIL image cannot be read ({err})") from None
+    if not isinstance(image, np.ndarray):
+        raise PredictError(f"{what}: expected an RGB uint8 numpy array [H,W,3], a PIL image, or (for queries) a "
+                           f"path or folder; got {type(image).__name__}")
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise PredictError(f"{what}: the image must be RGB uint8 [H,W,3], got {image.dtype} {tuple(image.shape)}")
+    if 0 in image.shape[:2]:
+        raise PredictError(f"{what}: the image is empty ({image.shape[0]}x{image.shape[1]} pixels)")
+    budget = max_pixels()
+    if image.shape[0] * image.shape[1] > budget:
+        raise PredictError(too_large_message(what, "image", image.shape[1], image.shape[0], budget)
+                           .replace("image image", "image"))
+    return image
 
 
 @dataclass
 class Support:
-    """One shot: an RGB uint8 [H,W,3] image and its label uint8 [H,W] (1 object, 0 background, 255 ignore)."""
+    """One shot: an RGB uint8 [H,W,3] image (or a PIL image) and its label [H,W], read by fsslab's one mask
+    convention (``fsslab.data.io.binary_mask``, as the CLI reads mask files): 0 background and one other value
+    (1, 255, ...) the object, or VOC style 0/1/255 with 255 an ignore band; anything else is refused."""
 
     image: np.ndarray
     label: np.ndarray
     kind: str = "mask"  # how the label was given: "mask", "box" or "scribble"
     source: str = "support"
+    label_file: str | None = None  # the mask or scribble file it was read from (never taken as a query)
 
     def __post_init__(self) -> None:
-        image = np.asarray(self.image)
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise PredictError(f"support {self.source}: the image must be RGB uint8 [H,W,3], got "
-                               f"{image.dtype} {tuple(image.shape)}")
+        image = _as_rgb(self.image, f"support {self.source}")
         label = np.asarray(self.label)
         if label.shape != image.shape[:2]:
             raise PredictError(f"support {self.source}: label {tuple(label.shape)} and image "
                                f"{tuple(image.shape[:2])} differ in size")
-        if not set(np.unique(label).tolist()) <= {0, 1, IGNORE_INDEX}:
-            raise PredictError(f"support {self.source}: the label must hold 0 (background), 1 (object) and "
-                               f"255 (ignore) only, got {np.unique(label)[:8].tolist()}")
-        if not (label == 1).any():
-            raise PredictError(f"support {self.source}: the label has no object pixel")
-        self.image, self.label = image, label.astype(np.uint8)
+        try:
+            label = _binary_mask(label, f"of support {self.source}", "the label")
+        except DatasetError as err:
+            raise PredictError(str(err)) from None
+        self.image, self.label = image, label
 
     @classmethod
     def from_files(cls, image: str | Path, mask: str | Path | None = None,
@@ -85,16 +109,16 @@ class Support:
         ints, x1/y1 exclusive) or a ``scribble`` image (``fsslab.predict.io`` documents the encodings)."""
         if sum(v is not None for v in (mask, box, scribble)) != 1:
             raise PredictError(f"support {image}: give exactly one of a mask, a box or a scribble")
-        pixels = load_image(image, "support image")
+        pixels, header = load_image_header(image, "support image")
         shape = pixels.shape[:2]
         if mask is not None:
-            return cls(pixels, read_mask(mask, shape, str(image)), "mask", f"{image}:{mask}")
+            return cls(pixels, read_mask(mask, header, str(image)), "mask", f"{image}:{mask}", str(mask))
         if box is not None:
             corners = parse_box(box) if isinstance(box, str) else parse_box(",".join(str(v) for v in box))
             check_box(corners, shape, str(image))
             return cls(pixels, box_to_label(shape, corners), "box", f"{image} box {','.join(map(str, corners))}")
-        strokes = read_scribble(scribble, shape, str(image))  # type: ignore[arg-type]
-        return cls(pixels, strokes_to_label(strokes), "scribble", f"{image} scribble {scribble}")
+        strokes = read_scribble(scribble, header, str(image))  # type: ignore[arg-type]
+        return cls(pixels, strokes_to_label(strokes), "scribble", f"{image} scribble {scribble}", str(scribble))
 
 
 @dataclass
@@ -198,8 +222,11 @@ def load_model(pretrained: str | None = None, checkpoint: str | Path | None = No
         data = load_checkpoint(checkpoint)  # type: ignore[arg-type]
         if config is not None:
             cfg = load_config(config, list(overrides))
-        elif "config" in data:
+        elif isinstance(data.get("config"), dict):
             cfg = config_from_dict(data["config"])
+        elif "config" in data:
+            raise PredictError(f"checkpoint {checkpoint}: its 'config' entry is a {type(data['config']).__name__}, "
+                               "not a config mapping; pass --config")
         else:
             raise PredictError(f"checkpoint {checkpoint} holds no config; pass --config")
         module = architecture(cfg)
@@ -210,7 +237,18 @@ def load_model(pretrained: str | None = None, checkpoint: str | Path | None = No
             raise PredictError(f"checkpoint {checkpoint} does not fit the model of config {cfg.name}: "
                                f"{' '.join(first[:2])[:300]}") from None
         description = f"checkpoint:{checkpoint}"
+    check_finite_weights(module, description.split(":", 1)[1] if ":" in description else description)
     return PredictModel(module.eval(), int(cfg.data.val_size), cfg.eval.protocol, description)
+
+
+def check_finite_weights(module: nn.Module, source: str) -> None:
+    """Refuse a model whose parameters or buffers hold NaN or inf (a diverged run): its every output would be
+    NaN, i.e. an all-foreground (or all-background) mask with an undefined confidence."""
+    bad = [name for name, tensor in module.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise PredictError(f"{source}: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {', '.join(bad[:3])}): "
+                           "the run it comes from diverged; use an earlier checkpoint of that run")
 
 
 def _support_batch(supports: Sequence[Support], size: int, protocol: str) -> dict[str, torch.Tensor]:
@@ -234,27 +272,44 @@ def _query_batch(image: np.ndarray, size: int, protocol: str) -> tuple[dict[str,
              "query_mask": torch.from_numpy(label.astype(np.int64))[None]}, valid)
 
 
-def _as_queries(queries: Any) -> list[tuple[str, str | Path | np.ndarray]]:
-    if isinstance(queries, (str, Path, np.ndarray)):
+def _is_pil(value: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(value, Image.Image)
+
+
+def _as_queries(queries: Any, exclude: Sequence[str | Path] = ()) -> list[tuple[str, Any]]:
+    if isinstance(queries, (str, Path, np.ndarray)) or _is_pil(queries):
         queries = [queries]
-    items: list[tuple[str, str | Path | np.ndarray]] = []
+    if not isinstance(queries, Iterable):
+        raise PredictError(f"queries: expected image paths, folders, RGB uint8 arrays or PIL images (or a list of "
+                           f"them), got {type(queries).__name__}")
+    items: list[tuple[str, Any]] = []
     for index, query in enumerate(queries):
-        if isinstance(query, np.ndarray):
+        if isinstance(query, np.ndarray) or _is_pil(query):
             items.append((f"query_{index}", query))
+        elif isinstance(query, (str, Path)):
+            items.extend((str(path), path) for path in collect_queries([query], exclude))
         else:
-            items.extend((str(path), path) for path in collect_queries([query]))
+            raise PredictError(f"query {index}: expected an image path, a folder, an RGB uint8 array or a PIL "
+                               f"image, got {type(query).__name__}")
     if not items:
         raise PredictError("no query image given")
     return items
 
 
-def _query_image(query: str | Path | np.ndarray, name: str) -> np.ndarray:
-    if not isinstance(query, np.ndarray):
-        return load_image(query, "query image")
-    image = np.repeat(query[..., None], 3, axis=2) if query.ndim == 2 else query
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise PredictError(f"{name}: a query array must be RGB uint8 [H,W,3], got {image.dtype} {image.shape}")
-    return image
+def _query_image(query: Any, name: str) -> np.ndarray:
+    if isinstance(query, (str, Path)):
+        return load_image_header(query, "query image")[0]
+    return _as_rgb(query, name)
+
+
+def check_size(size: Any, what: str = "size") -> int:
+    """The model input side as an int in MIN_SIZE..MAX_SIZE, or a PredictError naming the value."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise PredictError(f"{what} must be an integer from {MIN_SIZE} to {MAX_SIZE} pixels (the model's input "
+                           f"side; the output keeps each query's own size), got {size!r}")
+    return int(size)
 
 
 def iter_predictions(model: nn.Module | PredictModel, supports: Sequence[Support], queries: Any, *,
@@ -263,16 +318,22 @@ def iter_predictions(model: nn.Module | PredictModel, supports: Sequence[Support
                      progress: bool = False) -> Iterator[Prediction]:
     """Like :func:`predict`, one :class:`Prediction` at a time (for folders too large to keep in memory)."""
     if isinstance(model, PredictModel):
-        size = size or model.size
+        size = model.size if size is None else size
         protocol = protocol or model.protocol
         module = model.module
-    else:
+    elif isinstance(model, nn.Module):
         module = model
-    size, protocol = int(size or DEFAULT_SIZE), protocol or "fsslab"
+    else:
+        raise PredictError(f"model: expected an fsslab model (fsslab.predict.load_model or an nn.Module), got "
+                           f"{type(model).__name__}")
+    size, protocol = check_size(DEFAULT_SIZE if size is None else size), protocol or "fsslab"
     if protocol not in EVAL_PROTOCOLS:
         raise PredictError(f"unknown protocol {protocol!r}; valid: {sorted(EVAL_PROTOCOLS)}")
-    if size < 16:
-        raise PredictError(f"size must be >= 16 pixels, got {size}")
+    if isinstance(supports, Support):
+        supports = [supports]
+    if not isinstance(supports, Sequence) or not all(isinstance(s, Support) for s in supports):
+        raise PredictError("supports: expected a list of fsslab.predict.Support (Support.from_files(...) or "
+                           "Support(image, label))")
     if amp not in AMP_DTYPES:
         raise PredictError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
     if not supports:
@@ -280,7 +341,7 @@ def iter_predictions(model: nn.Module | PredictModel, supports: Sequence[Support
     device = resolve_device(device)
     if amp == "fp16" and device.type != "cuda":
         raise PredictError("amp fp16 needs a CUDA device; use bf16 on the CPU")
-    items = _as_queries(queries)
+    items = _as_queries(queries, exclude=[s.label_file for s in supports if s.label_file])
     warn_if_emulated_bf16(amp, device)
     module = module.to(device).eval()
     shots = {k: v.to(device) for k, v in _support_batch(supports, size, protocol).items()}
@@ -296,6 +357,9 @@ def iter_predictions(model: nn.Module | PredictModel, supports: Sequence[Support
                 logits = module(batch).logits.float()
         except RuntimeError as err:  # e.g. out of memory, or a model that cannot take this input
             raise PredictError(f"the model failed on {name}: {str(err).strip().splitlines()[0][:300]}") from None
+        if not bool(torch.isfinite(logits).all()):
+            raise PredictError(f"the model's output for {name} holds NaN or inf: its weights or inputs are broken "
+                               "(a diverged checkpoint?); nothing was written")
         (full,) = to_label_resolution(logits, torch.tensor([valid]), torch.tensor([image.shape[:2]]))
         foreground = full.softmax(0)[1].cpu().numpy().astype(np.float32)
         mask = (full.argmax(0) == 1).cpu().numpy().astype(np.uint8)
@@ -316,25 +380,23 @@ def predict(model: nn.Module | PredictModel, supports: Sequence[Support], querie
                                  progress=progress))
 
 
-def write_predictions(predictions: Iterable[Prediction], out_dir: str | Path) -> list[dict[str, Any]]:
+def write_predictions(predictions: Iterable[Prediction], out_dir: str | Path, *, overwrite: bool = False,
+                      protected: Iterable[str | Path] = ()) -> list[dict[str, Any]]:
     """For each prediction write ``<stem>_mask.png`` (0/255, the query's size), ``<stem>_overlay.png`` and
-    a line of ``<out_dir>/predictions.jsonl`` (rewritten); returns the JSON records."""
-    out = Path(out_dir)
+    a line of ``<out_dir>/predictions.jsonl``; returns the JSON records.
+
+    The set is written as a whole (``fsslab.predict.io.OutputSet``): ``out_dir`` is checked before the first
+    prediction is computed; a folder that already holds predictions is refused unless ``overwrite``; nothing
+    lands in ``out_dir`` unless every prediction succeeded; no file that is not an earlier prediction (the
+    queries, the ``protected`` files, a user's file) is ever replaced: such a name gets a number instead."""
+    outputs = OutputSet(out_dir, overwrite=overwrite, protected=protected)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / "predictions.jsonl", "w", encoding="utf-8")  # noqa: SIM115 - closed below
-    except OSError as err:
-        raise PredictError(f"cannot write the results to {out}: {err}") from None
-    records: list[dict[str, Any]] = []
-    used: set[str] = set()
-    with handle:
         for prediction in predictions:
-            stem = unique_stem(prediction.source, used)
-            record = {**prediction.summary(), **write_outputs(out, stem, prediction.image, prediction.mask)}
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            records.append(record)
-    return records
+            outputs.add(prediction.source, prediction.image, prediction.mask, prediction.summary())
+    except BaseException:
+        outputs.abort()
+        raise
+    return outputs.commit()
 
 
 class _CallableModule(types.ModuleType):
