@@ -111,10 +111,11 @@ class EvalConfig:
     batch_size: int = 1
     amp: str = "none"
     split: str = "val"
-    # how queries are resized and mapped back (fsslab.data.eval_protocols): "fsslab" (long side to
-    # data.val_size, never upscaled), "ipmt" (PFENet/IPMT test_Resize: always to val_size), "amformer"
-    # (AMNet test.py: stretched to a square), "hsnet" (the same stretch, HSNet's FSS-1000 test); each is
-    # scored by the exact inverse of its transform
+    # how queries are resized, mapped back and scored (fsslab.data.eval_protocols): "fsslab" (long side to
+    # data.val_size, never upscaled; the exact inverse back; mIoU over the classes with episodes), "ipmt"
+    # (PFENet/IPMT Resize, always to val_size; scored as IPMT's test.py: the whole square stretched back to
+    # L×L, which loses a few IoU, and mIoU over all novel classes), "amformer" (AMNet: stretched to a square,
+    # scored as its test.py), "hsnet" (the same stretch, scored at the input size as HSNet's test.py)
     protocol: str = "fsslab"
     # "mismatched": a control where each query gets the supports of another class (engine.controls);
     # the drop from "matched" measures how much the model relies on its supports

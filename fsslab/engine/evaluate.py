@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from fsslab.data.eval_protocols import get_protocol
 from fsslab.engine import distributed as dist_utils
 from fsslab.engine.metrics import (
     BaseObjectCounter,
@@ -118,7 +119,9 @@ class EvalResult:
                          f"{self.miou_without_base_mean:.2f} once removed (a perfect base learner)")
         missing = sorted({c for r in self.per_seed for c in r["classes_without_episodes"]})
         if missing:
-            lines.append(f"warning: classes without episodes (not in mIoU): {missing}")
+            rule = ("counted as 0 in mIoU, as the reference's test.py" if self.settings.get("class_mean") == "all"
+                    else "not in mIoU")
+            lines.append(f"warning: classes without episodes ({rule}): {missing}")
         if self.data_stats:
             from fsslab.data.episodes.stats import stats_line
 
@@ -143,8 +146,12 @@ def evaluate_seed(
     workers: int = 0,
     progress: bool = False,
     desc: str = "eval",
+    protocol: str = "fsslab",
 ) -> dict[str, Any]:
-    """Metrics over the first ``episodes`` episodes of ``dataset`` (sharded over ranks, summed exactly)."""
+    """Metrics over the first ``episodes`` episodes of ``dataset`` (sharded over ranks, summed exactly), scored
+    as the evaluation protocol ``protocol`` says (its mapping back to the label and its class mean; the dataset
+    must have been built with the same ``eval_protocol``)."""
+    scoring = get_protocol(protocol)
     model = _unwrap(model)
     device = device or model_device(model)
     if len(dataset) < episodes:  # type: ignore[arg-type]
@@ -175,21 +182,22 @@ def evaluate_seed(
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             output = model(batch)
         logits = output.logits.float()
-        pred, target = logits_at_label_resolution(logits, batch)
+        pred, target = logits_at_label_resolution(logits, batch, scoring.mapping)
         accumulator.update(pred, target, batch["class_id"])
         base_objects = base_object_mask(batch)
         if base_objects is not None:
             base_counter.update(logits, batch, base_objects)
-            pred, target = logits_at_label_resolution(suppress_base_objects(logits, base_objects), batch)
+            pred, target = logits_at_label_resolution(suppress_base_objects(logits, base_objects), batch,
+                                                      scoring.mapping)
             without_base.update(pred, target, batch["class_id"])
     model.train(was_training)
     accumulator.all_reduce()
     base_counter.all_reduce()
     without_base.all_reduce()
-    summary = accumulator.summary(class_ids)
+    summary = accumulator.summary(class_ids, scoring.class_mean)
     share = base_counter.share()
     summary["base_share"] = share
-    summary["miou_without_base"] = without_base.summary(class_ids)["miou"] if share is not None else None
+    summary["miou_without_base"] = without_base.summary(class_ids, scoring.class_mean)["miou"] if share is not None else None
     return summary
 
 
@@ -210,12 +218,15 @@ def evaluate(
     workers: int = 0,
     progress: bool = False,
     settings: dict[str, Any] | None = None,
+    protocol: str = "fsslab",
 ) -> EvalResult:
     """Evaluate on ``episodes`` episodes for each seed; report mean and population std over seeds.
 
     ``dataset_factory(seed, episodes)`` returns the evaluation dataset whose episode list is drawn from
     ``seed``. The global RNG states are restored afterwards, so evaluating inside a training run does not
-    change the training's random stream. ``class_ids``: the fold's novel classes (mIoU is their mean).
+    change the training's random stream. ``class_ids``: the fold's novel classes (mIoU is their mean, over
+    those with episodes or over all of them as ``protocol``'s ``class_mean`` says). ``protocol``: the evaluation
+    protocol the datasets were built with (``fsslab.data.eval_protocols``), which also says how to score.
     """
     py_state, np_state = random.getstate(), np.random.get_state()
     per_seed = []
@@ -237,6 +248,7 @@ def evaluate(
                 workers,
                 progress,
                 desc=f"eval seed {seed}",
+                protocol=protocol,
             )
             per_seed.append(
                 {
@@ -271,7 +283,7 @@ def evaluate(
         fbiou_std=statistics.pstdev(fbious),
         class_iou_mean=class_mean,
         episodes_per_seed=episodes,
-        settings=dict(settings or {}),
+        settings={"class_mean": get_protocol(protocol).class_mean, **(settings or {})},
     )
 
 

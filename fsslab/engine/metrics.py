@@ -30,9 +30,11 @@ def intersection_union(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.
 
 
 def logits_at_label_resolution(
-    logits: torch.Tensor, batch: dict[str, torch.Tensor]
+    logits: torch.Tensor, batch: dict[str, torch.Tensor], mapping: str = "exact"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictions and labels at the label's original resolution, by the exact inverse of the input transform.
+    """Predictions and labels at the label's original resolution, by the exact inverse of the input transform
+    (``mapping="exact"``, fsslab's protocol) or by a reference's own mapping (``fsslab.data.eval_protocols``
+    ``MAPPINGS``: ``square`` IPMT, ``stretch`` AMNet, ``input`` HSNet: scored at input resolution).
 
     logits [B,2,S,S] on the model's input. Evaluation batches carry ``query_mask_ori`` [B,Hc,Wc] (each
     original label at the top-left of a canvas, 255 outside), ``query_ori_size`` [B,2] its (h, w) and
@@ -41,7 +43,7 @@ def logits_at_label_resolution(
     [B,Hc,Wc] long), 255 in ``target`` outside each label. Without the ``_ori`` keys, scores at input
     resolution against ``query_mask``.
     """
-    if "query_mask_ori" not in batch:
+    if "query_mask_ori" not in batch or mapping == "input":
         target = batch["query_mask"].to(logits.device)
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(
@@ -56,7 +58,7 @@ def logits_at_label_resolution(
     if (sizes[:, 0] > label.shape[-2]).any() or (sizes[:, 1] > label.shape[-1]).any():
         raise ValueError(f"query_mask_ori canvas {tuple(label.shape[-2:])} is smaller than an original size "
                          f"{sizes.tolist()}")  # fmt: skip
-    per_sample = to_label_resolution(logits, batch["query_valid_size"], batch["query_ori_size"])
+    per_sample = to_label_resolution(logits, batch["query_valid_size"], batch["query_ori_size"], mapping)
     pred = torch.zeros_like(label)
     target = torch.full_like(label, IGNORE_INDEX)
     for i, resized in enumerate(per_sample):  # resized [2,h,w]
@@ -180,12 +182,20 @@ class IoUAccumulator:
         seen = (self.class_episodes > 0).nonzero().flatten().tolist()
         return {c: float(self.class_inter[c] / (self.class_union[c] + _EPS)) for c in seen}
 
-    def summary(self, class_ids: list[int] | None = None) -> dict[str, Any]:
-        """mIoU (mean class IoU over ``class_ids``, default: classes seen), FB-IoU and per-class IoU (0–1)."""
+    def summary(self, class_ids: list[int] | None = None, class_mean: str = "seen") -> dict[str, Any]:
+        """mIoU (mean class IoU over ``class_ids``, default: classes seen), FB-IoU and per-class IoU (0–1).
+
+        ``class_mean``: ``seen`` averages the classes of ``class_ids`` that had episodes (fsslab's rule);
+        ``all`` divides by all of ``class_ids``, a class without episodes counting 0 (IPMT, AMNet and HSNet
+        ``test.py``: their class meters start at 0 and the sum is divided by the 5 or 20 novel classes)."""
+        if class_mean not in ("seen", "all"):
+            raise ValueError(f"class_mean must be 'seen' or 'all', got {class_mean!r}")
         per_class = self.class_iou()
         classes = sorted(per_class) if class_ids is None else list(class_ids)
         missing = [c for c in classes if c not in per_class]
         scored = [per_class[c] for c in classes if c in per_class]
+        if class_mean == "all":
+            scored += [0.0] * len(missing)
         fb = self.fb_inter / (self.fb_union + _EPS)
         return {
             "miou": float(sum(scored) / len(scored)) if scored else float("nan"),

@@ -69,6 +69,7 @@ def run_evaluation(
         workers=cfg.data.workers,
         progress=progress,
         settings=settings,
+        protocol=cfg.eval.protocol,
     )
 
     result.data_stats = sum_stats(d.stats for d in built if hasattr(d, "stats"))

@@ -141,6 +141,7 @@ def test_old_path_regression_small_images_are_not_shrunk(voc_root):
 @pytest.mark.parametrize("name", PROTOCOLS)
 @pytest.mark.parametrize("size", [100, 160, 320])  # down to a third of the label
 def test_oracle_on_odd_sizes(odd_root, name, size):
+    """Every protocol's input transform with the exact inverse (``fsslab``'s mapping) scores 100."""
     ds = PascalEpisodes(odd_root, "val", 0, 1, size=size, episodes=30, seed=1, eval_protocol=name)
     assert _oracle_miou(ds) >= 99.5
 
@@ -176,4 +177,7 @@ def test_cli_oracle_on_any_voc_folder(odd_root, name, capsys):
     out = capsys.readouterr()
     assert code == 0 and "CONTROL, not a result" in out.out and "is ignored" in out.err
     mean = next(line for line in out.out.splitlines() if line.strip().startswith("mean"))
-    assert float(mean.split()[1]) >= 99.5, out.out
+    if get_protocol(name).mapping == "square":  # IPMT's test.py stretches the floored square back: lossy
+        assert 90 <= float(mean.split()[1]) < 99, out.out  # tests/data/test_official_scoring.py: as official
+    else:
+        assert float(mean.split()[1]) >= 99.5, out.out
