@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from fsslab.batch import random_episode_batch
 from fsslab.models import build_model, model_class, model_options
 
 MODELS = ("ipmt", "amformer", "baseline", "pspnet")
@@ -48,28 +49,9 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_batch(batch_size: int, shots: int, size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random episode batch following the fsslab batch contract (blob-free: masks are random half-planes)."""
-    gen = torch.Generator().manual_seed(seed)
-    b, k = batch_size, shots
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-
-    def masks(n: int) -> torch.Tensor:  # [n,H,W] long: a random disc as the object
-        centre = torch.rand(n, 2, generator=gen) * size
-        radius = (0.15 + 0.2 * torch.rand(n, generator=gen)) * size
-        dist = (ys[None] - centre[:, 0, None, None]) ** 2 + (xs[None] - centre[:, 1, None, None]) ** 2
-        return (dist < radius[:, None, None] ** 2).long()
-
-    batch = {
-        "query_img": torch.randn(b, 3, size, size, generator=gen),
-        "query_mask": masks(b),
-        "query_padding": torch.zeros(b, size, size, dtype=torch.bool),
-        "support_imgs": torch.randn(b, k, 3, size, size, generator=gen),
-        "support_masks": masks(b * k).reshape(b, k, size, size),
-        "support_padding": torch.zeros(b, k, size, size, dtype=torch.bool),
-        "class_id": torch.ones(b, dtype=torch.long),
-        "episode_index": torch.arange(b),
-    }
-    batch["query_base_mask"] = batch["query_mask"] * torch.randint(1, N_BASE_CLASSES + 1, (b, 1, 1), generator=gen)
+    """A random episode batch following the fsslab batch contract (a random disc as each image's object), on
+    ``device``."""
+    batch = random_episode_batch(batch_size, shots, size, size, seed=seed, n_base_classes=N_BASE_CLASSES, class_id=1)
     return {key: value.to(device) for key, value in batch.items()}
 
 
