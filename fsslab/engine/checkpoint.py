@@ -1,8 +1,17 @@
-"""Checkpoints: atomic writes (temp file + fsync + os.replace), safe loads, RNG states as plain tensors."""
+"""Checkpoints: atomic writes (temp file + fsync + os.replace), safe loads, RNG states as plain tensors.
+
+A run's checkpoints (``save_checkpoint``) carry their content hash in a sidecar, ``<name>.sha256`` (the
+``sha256sum`` format); ``load_checkpoint`` checks it before unpickling, so a flipped byte or a file replaced
+after it was written is refused with one line instead of loading wrong weights. The sidecar is written before
+the checkpoint is renamed into place and lists the hashes of both the old and the new file until the rename is
+done, so a kill at any moment leaves a pair that verifies. A checkpoint without a sidecar (copied elsewhere,
+an older fsslab, an official file) loads unchecked.
+"""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import tempfile
@@ -22,12 +31,63 @@ class CheckpointError(_FsslabCheckpointError):
     """A checkpoint file is missing, unreadable or not an fsslab checkpoint."""
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
+DIGEST_SUFFIX = ".sha256"
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_path(path: str | Path) -> Path:
+    """The sidecar of a checkpoint: ``latest.pt`` -> ``latest.pt.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def recorded_digests(path: str | Path) -> list[str] | None:
+    """The hashes the sidecar of ``path`` accepts (None when there is no sidecar)."""
+    sidecar = digest_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        lines = sidecar.read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line.split()[0].lower() for line in lines if line.split()]
+
+
+def _write_digests(path: Path, digests: list[str]) -> None:
+    sidecar = digest_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write("".join(f"{d}  {path.name}\n" for d in digests))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, sidecar)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint and its sidecar."""
+    Path(path).unlink(missing_ok=True)
+    digest_path(path).unlink(missing_ok=True)
+
+
+def atomic_save(obj: Any, path: str | Path, digest: bool = False) -> Path:
     """Write ``obj`` with ``torch.save`` so that ``path`` is either the old file or the complete new one.
 
     The data goes to a temporary file in the same directory, is flushed and fsync'ed, then renamed over
     ``path`` with ``os.replace`` (atomic on POSIX); the directory entry is fsync'ed too. Any failure
-    removes the temporary file and leaves ``path`` untouched.
+    removes the temporary file and leaves ``path`` untouched. ``digest``: also keep ``<path>.sha256`` (the
+    module docstring says how a kill cannot leave a pair that fails to verify).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +97,16 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        new_digest = sha256_of(tmp_name) if digest else None
+        if new_digest is not None:  # before the rename: both the old and the new file verify meanwhile
+            old = (recorded_digests(path) or []) if path.is_file() else []
+            _write_digests(path, [new_digest, *[d for d in old if d != new_digest]])
         os.replace(tmp_name, path)
+        if new_digest is not None:
+            try:
+                _write_digests(path, [new_digest])
+            except OSError:  # the sidecar written before the rename lists the new hash too: it still verifies
+                pass
     except BaseException:
         try:
             os.unlink(tmp_name)
@@ -58,8 +127,18 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load an fsslab checkpoint with ``weights_only=True`` (no code execution from the file)."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pt"))
+        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file"
+                              + (f"; it holds {', '.join(inside[:4])}" if inside else ""))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    expected = recorded_digests(path)
+    if expected is not None and sha256_of(path) not in expected:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the sha256 recorded when it was written ({digest_path(path).name}): "
+            "the file is corrupt or was changed since; use another checkpoint of the run (iter_*.pt, best.pt)"
+        )
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or pickling arbitrary objects
@@ -72,7 +151,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} is not an fsslab checkpoint (no 'model' entry); "
             "official IPMT/AMFormer files load with fsslab.models.load_official"
         )
-    if data.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+    if not isinstance(data["model"], dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data["model"].items()):
+        raise CheckpointError(
+            f"checkpoint {path}: its 'model' entry is a {type(data['model']).__name__}, not a state dict (names "
+            "mapped to tensors); it is not an fsslab checkpoint"
+        )
+    if not isinstance(data.get("format", FORMAT_VERSION), int) or data.get("format", FORMAT_VERSION) > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format {data['format']}, newer than this fsslab "
             f"({FORMAT_VERSION}); upgrade fsslab"
@@ -92,7 +177,7 @@ def save_checkpoint(obj: Any, path: str | Path) -> Path:
     one-line CheckpointError naming the file; the previous checkpoints stay as they were."""
     path = Path(path)
     try:
-        return atomic_save(obj, path)
+        return atomic_save(obj, path, digest=True)
     except (OSError, RuntimeError) as exc:
         # torch reports a full disk as RuntimeError("[enforce fail at inline_container.cc:...] ... file write
         # failed"); the OS as OSError(ENOSPC)
@@ -100,10 +185,11 @@ def save_checkpoint(obj: Any, path: str | Path) -> Path:
             "write failed" in str(exc) or "unexpected pos" in str(exc)
         )
         reason = "the disk is full (or over quota)" if full else first_line(exc)
-        raise CheckpointError(
-            f"could not write checkpoint {path}: {reason}; the checkpoints already in {path.parent} are intact: "
-            "free space, then continue with --resume"
-        ) from None
+        kept = sorted(p.name for p in path.parent.glob("*.pt") if p.name != "best.pt")
+        advice = (f"the checkpoints already in {path.parent} ({', '.join(kept[:3])}) are intact: free space, then "
+                  "continue with --resume" if kept else
+                  "no checkpoint of this run was written yet: free space, then start the run again with --overwrite")
+        raise CheckpointError(f"could not write checkpoint {path}: {reason}; {advice}") from None
 
 
 def load_model_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
@@ -171,6 +257,9 @@ __all__ = [
     "first_line",
     "load_checkpoint",
     "load_model_state",
+    "recorded_digests",
+    "remove_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
+    "sha256_of",
 ]

@@ -109,6 +109,8 @@ def clear_run(out_dir: str | Path) -> list[str]:
     removed = [p.name for p in run_files(out_dir)]
     for path in run_files(out_dir):
         path.unlink()
+    for sidecar in out_dir.glob("*.pt.sha256"):  # the checkpoints' content hashes (fsslab.engine.checkpoint)
+        sidecar.unlink(missing_ok=True)
     if (out_dir / "config.yaml").is_file():
         (out_dir / "config.yaml").unlink()
         removed.append("config.yaml")

@@ -26,10 +26,20 @@ from fsslab.engine.evaluate import AMP_DTYPES, warn_if_emulated_bf16
 from fsslab.engine.sampling import episode_loader, seed_everything
 from fsslab.engine.train import resume as resume_mod
 from fsslab.engine.train.optim import BuiltOptimizer, build_optimizers, poly_factor
-from fsslab.engine.train.run_dir import atomic_write_text
+from fsslab.engine.train.run_dir import atomic_write_text, notice
 from fsslab.engine.train.runlog import RunLogger, episode_grid
 from fsslab.engine.train.step import check_objectives, descend, to_device
-from fsslab.engine.train.stops import TrainingStopped, is_oom, non_finite, non_finite_loss, out_of_memory
+from fsslab.engine.train.stops import (
+    LossHealth,
+    TrainingStopped,
+    diverging_notice,
+    healthy_advice,
+    is_oom,
+    non_finite,
+    non_finite_loss,
+    out_of_memory,
+    weights_finite,
+)
 from fsslab.errors import ConfigError, DatasetError
 from fsslab.version import __version__
 
@@ -102,6 +112,7 @@ class Trainer:
         self.best_metric: float | None = None
         self.last_eval: dict[str, Any] = {}
         self.last_checkpoint: tuple[Path, int] | None = None  # (file, iteration): what a stop's advice names
+        self.health = LossHealth()  # smoothed loss and the newest healthy checkpoint (stops.LossHealth)
         self.logger = RunLogger(self.out_dir, enabled=self.dist.is_main, tensorboard=tc.tensorboard)
 
     @classmethod
@@ -138,6 +149,8 @@ class Trainer:
         objectives = self.model.step_objectives(losses, it)
         check_objectives(objectives, self.optimizers)
         self._check_finite({**losses, **{f"objective:{k}": v for k, v in objectives.items()}})
+        if "total" in losses:
+            self.health.update(float(losses["total"].detach()))
         descend(objectives, self.optimizers, self.scaler, self.grad_sync, self.dist.distributed, tc.grad_clip)
         return {k: v.detach() for k, v in losses.items()}, output
 
@@ -146,8 +159,9 @@ class Trainer:
         if not bad:
             return
         lrs = {b.name: b.optimizer.param_groups[0]["lr"] for b in self.optimizers}
+        advice = healthy_advice(self.out_dir, self.health, self.last_checkpoint)
         raise non_finite_loss(bad, self.iteration, self.iteration // self.iters_per_epoch, lrs, self.train_cfg.amp,
-                              resume_mod.resume_advice(self.out_dir, self.last_checkpoint))
+                              advice or resume_mod.resume_advice(self.out_dir, self.last_checkpoint))
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -174,6 +188,7 @@ class Trainer:
             "config": self.run_config.to_dict(),
             "best_metric": self.best_metric,
             "metrics": self.last_eval,
+            "health": self.health.record(weights_finite(self.model)),  # stops.LossHealth
         }
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
@@ -202,6 +217,10 @@ class Trainer:
             rng = rng["ranks"][dist.rank] if len(rng["ranks"]) == dist.world_size else rng["ranks"][0]
         ckpt.restore_rng_state(rng)
         self.last_checkpoint = (path, self.iteration)
+        self.health.restore(state.get("health"))
+        warning = diverging_notice(path, state.get("health"))
+        if warning and self.dist.is_main:
+            notice(warning)
 
     def save(self, name: str, state: dict[str, Any] | None = None) -> Path | None:
         state = state if state is not None else self.state_dict()  # collective: every rank calls it
@@ -213,13 +232,18 @@ class Trainer:
 
     def _save_periodic(self) -> None:
         state = self.state_dict()
-        self.save(f"iter_{self.iteration:07d}.pt", state)
+        name = f"iter_{self.iteration:07d}.pt"
+        self.save(name, state)
         self.save("latest.pt", state)
+        if not state["health"]["diverging"]:
+            self.health.mark_healthy(name, self.iteration)
         if not self.dist.is_main:
             return
         periodic = sorted(self.out_dir.glob("iter_*.pt"))
+        keep = self.health.last_healthy[0] if self.health.last_healthy else None  # never rotated away
         for old in periodic[: max(len(periodic) - self.train_cfg.keep_checkpoints, 0)]:
-            old.unlink()
+            if old.name != keep:
+                ckpt.remove_checkpoint(old)  # and its .sha256
 
     def resume(self, path: str | Path | None = None) -> int:
         """Load the state of ``path`` (default: the newest loadable checkpoint of ``out_dir``), without the
