@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from fsslab.data.synthetic.crossdomain import CROSSDOMAIN_NAMES
 from fsslab.data.synthetic.procedural import MAX_PROCEDURAL_CLASSES
 from fsslab.data.synthetic.shapes import CLASS_NAMES
 from fsslab.errors import ConfigError
 
 N_CLASSES = len(CLASS_NAMES)  # 20: folds of 5 like PASCAL-5i
 SPLITS = ("train", "val", "pretrain")  # "pretrain": the backbone's own corpus (n_pretrain images, may be 0)
+# the 20 classes of the train/val splits: the benchmark's families, or the cross-domain preset's (crossdomain.py)
+FAMILY_SETS: dict[str, tuple[str, ...]] = {"benchmark": CLASS_NAMES, "crossdomain": CROSSDOMAIN_NAMES}
 
 
 @dataclass
@@ -51,8 +54,16 @@ class SyntheticConfig:
     # so only the support tells which object to segment)
     distinct_classes: bool = False
     # "random": centres uniform in the image (objects often overlap); "spread": one object per cell of a
-    # jittered grid, so several objects of similar size sit side by side and stay visible
+    # jittered grid, so several objects of similar size sit side by side and stay visible; "overlap": each object
+    # is placed over the previous one so that it covers `occlusion` (a fraction of that object's area) of it
     placement: str = "random"
+    occlusion: tuple[float, float] = (0.2, 0.4)  # placement "overlap" only: covered fraction of every lower object
+    # the 20 classes of train/val: "benchmark" (shapes.SHAPE_FAMILIES) or "crossdomain" (a domain no training sees)
+    families: str = "benchmark"
+    # "class": class_appearance and diversity decide each object's surface; "random": every object random colours
+    # and a random texture (flat included), independent of the class and of diversity
+    surface: str = "class"
+    background: str = "default"  # "default" (gradients and texture clutter) | "mosaic" (Voronoi patches and lines)
     boundary_width: int = 2
     jpeg_quality: int = 90
 
@@ -61,6 +72,7 @@ class SyntheticConfig:
         if problems:  # the range checks below would fail inside a comparison, naming no knob
             raise ConfigError("invalid SyntheticConfig: " + "; ".join(problems))
         self.object_scale = tuple(float(v) for v in self.object_scale)  # type: ignore[assignment]
+        self.occlusion = tuple(float(v) for v in self.occlusion)  # type: ignore[assignment]
         if min(self.n_train, self.n_val, self.n_pretrain) < 0:
             problems.append(
                 f"n_train/n_val/n_pretrain must be >= 0, got {self.n_train}/{self.n_val}/{self.n_pretrain}"
@@ -79,8 +91,17 @@ class SyntheticConfig:
             problems.append("distractors and boundary_width must be >= 0")
         if self.max_objects + self.distractors > 64:
             problems.append("max_objects + distractors must be <= 64 (instance ids are uint8)")
-        if self.placement not in ("random", "spread"):
-            problems.append(f"placement must be 'random' or 'spread', got {self.placement!r}")
+        if self.placement not in ("random", "spread", "overlap"):
+            problems.append(f"placement must be 'random', 'spread' or 'overlap', got {self.placement!r}")
+        if self.placement == "overlap" and self.distractors:
+            problems.append("placement 'overlap' places objects only: distractors must be 0")
+        lo_hi = self.occlusion
+        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] < 1.0:
+            problems.append(f"occlusion must be (lo, hi) with 0 <= lo <= hi < 1, got {lo_hi}")
+        for name, valid in (("families", tuple(FAMILY_SETS)), ("surface", ("class", "random")),
+                            ("background", ("default", "mosaic"))):
+            if getattr(self, name) not in valid:
+                problems.append(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.distinct_classes and self.max_objects > N_CLASSES:
             problems.append(f"distinct_classes allows at most {N_CLASSES} objects, got max_objects {self.max_objects}")
         if not 0 <= self.pretrain_classes <= MAX_PROCEDURAL_CLASSES:
@@ -109,7 +130,7 @@ class SyntheticConfig:
                 ok, what = number(value), "a number"
             elif isinstance(default, str):
                 ok, what = isinstance(value, str), "a string"
-            else:  # object_scale: (lo, hi)
+            else:  # object_scale, occlusion: (lo, hi)
                 ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(number(v) for v in value)
                 what = "a pair of numbers [lo, hi]"
             if not ok:
@@ -127,9 +148,14 @@ class SyntheticConfig:
         """How many class ids the labels of ``split`` use: 20, or ``pretrain_classes`` for a procedural pretrain split."""
         return self.pretrain_classes if split == "pretrain" and self.pretrain_classes else N_CLASSES
 
+    def class_names(self) -> tuple[str, ...]:
+        """Names of the 20 classes of the train and val splits (``families``)."""
+        return FAMILY_SETS[self.families]
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["object_scale"] = list(self.object_scale)  # JSON has no tuples; from_dict turns it back
+        out["occlusion"] = list(self.occlusion)
         return out
 
     @classmethod
@@ -169,6 +195,11 @@ _SEVERAL_CLASSES: dict[str, Any] = {"min_objects": 2, "max_objects": 3, "distinc
 # layout with appearance 0.5 (step 4); "salient" the previous default (1-2 objects, other classes included:
 # rewards a salient-object segmenter); "easy" nearly a pure shape-matching task; "medium" (1-4 objects,
 # distractors, more appearance spread and clutter) and "hard" need far more training than a CPU run affords.
+# "crossdomain" is not a difficulty but another domain, for evaluation only (no training reads it; no train or
+# pretrain images): 20 shape families of its own (crossdomain.py; neither the benchmark's, nor the pretraining's),
+# 2-3 objects of different classes stacked so that every object under another is 20-40% covered, every object in
+# random colours and texture whatever its class, on mosaic backgrounds. Larger objects than the benchmark's, so
+# that a 40%-covered object keeps the 2,048 px an episode's class needs in 128-160 px images.
 PRESETS: dict[str, dict[str, Any]] = {
     "easy": {**CALIBRATED, "diversity": 0.2, "clutter": 0.1, "max_objects": 1, "outline_prob": 0.0},
     "default": {**CALIBRATED, **_SEVERAL_CLASSES, "class_appearance": 0.8, "diversity": 0.3, "pretrain_classes": 100},
@@ -178,12 +209,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "multi": {**CALIBRATED, **_SEVERAL_CLASSES, "class_appearance": 0.5},
     "hard": {**CALIBRATED, "diversity": 1.0, "clutter": 0.8, "max_objects": 4, "distractors": 4,
              "outline_prob": 0.5},
+    "crossdomain": {"n_train": 0, "n_val": 1000, "families": "crossdomain", "surface": "random",
+                    "background": "mosaic", "placement": "overlap", "occlusion": (0.2, 0.4), "min_objects": 2,
+                    "max_objects": 3, "distinct_classes": True, "object_scale": (0.4, 0.55), "diversity": 0.4,
+                    "clutter": 0.3, "outline_prob": 0.0},
 }
 
 
 # Knobs added within a generator version, with the value that reproduces the earlier output exactly.
 ADDED_KNOB_DEFAULTS: dict[str, Any] = {"min_objects": 1, "class_appearance": 0.0, "n_pretrain": 0,
-                                        "distinct_classes": False, "placement": "random", "pretrain_classes": 0}
+                                        "distinct_classes": False, "placement": "random", "pretrain_classes": 0,
+                                        "occlusion": [0.2, 0.4], "families": "benchmark", "surface": "class",
+                                        "background": "default"}
 
 
-__all__ = ["CALIBRATED", "N_CLASSES", "PRESETS", "SPLITS", "SyntheticConfig"]
+__all__ = ["CALIBRATED", "FAMILY_SETS", "N_CLASSES", "PRESETS", "SPLITS", "SyntheticConfig"]

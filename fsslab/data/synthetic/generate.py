@@ -137,7 +137,7 @@ def generate_synthetic(
         "version": GENERATOR_VERSION,
         "seed": config.seed,
         "config": config_dict,
-        "class_names": list(CLASS_NAMES),
+        "class_names": list(config.class_names()),
         "palette": [list(c) for c in PALETTE],
         "ignore_colour": list(IGNORE_COLOUR),
         "folds": {str(f): fold_classes(f) for f in range(4)},
@@ -148,7 +148,7 @@ def generate_synthetic(
     _remove_stale_samples(root, config)
     (root / "meta.json").write_text(json.dumps(meta, indent=1))
     (root / _INCOMPLETE_MARKER).unlink()
-    summary = dict(meta, root=str(root), warnings=_coverage_warnings(counts))
+    summary = dict(meta, root=str(root), warnings=_coverage_warnings(counts, config.class_names()))
     if progress:
         for warning in summary["warnings"]:
             tqdm.write(f"warning: {warning}")
@@ -199,11 +199,12 @@ def _run_tasks(tasks: list, workers: int, desc: str, progress: bool) -> list[tup
     return results
 
 
-def _coverage_warnings(counts: dict[str, dict[str, list[int]]], minimum: int = 6) -> list[str]:
+def _coverage_warnings(counts: dict[str, dict[str, list[int]]], class_names: tuple[str, ...] | list[str] = CLASS_NAMES,
+                       minimum: int = 6) -> list[str]:
     """Classes with fewer qualifying images than a 5-shot episode needs (5 supports + 1 query)."""
     out = []
     for split, per in counts.items():
-        names = CLASS_NAMES if len(per["qualifying"]) == N_CLASSES else [f"procedural{c + 1}" for c in range(len(per["qualifying"]))]
+        names = class_names if len(per["qualifying"]) == N_CLASSES else [f"procedural{c + 1}" for c in range(len(per["qualifying"]))]
         low = [f"{names[c]}={n}" for c, n in enumerate(per["qualifying"]) if n < minimum]
         if low:
             out.append(
@@ -267,5 +268,5 @@ def write_synthetic_if_missing(
                 raise DatasetError(
                     f"{list_path} is missing or does not list {n} images; delete {root} and regenerate"
                 )
-        return dict(meta, root=str(root), warnings=_coverage_warnings(meta["class_counts"]))
+        return dict(meta, root=str(root), warnings=_coverage_warnings(meta["class_counts"], config.class_names()))
     return generate_synthetic(root, config, progress=progress, workers=workers)

@@ -7,9 +7,14 @@ import numpy as np
 
 from fsslab.batch import IGNORE_INDEX
 from fsslab.data.synthetic.config import N_CLASSES, SPLITS, SyntheticConfig
+from fsslab.data.synthetic.crossdomain import CROSSDOMAIN_FAMILIES, CROSSDOMAIN_UNIT_AREAS, mosaic_background
 from fsslab.data.synthetic.procedural import procedural_parts, procedural_unit_area
 from fsslab.data.synthetic.shapes import SHAPE_FAMILIES, UNIT_AREAS, Pose, distractor_parts, rasterize
-from fsslab.data.synthetic.textures import background, finish, material, typical_material
+from fsslab.data.synthetic.textures import background, finish, material, random_surface, typical_material
+
+# the 20 classes' (family functions, unit areas) of each `families` knob
+_FAMILIES = {"benchmark": (tuple(f for _, f in SHAPE_FAMILIES), UNIT_AREAS),
+             "crossdomain": (tuple(f for _, f in CROSSDOMAIN_FAMILIES), CROSSDOMAIN_UNIT_AREAS)}
 
 IGNORE_LABEL = IGNORE_INDEX  # the VOC boundary band: the one ignore value of fsslab.batch
 
@@ -59,6 +64,8 @@ def _spread_centres(rng: np.random.Generator, n: int) -> list[tuple[float, float
 def _surface(
     rng: np.random.Generator, config: SyntheticConfig, shape: tuple[int, int], class_id: int
 ) -> np.ndarray:
+    if config.surface == "random":  # appearance independent of the class (the cross-domain preset)
+        return random_surface(shape, rng)
     # rng.random() is drawn only when class_appearance > 0, so class_appearance=0 reproduces earlier output
     if class_id and config.class_appearance > 0 and rng.random() < config.class_appearance:
         return typical_material(shape, rng, class_id, config.diversity)
@@ -83,6 +90,62 @@ def _paint(
         image[core] = _surface(rng, config, image.shape[:2], class_id)[core]
 
 
+def _covered(instances: np.ndarray, mask: np.ndarray, below: int, drawn_areas: dict[int, int]
+             ) -> tuple[float, float]:
+    """(fraction of object ``below``'s visible pixels that ``mask`` covers, the largest such fraction over the
+    other objects), each counted against that object's own area as drawn (before any occlusion)."""
+    cover_below, cover_other = 0.0, 0.0
+    for k in range(1, int(instances.max()) + 1):
+        drawn = drawn_areas.get(k, 0)
+        if not drawn:
+            continue
+        hidden = drawn - int((instances == k).sum()) + int(((instances == k) & mask).sum())
+        if k == below:
+            cover_below = hidden / drawn
+        else:
+            cover_other = max(cover_other, hidden / drawn)
+    return cover_below, cover_other
+
+
+_OVERLAP_TRIES = 40
+
+
+def _overlapping_mask(rng: np.random.Generator, config: SyntheticConfig, parts: list, unit_area: float,
+                      shape: tuple[int, int], instances: np.ndarray, layer: int, drawn_areas: dict[int, int]
+                      ) -> np.ndarray:
+    """The mask of object ``layer`` (1-based) under placement "overlap": the first object near the image centre;
+    each later one over the previous one, covering ``config.occlusion`` of it and at most its upper bound of any
+    other object. Of ``_OVERLAP_TRIES`` candidate poses the first that fits is taken (else the nearest miss).
+    ``drawn_areas``: each object's area as drawn (layer -> pixels), filled here."""
+    h, w = shape
+    d = config.diversity
+    if layer == 1:
+        pose = _object_pose(rng, config, unit_area, shape, tuple(rng.uniform(0.35, 0.65, 2)))
+        mask = rasterize(parts, pose, shape, 0.12 * d, rng)
+        drawn_areas[layer] = int(mask.sum())
+        return mask
+    lo, hi = config.occlusion
+    below = instances == layer - 1
+    ys, xs = np.nonzero(below)
+    anchor = (xs.mean() / w, ys.mean() / h) if len(xs) else (0.5, 0.5)
+    reach = np.sqrt(max(1, drawn_areas.get(layer - 1, 1)) / (h * w))  # the lower object's linear size
+    best, best_miss = None, np.inf
+    for _ in range(_OVERLAP_TRIES):
+        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 1.1) * reach
+        centre = (float(np.clip(anchor[0] + dist * np.cos(angle), 0.15, 0.85)),
+                  float(np.clip(anchor[1] + dist * np.sin(angle), 0.15, 0.85)))
+        pose = _object_pose(rng, config, unit_area, shape, centre)
+        mask = rasterize(parts, pose, shape, 0.12 * d, rng)
+        cover, other = _covered(instances, mask.astype(bool), layer - 1, drawn_areas)
+        miss = max(lo - cover, cover - hi, 0.0) + max(other - hi, 0.0)
+        if miss < best_miss:
+            best, best_miss = mask, miss
+        if miss == 0.0:
+            break
+    drawn_areas[layer] = int(best.sum())
+    return best
+
+
 def boundary_band(instances: np.ndarray, width: int) -> np.ndarray:
     """[H, W] bool band of about `width` px along every edge of a labelled instance (VOC's 255 outline)."""
     if width <= 0:
@@ -91,15 +154,17 @@ def boundary_band(instances: np.ndarray, width: int) -> np.ndarray:
     return cv2.dilate(instances, kernel) != cv2.erode(instances, kernel)
 
 
-def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+def render_sample(config: SyntheticConfig, split: str, index: int, occlusion: dict | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """One image and its label: ([H, W, 3] uint8 RGB, [H, W] uint8 with 0 bg, 1..20, 255 band; a procedural
-    pretrain split, ``pretrain_classes`` N > 0, labels its classes 1..N)."""
+    pretrain split, ``pretrain_classes`` N > 0, labels its classes 1..N). ``occlusion``, a dict, receives under
+    placement "overlap" each object's (layer's) drawn and visible pixels: {"drawn": {k: n}, "visible": {k: n}}."""
     rng = _sample_rng(config.seed, split, index)
     shape = (
         int(rng.integers(config.min_size, config.max_size + 1)),
         int(rng.integers(config.min_size, config.max_size + 1)),
     )
-    image = background(shape, rng, config.clutter)
+    image = (background if config.background == "default" else mosaic_background)(shape, rng, config.clutter)
     label = np.zeros(shape, dtype=np.uint8)
     instances = np.zeros(shape, dtype=np.uint8)  # 0: background or distractor, k: k-th object
 
@@ -114,6 +179,8 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
         classes = rng.integers(1, n_classes + 1, n_objects)
     layers = [("object", int(c)) for c in classes]
     centres = iter(_spread_centres(rng, n_objects)) if config.placement == "spread" else None
+    families, unit_areas = _FAMILIES[config.families]
+    drawn_areas: dict[int, int] = {}  # placement "overlap": each object's area as drawn
     for _ in range(n_distractors):
         layers.insert(int(rng.integers(0, len(layers) + 1)), ("distractor", 0))
 
@@ -127,11 +194,15 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
                 parts, unit_area = procedural_parts(class_id, jitter), procedural_unit_area(class_id)
                 appearance_id = N_CLASSES + class_id
             else:
-                parts, unit_area = SHAPE_FAMILIES[class_id - 1][1](jitter), UNIT_AREAS[class_id - 1]
+                parts, unit_area = families[class_id - 1](jitter), unit_areas[class_id - 1]
                 appearance_id = class_id
-            centre = next(centres) if centres is not None else None
-            pose = _object_pose(rng, config, unit_area, shape, centre)
-            mask = rasterize(parts, pose, shape, 0.12 * d, rng)
+            if config.placement == "overlap":
+                mask = _overlapping_mask(rng, config, parts, unit_area, shape, instances, layer_index,
+                                         drawn_areas)
+            else:
+                centre = next(centres) if centres is not None else None
+                pose = _object_pose(rng, config, unit_area, shape, centre)
+                mask = rasterize(parts, pose, shape, 0.12 * d, rng)
             _paint(image, mask, rng, config, bool(rng.random() < config.outline_prob), appearance_id)
             inside = mask.astype(bool)
             label[inside], instances[inside] = class_id, layer_index  # later layers occlude earlier ones
@@ -142,6 +213,9 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
             inside = mask.astype(bool)
             label[inside], instances[inside] = 0, 0
     label[boundary_band(instances, config.boundary_width)] = IGNORE_LABEL
+    if occlusion is not None:
+        occlusion["drawn"] = dict(drawn_areas)
+        occlusion["visible"] = {k: int((instances == k).sum()) for k in drawn_areas}
     return finish(image, rng, config.clutter), label
 
 

@@ -78,6 +78,12 @@ def _shaded_mix(first: np.ndarray, second: np.ndarray, kind: str, shape: tuple[i
     return (surface * light[..., None]).astype(np.float32)
 
 
+def random_surface(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """[H, W, 3] float32: two random colours mixed by a random texture (flat included), whatever the class."""
+    kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    return _shaded_mix(random_colour(rng, 1.0), random_colour(rng, 1.0), kind, shape, rng, float(rng.uniform(0.3, 1)))
+
+
 def class_signature(class_id: int) -> tuple[np.ndarray, np.ndarray, str]:
     """A class's typical (main colour, second colour, texture kind), fixed per class whatever the seed.
 

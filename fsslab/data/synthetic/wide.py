@@ -17,14 +17,14 @@ kept: ``WideShapes[i]`` is a pure function of (seed, i), so a run is as determin
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from fsslab.data.synthetic.shapes import Part, Pose, canonical_unit_area, rasterize
-from fsslab.data.synthetic.textures import TEXTURES, _shaded_mix, background, finish, random_colour
+from fsslab.data.synthetic.textures import background, finish, random_surface
 from fsslab.data.transforms import normalize
 
 WIDE_SEED = 0x3A1DE  # class definitions depend on this and the class id only
@@ -197,7 +197,7 @@ def _composite(kind: str, g: np.random.Generator) -> list[Part]:
     raise ValueError(f"unknown composite kind {kind!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def wide_class(class_id: int) -> tuple[str, tuple[Part, ...]]:
     """(kind, canonical parts) of wide class ``class_id`` (1-based), fixed by the id alone."""
     if not 1 <= class_id <= MAX_WIDE_CLASSES:
@@ -214,18 +214,12 @@ def wide_parts(class_id: int) -> Callable[[Callable[[], float]], list[Part]]:
     return lambda jitter: parts
 
 
-@lru_cache(maxsize=None)
+@cache
 def wide_unit_area(class_id: int) -> float:
     return max(0.05, canonical_unit_area(wide_parts(class_id), resolution=40.0))
 
 
 # --------------------------------------------------------------------------------------------- scenes
-def random_surface(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """[H, W, 3] float32: two random colours mixed by a random texture (flat included), any class."""
-    kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
-    return _shaded_mix(random_colour(rng, 1.0), random_colour(rng, 1.0), kind, shape, rng, float(rng.uniform(0.3, 1)))
-
-
 def render_wide(seed: int, index: int, size: int, n_classes: int, objects: tuple[int, int] = (1, 4),
                 scale: tuple[float, float] = (0.22, 0.55), deformation: float = 0.08
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -280,5 +274,5 @@ class WideShapes(Dataset):
                 "query_mask": (labels > 0).long()}
 
 
-__all__ = ["MAX_WIDE_CLASSES", "WIDE_KINDS", "WideShapes", "random_surface", "render_wide", "wide_class",
+__all__ = ["MAX_WIDE_CLASSES", "WIDE_KINDS", "WideShapes", "render_wide", "wide_class",
            "wide_parts", "wide_unit_area"]
