@@ -97,6 +97,16 @@ class TrainConfig:
     # "epoch" (the batch index within the epoch, as AMNet's train.py; an epoch of odd length then steps G
     # twice in a row at its boundary)
     objective_index: str = "global"
+    # model selection (fsslab.engine.selection): which checkpoint is the run's model and when the run
+    # validates. "latest" (latest.pt; validations, when train.validate, only logged), "best_val" (best.pt of
+    # the validations every eval_every iterations), and the references' rules, which select on the test
+    # episodes (optimistic): "amnet" (every epoch, best.pt, early stop after stop_interval epochs without a new
+    # best), "ipmt" (every epoch after epoch select_after, best.pt), "bam_stage1" (the base learner's base-class
+    # mIoU on the val images every epoch, best.pt as BAM's best.pth, the same early stop). A later stage (a
+    # prerequisite's model, model.params.pretrained) reads the model file.
+    selection: str = "latest"
+    stop_interval: int | None = None  # amnet, bam_stage1: epochs without a new best before the run stops
+    select_after: int = 0  # ipmt: validations start after this many epochs (IPMT's `epoch > 70`, 0-based: 71)
     out_dir: str = "runs/default"
 
 
@@ -170,6 +180,7 @@ CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("train", "grad_sync"): ("auto", "ddp", "manual"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "objective_index"): ("global", "epoch"),
+    ("train", "selection"): ("latest", "best_val", "amnet", "ipmt", "bam_stage1"),
     ("eval", "amp"): ("none", "bf16", "fp16"),
     ("eval", "support_label"): (None, "mask", "box", "scribble"),
     ("eval", "supports"): SUPPORT_MODES,
@@ -211,6 +222,15 @@ def check_ranges(cfg: RunConfig) -> None:
         (cfg.train.ckpt_every >= 1, "train.ckpt_every must be >= 1"),
         (cfg.eval.episodes >= 1, "eval.episodes must be >= 1"),
         (len(cfg.eval.seeds) >= 1, "eval.seeds needs at least one seed"),
+        (cfg.train.selection == "latest" or cfg.train.validate,
+         (f"train.selection={cfg.train.selection} selects on validations: set train.validate=true "
+          "(or train.selection=latest)")),
+        (cfg.train.stop_interval is None or cfg.train.stop_interval >= 1,
+         f"train.stop_interval must be >= 1 epochs (or null: no early stop), got {cfg.train.stop_interval}"),
+        (cfg.train.stop_interval is None or cfg.train.selection in ("amnet", "bam_stage1"),
+         (f"train.stop_interval stops early under train.selection=amnet or bam_stage1 only (now "
+          f"{cfg.train.selection})")),
+        (cfg.train.select_after >= 0, f"train.select_after must be >= 0 epochs, got {cfg.train.select_after}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -8,12 +8,18 @@ Naming: ``<dataset>/<model>_<backbone>_fold<f>_<k>shot.yaml`` (``ipmt``, ``amfor
 Sources of the settings: IPMT ``config/pascal/pascal_split0_resnet50.yaml`` + ``train.py``; AMNet
 ``config/{pascal,coco}/*_manet.yaml`` + ``train.py``; BAM ``config/*/*_base.yaml`` + ``train_base.py``;
 paper numbers from PROTOCOLS.md (4-fold means; the reference READMEs give no per-fold numbers).
+
+Every key whose value is not the reference's carries a comment above it (``deviation: reference ...; why``), and
+so does every key whose value needs a warning (model selection on the test episodes); docs/deviations.md lists
+the same rows in one table. A config function returns them under ``_comments`` (dotted key → text), which
+``render`` writes as comment lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +101,41 @@ def ipmt_config(dataset: str, backbone: str, fold: int, shot: int) -> dict[str, 
     """IPMT: SGD lr 0.0025 (transformer AdamW 1e-4, wd 1e-2), batch 4, 200 epochs, crop 473, PFENet lists."""
     notes = ["PFENet training lists (every image with a base class)"]
     epochs, episodes, scale = 200, 1000, (0.9, 1.1)
+    comments = {
+        "data.protocol": "deviation: reference util/dataset.py filters with a 4x32x32 area threshold (its shipped "
+                         "lists equal the 2x32x32 ones); fsslab 2x32x32: PFENet's rule, the lists IPMT ships",
+        "train.selection": "as IPMT's train.py: validated on the test episodes (seed 123, eval.episodes) every epoch "
+                           "after epoch 71 (`epoch > 70`, 0-based), the best kept as best.pt. Selecting on the test "
+                           "episodes is optimistic: train.selection=latest (latest.pt) for an unbiased number",
+        "eval.episodes": "deviation: reference test.py's loop runs test_num + 1 episodes (1,001 / 5,001: it breaks "
+                         "on (iter_num-1)*batch >= test_num); fsslab the stated test_num",
+        "eval.protocol": "as IPMT's test.py: Resize (long side always to val_size), the square stretched back to "
+                         "LxL (lossy, docs/protocols.md), mIoU over all novel classes; eval.protocol=fsslab for the "
+                         "exact inverse",
+        "model.params.pretrained": "ImageNet initialisation (PFENet's resnet_v2): docs/weights.md, `fsslab doctor`",
+    }
+    if shot == 5:
+        comments["data.shot"] = ("deviation: reference ships only a 1-shot config and its 5-shot training crashes; "
+                                 "fsslab: the 1-shot settings with 5 shots, K-shot as the paper describes it")
+    if backbone == "r101":
+        comments["model.params.backbone"] = ("deviation: reference ships only a ResNet-50 config; fsslab: its "
+                                             "settings with ResNet-101")
     if dataset == "coco":  # the IPMT release ships only the PASCAL config
         epochs, episodes, scale = 50, 5000, (0.8, 1.25)
         notes.append(
             "IPMT ships no COCO config: epochs 50 and scale 0.8-1.25 are fsslab's assumption; "
             "5000 test episodes as IPMT's train.py uses for COCO"
         )
+        why = "IPMT ships no COCO config (reference: none)"
+        comments.update({
+            "data.size": f"deviation: {why}; fsslab 473 as its PASCAL config (PFENet's COCO config: 641)",
+            "data.val_size": f"deviation: {why}; fsslab 473 as its PASCAL config (PFENet's COCO config: 641)",
+            "data.scale_min": f"deviation: {why}; fsslab 0.8-1.25 as BAM/AMNet on COCO",
+            "data.coco_split": f"deviation: {why}; fsslab the interleaved folds of PFENet's use_split_coco",
+            "data.batch_size": f"deviation: {why}; fsslab 4 as its PASCAL config",
+            "train.epochs": f"deviation: {why}; fsslab 50, an assumption (BAM trains COCO 50 epochs)",
+            "train.base_lr": f"deviation: {why}; fsslab 0.0025 as its PASCAL config",
+        })
     return {
         "name": f"ipmt_{backbone}_{dataset}_fold{fold}_{shot}shot",
         "data": _data(dataset, fold, shot, "pfenet", 473, scale, 4),
@@ -118,7 +153,8 @@ def ipmt_config(dataset: str, backbone: str, fold: int, shot: int) -> dict[str, 
             "log_every": 50,
             "image_every": 1000,
             "ckpt_every": 2000,
-            "eval_every": 5000,
+            "selection": "ipmt",
+            "select_after": 71,
             "out_dir": f"runs/{{dataset}}/ipmt_{backbone}_fold{{fold}}_{{shot}}shot",
         },
         "eval": {"episodes": episodes, "seeds": [123], "batch_size": 1, "protocol": "ipmt"},
@@ -131,13 +167,15 @@ def ipmt_config(dataset: str, backbone: str, fold: int, shot: int) -> dict[str, 
             notes
             + [
                 (
-                    "evaluation as IPMT's test.py: seed 123, long side always resized to 473 (eval.protocol=ipmt); "
-                    "its loop runs one episode more than it says; for fsslab's mean +- std over seeds add "
-                    "eval.seeds=[123,234,345,456,567]"
+                    "evaluation as IPMT's test.py: seed 123, long side always resized to 473 and the square "
+                    "stretched back (eval.protocol=ipmt); its loop runs one episode more than it says; for "
+                    "fsslab's mean +- std over seeds add eval.seeds=[123,234,345,456,567]"
                 ),
                 "batch 4 is IPMT's global batch (DataParallel)",
+                "model selection as IPMT's train.py (best on the test episodes after epoch 71): optimistic",
             ],
         ),
+        "_comments": comments,
     }
 
 
@@ -153,10 +191,31 @@ def amformer_config(dataset: str, backbone: str, fold: int, shot: int) -> dict[s
         if (shot, backbone) not in settings:
             notes.append("AMNet ships no 5-shot ResNet-101 config: the 5-shot ResNet-50 settings are used")
         batch, lr, epochs = settings.get((shot, backbone), settings[(5, "r50")])
-        size, scale, episodes = 473, (0.9, 1.1), 1000
+        size, scale, episodes, stop = 473, (0.9, 1.1), 1000, 100
     else:
-        batch, lr, epochs, size, scale, episodes = 4, 5e-5, 75, 633, (0.8, 1.25), 10000
+        batch, lr, epochs, size, scale, episodes, stop = 4, 5e-5, 75, 633, (0.8, 1.25), 10000, 75
         notes.append("COCO: 10,000 test episodes per seed as AMNet's test.py (its train.py validates on 1,000)")
+    comments = {
+        "data.batch_size": f"deviation (unit only): AMNet's batch_size {batch} is per process (train.sh: DDP on {AMNET_GPUS} GPUs; its "
+                           f"config's comment says 'for 1GPU'); fsslab's is global: {batch} x {AMNET_GPUS}",
+        "train.selection": "as AMNet's train.py: validated on the test episodes every epoch, the best kept as best.pt, "
+                           f"stopped after stop_interval epochs without a new best; deviation: reference validates "
+                           f"with seed 321 and 1,000 episodes; fsslab with eval.seeds[0] and eval.episodes"
+                           f"{' (10,000 on COCO)' if dataset == 'coco' else ''}. Selecting on the test episodes is "
+                           "optimistic: train.selection=latest for an unbiased number",
+        "eval.seeds": "AMNet's test.py seeds; it prints the best seed and the mean, fsslab the mean +- std",
+        "eval.protocol": "as AMNet's test.py: stretched to a square, logits back to HxW with align_corners=True, "
+                         "mIoU over all novel classes",
+        "model.params.pretrained": "stage 1's model file (best.pt under train.selection=bam_stage1), as AMNet's "
+                                   "pre_weight .../best.pth",
+    }
+    if (shot, backbone) == (5, "r101") and dataset == "pascal":
+        for key in ("data.batch_size", "train.base_lr", "train.epochs"):
+            comments[key] = ("deviation: reference ships no 5-shot ResNet-101 config; fsslab the 5-shot ResNet-50 "
+                             "values" + ("; " + comments[key] if key in comments else ""))
+    if dataset == "coco" and backbone == "r101":
+        comments["model.params.backbone"] = ("deviation: reference ships only a ResNet-50 COCO config; fsslab its "
+                                             "settings with ResNet-101")
     notes.append(
         f"data.batch_size is global: AMNet's {batch} per process x {AMNET_GPUS} GPUs (train.sh, README); "
         "G and D alternate on the batch index within the epoch (train.objective_index=epoch, as train.py)"
@@ -176,7 +235,7 @@ def amformer_config(dataset: str, backbone: str, fold: int, shot: int) -> dict[s
             "params": {
                 "backbone": BACKBONES[backbone],
                 "n_base_classes": N_BASE[dataset],
-                "pretrained": f"runs/{{dataset}}/pspnet_base_{backbone}_fold{{fold}}/latest.pt",
+                "pretrained": f"runs/{{dataset}}/pspnet_base_{backbone}_fold{{fold}}/best.pt",
             },
             "prerequisite": f"{dataset}/pspnet_base_{backbone}_fold{fold}",
         },
@@ -190,18 +249,33 @@ def amformer_config(dataset: str, backbone: str, fold: int, shot: int) -> dict[s
             "log_every": 50,
             "image_every": 1000,
             "ckpt_every": 2000,
-            "eval_every": 5000,
             "out_dir": f"runs/{{dataset}}/amformer_{backbone}_fold{{fold}}_{{shot}}shot",
             "objective_index": "epoch",
+            "selection": "amnet",
+            "stop_interval": stop,
         },
         "eval": {"episodes": episodes, "seeds": AMNET_TEST_SEEDS, "batch_size": 1, "protocol": "amformer"},
-        "expected": _expected("amformer", dataset, shot, backbone, "bam", notes),
+        "expected": _expected("amformer", dataset, shot, backbone, "bam",
+                              [*notes, "model selection as AMNet's train.py (best on the test episodes): optimistic"]),
+        "_comments": comments,
     }
 
 
 def pspnet_base_config(dataset: str, backbone: str, fold: int) -> dict[str, Any]:
     """Stage 1 (BAM train_base): PSPNet on base classes, SGD lr 2.5e-4, crop 417, scale 0.5-2.0, batch 12."""
     epochs = 100 if dataset == "pascal" else 20
+    comments = {
+        "data.batch_size": "deviation (unit only): BAM's batch_size 3 is per process (train_base.sh: 4 GPUs; its config's comment says "
+                           "'bs12 for 1GPU'); fsslab's is global: 12",
+        "train.selection": "as BAM's train_base.py: the base learner validated every epoch on the val images' "
+                           "base classes (base-class mIoU, fsslab.engine.base_eval), the best kept as best.pt "
+                           "(BAM's best.pth, which AMNet loads), stopped after stop_interval epochs without a new "
+                           "best. The val images are the few-shot test images: optimistic, as in BAM",
+        "model.params.pretrained": "ImageNet initialisation (PFENet's resnet_v2): docs/weights.md, `fsslab doctor`",
+    }
+    if backbone == "r101":
+        comments["model.params.backbone"] = ("deviation: reference ships ResNet-50 and VGG base configs only; "
+                                             "fsslab the ResNet-50 settings with ResNet-101")
     return {
         "name": f"pspnet_base_{backbone}_{dataset}_fold{fold}",
         "data": _data(dataset, fold, 1, "bam", 417, (0.5, 2.0), 12, train_data="base"),
@@ -221,13 +295,15 @@ def pspnet_base_config(dataset: str, backbone: str, fold: int) -> dict[str, Any]
             "weight_decay": 1e-4,
             "power": 0.9,
             "seed": 321,
-            "validate": False,
+            "validate": True,
             "log_every": 50,
             "image_every": 1000,
             "ckpt_every": 2000,
+            "selection": "bam_stage1",
+            "stop_interval": 75,
             "out_dir": f"runs/{{dataset}}/pspnet_base_{backbone}_fold{{fold}}",
         },
-        "eval": {"episodes": 1000, "seeds": [321]},
+        "eval": {"episodes": 1000, "seeds": [321], "batch_size": 6},
         "expected": {
             "miou": None,
             "protocol": "bam",
@@ -236,6 +312,7 @@ def pspnet_base_config(dataset: str, backbone: str, fold: int) -> dict[str, Any]
             "BAM trains with batch 12 on 4 GPUs (3 per GPU; data.batch_size is global); data as BAM's BaseData "
             "(data.train_data=base: the whole training list, novel classes as background, no area filter)",
         },
+        "_comments": comments,
     }
 
 
@@ -256,7 +333,32 @@ def all_configs() -> dict[str, dict[str, Any]]:
 
 
 def render(config: dict[str, Any]) -> str:
-    return HEADER + yaml.safe_dump(config, sort_keys=False, width=110)
+    """The YAML text of ``config``, each key of its ``_comments`` (dotted path) preceded by its comment."""
+    config = dict(config)
+    comments = config.pop("_comments", {})
+    lines, path, seen = [], [], set()
+    for line in yaml.safe_dump(config, sort_keys=False, width=110).splitlines():
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        key = stripped.split(":", 1)[0]
+        if ":" in stripped and not stripped.startswith(("- ", "#")) and key.replace("_", "").isalnum():
+            path = [*path[: indent // 2], key]
+            text = comments.get(".".join(path))
+            if text:
+                seen.add(".".join(path))
+                lines += textwrap.wrap(text, 110, initial_indent=" " * indent + "# ",
+                                       subsequent_indent=" " * indent + "#   ")
+        lines.append(line)
+    missing = sorted(set(comments) - seen)
+    if missing:
+        raise ValueError(f"comments for keys the config does not hold: {missing}")
+    return HEADER + "\n".join(lines) + "\n"
+
+
+def deviation_rows() -> list[tuple[str, str, str]]:
+    """(config, key, comment) of every comment that states a deviation, over all generated configs."""
+    return [(rel, key, text) for rel, config in all_configs().items()
+            for key, text in config.get("_comments", {}).items() if "deviation" in text.lower()]
 
 
 def main(argv: list[str] | None = None) -> int:

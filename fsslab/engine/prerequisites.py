@@ -16,6 +16,7 @@ from fsslab.config import RunConfig, flow_yaml, load_config
 from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
 from fsslab.engine import distributed
 from fsslab.engine.checkpoint import load_checkpoint
+from fsslab.engine.selection import selected_file
 from fsslab.errors import ConfigError, DatasetError
 
 
@@ -72,15 +73,16 @@ def prepare_data(cfg: RunConfig, progress: bool = True) -> None:
 # ------------------------------------------------------------------------------------ prerequisite runs
 def prerequisite_config(cfg: RunConfig) -> RunConfig | None:
     """The run ``cfg.model.prerequisite`` names, on the same data root, fold, generator knobs and device; None
-    when there is none or when ``cfg`` starts from another checkpoint than the prerequisite's ``latest.pt``."""
+    when there is none or when ``cfg`` starts from another checkpoint than the prerequisite's model file
+    (``latest.pt``, or ``best.pt`` under a selecting ``train.selection``: ``selection.selected_file``)."""
     if not cfg.model.prerequisite:
         return None
     pre = load_config(cfg.model.prerequisite, changes={
         "data.fold": cfg.data.fold, "data.root": cfg.data.root, "data.synthetic": cfg.data.synthetic,
         "train.device": cfg.train.device})
-    latest = Path(pre.train.out_dir) / "latest.pt"
+    model = Path(pre.train.out_dir) / selected_file(pre.train.selection)
     starts_from = [cfg.model.init_checkpoint, cfg.model.params.get("pretrained")]
-    if not any(path and Path(str(path)).resolve() == latest.resolve() for path in starts_from):
+    if not any(path and Path(str(path)).resolve() == model.resolve() for path in starts_from):
         return None  # the run was pointed at another starting checkpoint: the prerequisite's run is not read
     return pre
 
@@ -103,8 +105,9 @@ def check_prerequisite(cfg: RunConfig, config_name: str | None = None) -> None:
     latest = Path(pre.train.out_dir) / "latest.pt"
     state = "is unfinished" if latest.is_file() else "does not exist"
     this = shlex.quote(config_name) if config_name else "CONFIG"
+    model = Path(pre.train.out_dir) / selected_file(pre.train.selection)
     raise ConfigError(
-        f"this run starts from {latest}, the run of its prerequisite {cfg.model.prerequisite}, which {state}: "
+        f"this run starts from {model}, the run of its prerequisite {cfg.model.prerequisite}, which {state}: "
         f"train it first with `fsslab train {this} ... --with-prerequisites` (trains the prerequisite chain, "
         f"then this run), or `fsslab train {cfg.model.prerequisite} data.fold={cfg.data.fold} "
         f"data.root={shlex.quote(cfg.data.root)}`"

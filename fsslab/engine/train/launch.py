@@ -13,6 +13,7 @@ from fsslab.engine import distributed
 from fsslab.engine.build import build_run_model, build_train_set
 from fsslab.engine.prerequisites import check_prerequisite, prerequisite_config, prerequisite_finished
 from fsslab.engine.runner import run_evaluation
+from fsslab.engine.selection import selected_file
 from fsslab.engine.train.run_dir import holds_run
 from fsslab.engine.train.trainer import Trainer
 
@@ -31,6 +32,15 @@ def run_training(
     def validate(m: nn.Module) -> dict[str, Any]:
         result = run_evaluation(cfg, m, seeds=cfg.eval.seeds[:1], progress=False)
         return {"miou": result.miou_mean, "fbiou": result.fbiou_mean}
+
+    if cfg.train.selection == "bam_stage1":  # the base learner's own validation: base-class mIoU on val
+        from fsslab.engine.base_eval import base_val_set, evaluate_base_learner
+
+        base_val = base_val_set(cfg)
+
+        def validate(m: nn.Module) -> dict[str, Any]:
+            n_classes = int(getattr(m, "n_classes", 0) or cfg.model.params.get("n_classes", 0))
+            return evaluate_base_learner(m, base_val, n_classes, cfg.eval.batch_size, cfg.data.workers)
 
     trainer = Trainer.from_config(cfg, model, train_set, evaluate_fn=validate if cfg.train.validate else None,
                                   out_dir=out_dir)
@@ -56,7 +66,8 @@ def train_prerequisites(cfg: RunConfig) -> list[Path]:
         # (fold 1's stage 1 may start from fold 0's pretraining, which its shipped config does not name)
         train_prerequisites(pre)
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"training the prerequisite {cfg.model.prerequisite} first (writes {pre.train.out_dir}/latest.pt)")
+            print(f"training the prerequisite {cfg.model.prerequisite} first (writes {pre.train.out_dir}/"
+                  f"{selected_file(pre.train.selection)})")
         # continue whatever run its directory holds (also one killed before its first checkpoint)
         run_training(pre, resume=holds_run(pre.train.out_dir))
-    return [Path(pre.train.out_dir) / "latest.pt"]
+    return [Path(pre.train.out_dir) / selected_file(pre.train.selection)]

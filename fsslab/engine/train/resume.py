@@ -51,6 +51,9 @@ RESUME_BOOKKEEPING = (
     "train.keep_checkpoints",
     "train.eval_every",
     "train.validate",
+    "train.selection",  # which checkpoints are kept and when the run validates (fsslab.engine.selection)
+    "train.stop_interval",
+    "train.select_after",
     "train.tensorboard",
     "train.progress",
     "train.out_dir",

@@ -24,6 +24,7 @@ from fsslab.engine import checkpoint as ckpt
 from fsslab.engine import distributed as dist_utils
 from fsslab.engine.evaluate import AMP_DTYPES, warn_if_emulated_bf16
 from fsslab.engine.sampling import episode_loader, seed_everything
+from fsslab.engine.selection import selection_plan
 from fsslab.engine.train import resume as resume_mod
 from fsslab.engine.train.optim import BuiltOptimizer, build_optimizers, poly_factor
 from fsslab.engine.train.run_dir import atomic_write_text, notice
@@ -110,6 +111,10 @@ class Trainer:
         self.total_iters = tc.iterations or (tc.epochs or 1) * self.iters_per_epoch
         self.iteration = 0
         self.best_metric: float | None = None
+        # model selection (train.selection, fsslab.engine.selection): when to validate, what becomes best.pt, early stop
+        self.selection = selection_plan(tc.selection, self.iters_per_epoch, tc.eval_every, tc.stop_interval,
+                                        tc.select_after)
+        self.validations_since_best, self.stopped_early = 0, False
         self.last_eval: dict[str, Any] = {}
         self.last_checkpoint: tuple[Path, int] | None = None  # (file, iteration): what a stop's advice names
         self.health = LossHealth()  # smoothed loss and the newest healthy checkpoint (stops.LossHealth)
@@ -189,6 +194,8 @@ class Trainer:
             "best_metric": self.best_metric,
             "metrics": self.last_eval,
             "health": self.health.record(weights_finite(self.model)),  # stops.LossHealth
+            "selection": {"rule": self.selection.rule, "validations_since_best": self.validations_since_best,
+                          "stopped_early": self.stopped_early},  # train.selection (fsslab.engine.selection)
         }
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
@@ -211,6 +218,9 @@ class Trainer:
                 group.update(hyper)
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best_metric = int(state["iteration"]), state.get("best_metric")
+        selection = state.get("selection") or {}  # absent from checkpoints written before train.selection
+        self.validations_since_best = int(selection.get("validations_since_best", 0))
+        self.stopped_early = bool(selection.get("stopped_early", False))
         self.last_eval = state.get("metrics") or {}
         rng, dist = state["rng"], self.dist
         if "ranks" in rng:
@@ -290,7 +300,7 @@ class Trainer:
         window_start, window_iters = time.perf_counter(), 0
         losses: dict[str, torch.Tensor] = {}
         try:
-            while self.iteration < self.total_iters:
+            while self.iteration < self.total_iters and not self.stopped_early:
                 epoch = self.iteration // self.iters_per_epoch
                 for batch in self._loader(epoch, self.iteration - epoch * self.iters_per_epoch):
                     if self.iteration >= self.total_iters:
@@ -315,15 +325,14 @@ class Trainer:
                         self.logger.image(
                             "train/query_pred_gt", episode_grid(batch, output.logits), self.iteration
                         )
-                    if (
-                        tc.eval_every
-                        and self.iteration % tc.eval_every == 0
-                        and self.iteration < self.total_iters
-                    ):
+                    if self.evaluate_fn is not None and self.selection.due(self.iteration, self.total_iters):
                         self._evaluate()
+                        if self.stopped_early:  # AMNet's stop_interval: no new best for that many epochs
+                            break
                     if self.iteration % tc.ckpt_every == 0 and self.iteration < self.total_iters:
                         self._save_periodic()
-            if self.evaluate_fn is not None:
+            if (self.evaluate_fn is not None and not self.stopped_early
+                    and self.selection.validates_at_end(self.iteration)):
                 self._evaluate()
             self.save("latest.pt")
         finally:
@@ -335,6 +344,9 @@ class Trainer:
             "best_metric": self.best_metric,
             "metrics": self.last_eval,
             "out_dir": str(self.out_dir),
+            "selection": self.selection.rule,
+            "model_file": str(self.out_dir / self.selection.model_file),
+            "stopped_early": self.stopped_early,
         }
 
     def _log(
@@ -373,10 +385,15 @@ class Trainer:
         if (
             score is not None
             and math.isfinite(score)
+            and self.selection.may_keep(self.iteration)
             and (self.best_metric is None or score > self.best_metric)
         ):
             self.best_metric = float(score)
+            self.validations_since_best = 0
             self.save("best.pt")
+        else:
+            self.validations_since_best += 1
+            self.stopped_early = self.selection.should_stop(self.validations_since_best)
 
 
 __all__ = [
