@@ -28,24 +28,30 @@ def _cmd_zoo_pack(args: argparse.Namespace) -> int:
 def _cmd_zoo_list(args: argparse.Namespace) -> int:
     from fsslab.zoo import read_manifest, total_size
 
-    manifest = read_manifest(args.dir)
+    manifest = read_manifest(args.dir, required=args.dir is not None)  # a mistyped --dir is an error, not "none"
     if not manifest["entries"]:
         print("no shipped checkpoints (pack one with `fsslab zoo pack RUN_DIR --name NAME`)")
         return 0
     print(f"{'name':<32} {'model':<9} {'shot':>4} {'mIoU':>7} {'FB-IoU':>7} {'check mIoU':>10} {'size MB':>8}")
-    for name, e in sorted(manifest["entries"].items()):
-        metrics = e.get("metrics") or {}
-        miou = f"{metrics['miou']:.2f}" if "miou" in metrics else "-"
-        fbiou = f"{metrics['fbiou']:.2f}" if "fbiou" in metrics else "-"
-        print(f"{name:<32} {e['model']:<9} {e['data']['shot']:>4} {miou:>7} {fbiou:>7} "
-              f"{e['check']['miou']:>10.2f} {e['size'] / 1e6:>8.2f}")
+    def number(value: Any, digits: int = 2) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+    for name, e in sorted(manifest["entries"].items()):  # a field an entry lacks shows as "-"
+        metrics = e.get("metrics") if isinstance(e.get("metrics"), dict) else {}
+        check = e.get("check") if isinstance(e.get("check"), dict) else {}
+        data = e.get("data") if isinstance(e.get("data"), dict) else {}
+        size = e.get("size") / 1e6 if isinstance(e.get("size"), (int, float)) else None
+        print(f"{name:<32} {e.get('model', '-')!s:<9} {data.get('shot', '-')!s:>4} {number(metrics.get('miou')):>7} "
+              f"{number(metrics.get('fbiou')):>7} {number(check.get('miou')):>10} {number(size):>8}")
     print(f"total on disk: {total_size(args.dir) / 1e6:.2f} MB (budget {manifest['budget_bytes'] / 1e6:.1f} MB)")
     return 0
 
 
 def _cmd_zoo_verify(args: argparse.Namespace) -> int:
-    from fsslab.zoo import list_pretrained, verify_pretrained
+    from fsslab.zoo import list_pretrained, read_manifest, verify_pretrained
 
+    if args.dir is not None:
+        read_manifest(args.dir, required=True)
     names = args.names or list_pretrained(args.dir)
     failed = 0
     for name in names:

@@ -84,19 +84,72 @@ def sha256_file(path: str | Path) -> str:
 
 
 # -------------------------------------------------------------------------------------------- manifest
-def read_manifest(checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
-    """The manifest (``{"format", "budget_bytes", "shared", "entries"}``); an empty one if there is none."""
-    path = Path(checkpoint_dir or CHECKPOINT_DIR) / MANIFEST_NAME
+def inside(root: Path, file: Any, where: str) -> Path:
+    """``root / file`` for a manifest's relative ``file``, refused unless it stays inside ``root`` (no absolute
+    path, no ``..``, no symbolic link out of it): the zoo is a closed set."""
+    if not isinstance(file, str) or not file.strip():
+        raise ZooError(f"{where}: 'file' must be a path relative to the zoo directory, got {file!r}")
+    relative = Path(file)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ZooError(f"{where}: file {file!r} points outside the zoo directory {root} (absolute or '..'); "
+                       "a manifest may only name files inside its own directory")
+    path = root / relative
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        raise ZooError(f"{where}: file {file!r} resolves outside the zoo directory {root} (a symbolic link?)") from None
+    return path
+
+
+def _check_record(root: Path, record: Any, where: str, file: Any) -> None:
+    if not isinstance(record, dict):
+        raise ZooError(f"{where}: expected a mapping, got {type(record).__name__}")
+    inside(root, file, where)
+    digest = record.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+        raise ZooError(f"{where}: 'sha256' must be the 64 hex digits of the file's hash, got {digest!r}; every zoo "
+                       "file is verified before it is loaded")
+
+
+def validate_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """Refuse (ZooError, one line) a manifest that is not a closed, verifiable set: every entry and shared file
+    names a file inside the manifest's directory and carries its sha256; entries name their shared file."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("entries"), dict):
+        raise ZooError(f"{path}: not an fsslab zoo manifest (no 'entries' mapping)")
+    shared = manifest.setdefault("shared", {})
+    if not isinstance(shared, dict):
+        raise ZooError(f"{path}: 'shared' must map shared files to their records, got {type(shared).__name__}")
+    root = path.parent
+    for name, record in shared.items():
+        _check_record(root, record, f"{path}: shared file {name!r}", name)
+    for name, entry in manifest["entries"].items():
+        where = f"{path}: entry {name!r}"
+        _check_record(root, entry, where, entry.get("file") if isinstance(entry, dict) else None)
+        link = entry.get("shared_file")
+        if link is not None and link not in shared:
+            raise ZooError(f"{where}: its shared file {link!r} is not listed under 'shared'")
+    return manifest
+
+
+def read_manifest(checkpoint_dir: str | Path | None = None, required: bool = False) -> dict[str, Any]:
+    """The manifest (``{"format", "budget_bytes", "shared", "entries"}``), validated (``validate_manifest``);
+    an empty one if there is none, unless ``required`` (a ``--dir`` given to list, verify or load from)."""
+    root = Path(checkpoint_dir or CHECKPOINT_DIR)
+    path = root / MANIFEST_NAME
     if not path.is_file():
+        if required and not root.is_dir():
+            raise ZooError(f"zoo directory {root} does not exist")
+        if required:
+            raise ZooError(f"{root} holds no zoo manifest ({MANIFEST_NAME}): not a checkpoint directory of "
+                           "`fsslab zoo pack`")
         return {"format": FORMAT, "budget_bytes": BUDGET_BYTES, "shared": {}, "entries": {}}
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ZooError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("entries"), dict):
-        raise ZooError(f"{path}: not an fsslab zoo manifest (no 'entries' mapping)")
-    manifest.setdefault("shared", {})
-    return manifest
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ZooError(f"{path}: unreadable ({exc})") from None
+    return validate_manifest(manifest, path)
 
 
 def write_manifest(manifest: dict[str, Any], checkpoint_dir: Path) -> None:
@@ -115,7 +168,7 @@ def list_pretrained(checkpoint_dir: str | Path | None = None) -> list[str]:
 
 def pretrained_info(name: str, checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """The manifest entry of ``name``: command, config, data seed, metrics, file, sha256, size."""
-    entries = read_manifest(checkpoint_dir)["entries"]
+    entries = read_manifest(checkpoint_dir, required=checkpoint_dir is not None)["entries"]
     if name not in entries:
         raise UnknownCheckpointName(f"no shipped checkpoint {name!r}; available: {sorted(entries) or 'none'}")
     return entries[name]
@@ -171,9 +224,12 @@ def eval_summary(eval_json: str | Path | None) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------------------------------------ load
 def load_verified(path: Path, sha256: str | None) -> dict[str, Any]:
+    """A zoo file, loaded (weights_only) only after its sha256 matched ``sha256`` (required)."""
     if not path.is_file():
         raise ZooError(f"{path}: listed in the manifest but missing")
-    if sha256 is not None and sha256_file(path) != sha256:
+    if not isinstance(sha256, str):
+        raise ZooError(f"{path}: the manifest records no sha256 for it; a zoo file is never loaded unverified")
+    if sha256_file(path) != sha256.lower():
         raise ZooError(f"{path}: sha256 differs from the manifest's; the file is corrupt or was replaced")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -194,7 +250,8 @@ def restore_packed(packed: dict[str, Any], checkpoint_dir: Path, manifest: dict[
         info = manifest["shared"].get(packed["shared_file"])
         if info is None:
             raise ZooError(f"{packed['name']}: shared file {packed['shared_file']} is not in the manifest")
-        shared = load_verified(checkpoint_dir / packed["shared_file"], info["sha256"])["tensors"]
+        shared_path = inside(checkpoint_dir, packed["shared_file"], f"{packed['name']}: shared file")
+        shared = load_verified(shared_path, info.get("sha256"))["tensors"]
     state = {}
     for key, dtype in packed["dtypes"].items():
         if key in packed["tensors"]:
@@ -216,9 +273,14 @@ def load_pretrained(name: str, checkpoint_dir: str | Path | None = None,
     model_params: constructor options that replace the packed config's (inference switches such as IPMT's
     ``reproduce_official``; an option that changes the architecture fails to load the weights)."""
     root = Path(checkpoint_dir or CHECKPOINT_DIR)
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, required=checkpoint_dir is not None)
     entry = pretrained_info(name, root)
-    packed = load_verified(root / entry["file"], entry["sha256"])
+    packed = load_verified(inside(root, entry["file"], f"entry {name!r}"), entry["sha256"])
+    if packed.get("name", name) != name:
+        raise ZooError(f"entry {name!r}: its file {entry['file']} holds the checkpoint {packed.get('name')!r}")
+    if entry.get("shared_file") != packed.get("shared_file"):
+        raise ZooError(f"entry {name!r}: the manifest names the shared file {entry.get('shared_file')!r}, its "
+                       f"file {packed.get('shared_file')!r}")
     try:
         model = restore_packed(packed, root, manifest, model_params)
     except CheckpointError as exc:
@@ -231,7 +293,7 @@ def pretrained_config(name: str, checkpoint_dir: str | Path | None = None,
     """The run config of a shipped checkpoint (optionally pointed at another data root) to evaluate it."""
     root = Path(checkpoint_dir or CHECKPOINT_DIR)
     entry = pretrained_info(name, root)
-    cfg = config_from_dict(load_verified(root / entry["file"], entry["sha256"])["config"])
+    cfg = config_from_dict(load_verified(inside(root, entry["file"], f"entry {name!r}"), entry["sha256"])["config"])
     return cfg if data_root is None else replace_section(cfg, "data", root=str(data_root))
 
 
@@ -239,9 +301,13 @@ def verify_pretrained(name: str, data_root: str | Path | None = None,
                       checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """Repeat the manifest's check evaluation; returns {"expected", "measured", "max_abs_diff", "ok"}."""
     entry = pretrained_info(name, checkpoint_dir)
+    expected = entry.get("check")
+    if not isinstance(expected, dict) or not all(k in expected for k in ("seeds", "episodes", "miou", "fbiou",
+                                                                         "per_seed")):
+        raise ZooError(f"entry {name!r} records no complete check evaluation ('check': seeds, episodes, miou, "
+                       "fbiou, per_seed): repack it with `fsslab zoo pack` or measure it with `fsslab zoo recheck`")
     model = load_pretrained(name, checkpoint_dir)
     cfg = pretrained_config(name, checkpoint_dir, data_root)
-    expected = entry["check"]
     measured = check_eval(model, cfg, expected["seeds"], expected["episodes"])
     diffs = [abs(measured[k] - expected[k]) for k in ("miou", "fbiou")]
     diffs += [abs(m[k] - e[k]) for m, e in zip(measured["per_seed"], expected["per_seed"]) for k in ("miou", "fbiou")]
