@@ -1,7 +1,8 @@
 """Notebook 05 plumbing: a support you draw yourself, the models' answers live, and mask vs box vs scribble.
 
 ``LiveSupport`` picks a support image among the benchmark's images of a novel class, lets the student drag a
-box or draw scribbles on it (``fsslab.viz.draw_widget.DrawSupport``) and, after every finished box or stroke,
+box or draw scribbles on it (``fsslab.viz.draw_widget.DrawSupport``; switching between the two keeps both
+drawings, and the message says which one is used) and, after every finished box or stroke,
 segments a few other images of the class with each model through ``fsslab.predict`` (the path of
 ``fsslab predict --box/--scribble``), scoring each prediction against the query's true mask. Until something is
 drawn, the support's true mask is used. ``compare_support_labels`` evaluates the models with mask, box and
@@ -174,6 +175,11 @@ class LiveSupport:
         mean = ", ".join(f"{name} {100 * np.mean(s):.0f}" for name, s in self.scores.items())
         self.message.value = (f"support label: <b>{kind}</b> ({int((support.label == 1).sum())} object pixels); "
                               f"mean IoU over the {len(self.queries)} queries: {mean}")
+        sketch = self.drawer.sketch
+        kept = [m for m in sketch.kept() if m != sketch.mode]
+        if label is None and kept:  # a mode switch to an empty tool: say why the true mask is back
+            self.message.value += (f"<br><b>nothing drawn in {sketch.mode} mode yet</b>: the true mask is used; "
+                                   f"your {kept[0]} is kept (switch back to {kept[0]} to use it)")
         name = self.images.benchmark.class_name(self.class_id)
         self.figure = plot_support_predictions(support, self.queries, predictions, title=f"class {name}")
         self.result.value = figure_png(self.figure, dpi=self.dpi)

@@ -167,34 +167,66 @@ def bar_miou(results: Mapping[str, Mapping[str, Any]],
     return fig
 
 
+# Columns that describe a row rather than score it: never set in bold.
+UNRANKED_COLUMNS = ("episodes", "mIoU std", "FB-IoU std", "shot", "weights")
+
+
+def _cell_text(value: Any, fmt: str) -> str:
+    """Counts as integers ("8", not "8.0"), other numbers with ``fmt``, anything else as text."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    if _is_number(value):
+        return fmt.format(value)
+    return "–" if value is None else str(value)
+
+
 def plot_results_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] | None = None,
                        title: str = "Results", fmt: str = "{:.1f}",
-                       lower_is_better: Sequence[str] = ()) -> Figure:
+                       lower_is_better: Sequence[str] = (), unranked: Sequence[str] = UNRANKED_COLUMNS,
+                       reference_rows: Sequence[str] = ()) -> Figure:
     """A rendered table: one row per model/setting, one column per metric (e.g. mIoU 1-shot, FB-IoU 1-shot).
 
-    rows: {row_label: {column: value}}; non-numeric values are shown as text; the best value of each numeric
-    column is set in bold: the largest, or the smallest for the columns named in ``lower_is_better``.
+    rows: {row_label: {column: value}}; integers (episode counts) are printed as integers, other numbers with
+    ``fmt``, anything else as text. The best value of each ranked numeric column is set in bold: the largest,
+    or the smallest for the columns named in ``lower_is_better`` (e.g. the mIoU with another class's
+    supports, where lower means the model reads its support). Columns in ``unranked`` (counts, spreads, text)
+    and the rows in ``reference_rows`` (controls such as the oracle, which are not competitors) are never
+    bold. Column widths follow their longest text.
     """
     if not rows:
         raise ValueError("plot_results_table got no rows")
     if columns is None:
         columns = list(dict.fromkeys(c for r in rows.values() for c in r if c not in ("per_class_iou",)))
-    cells, best = [], {}
+    unknown = [name for name in reference_rows if name not in rows]
+    if unknown:
+        raise KeyError(f"reference rows {unknown} are not rows of the table ({list(rows)})")
+    competing = [r for name, r in rows.items() if name not in reference_rows]
+    best: dict[str, float | None] = {}
     for c in columns:
-        vals = [r.get(c) for r in rows.values() if _is_number(r.get(c))]
-        best[c] = (min(vals) if c in lower_is_better else max(vals)) if vals else None
-    for r in rows.values():
-        cells.append([fmt.format(r[c]) if _is_number(r.get(c)) else str(r.get(c, "–")) for c in columns])
-    fig = Figure(figsize=(1.6 + 1.3 * len(columns), 0.8 + 0.35 * (len(rows) + 1)), layout="constrained")
+        vals = [float(r[c]) for r in competing if _is_number(r.get(c))]
+        ranked = c not in unranked and len(vals) > 1
+        best[c] = (min(vals) if c in lower_is_better else max(vals)) if ranked else None
+    cells = [[_cell_text(r.get(c), fmt) for c in columns] for r in rows.values()]
+    # widths from the longest text of each column (about 0.075 inch per character at 9 pt, plus padding)
+    chars = [max([len(str(c))] + [len(row[j]) for row in cells]) for j, c in enumerate(columns)]
+    label_chars = max(len(str(name)) for name in rows)
+    widths = [0.3 + 0.075 * n for n in chars]
+    label_width = 0.3 + 0.075 * label_chars
+    total = label_width + sum(widths)
+    fig = Figure(figsize=(max(3.0, total + 0.4), 0.8 + 0.3 * (len(rows) + 1)), layout="constrained")
     ax = fig.subplots()
     ax.set_axis_off()
     ax.set_title(title)
     table = ax.table(cellText=cells, rowLabels=list(rows), colLabels=list(columns), loc="center",
-                     cellLoc="center")
+                     cellLoc="center", colWidths=[w / total for w in widths])
     table.auto_set_font_size(False)
     table.set_fontsize(9)
+    for i in range(len(rows) + 1):  # the row-label column (index -1) gets its share of the width too
+        if (i, -1) in table.get_celld():
+            table[i, -1].set_width(label_width / total)
     for j, c in enumerate(columns):
-        for i, r in enumerate(rows.values()):
-            if best[c] is not None and _is_number(r.get(c)) and float(r[c]) == best[c]:
+        for i, (name, r) in enumerate(rows.items()):
+            if (best[c] is not None and name not in reference_rows and _is_number(r.get(c))
+                    and float(r[c]) == best[c]):
                 table[i + 1, j].get_text().set_fontweight("bold")
     return fig

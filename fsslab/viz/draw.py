@@ -53,7 +53,9 @@ def rasterize_strokes(strokes: Sequence[Sequence[tuple[float, float]]], shape: t
 
 class SupportSketch:
     """What a student drew on one support image of ``shape`` (H, W): one box (``mode="box"``: a new drag
-    replaces it) or any number of strokes (``mode="scribble"``: they add up).
+    replaces it) or any number of strokes (``mode="scribble"``: they add up). Each mode keeps its own drawing:
+    switching the mode shows (and labels with) that mode's drawing, and switching back finds the other one
+    as it was left; ``kept()`` names the modes that hold a drawing.
 
     Events come in display pixels: ``scale`` display pixels per image pixel (a canvas showing the image 3×
     enlarged has ``scale=3``). ``label()`` is the support label (uint8 0/1, 255 off the strokes with
@@ -69,23 +71,39 @@ class SupportSketch:
         self.shape = (int(shape[0]), int(shape[1]))
         self.width, self.scale, self.unlabeled = int(width), float(scale), unlabeled
         self.mode = "box"
-        self.set_mode(mode)
         self.box: tuple[int, int, int, int] | None = None
         self.strokes: list[list[tuple[float, float]]] = []
         self._start: tuple[float, float] | None = None  # where the current drag started (image pixels)
         self._current: tuple[float, float] | None = None
+        self.set_mode(mode)
 
     # ----- state -----------------------------------------------------------------------------------------
     def set_mode(self, mode: str) -> None:
-        """Switch between "box" and "scribble"; what was drawn in the other mode is cleared."""
+        """Switch between "box" and "scribble". Nothing is discarded: the label is now the new mode's drawing
+        (none yet: ``empty``), and the other mode's drawing waits until the mode is switched back. A drag in
+        progress is abandoned."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode != self.mode:
-            self.clear()
+        if mode != self.mode and self.drawing:
+            if self.mode == "scribble":
+                self.strokes.pop()  # the unfinished stroke
+            self._start = self._current = None
         self.mode = mode
 
-    def clear(self) -> None:
-        self.box, self.strokes, self._start, self._current = None, [], None, None
+    def clear(self, mode: str | None = None) -> None:
+        """Erase the drawing of ``mode`` (default: the current mode; "all": both)."""
+        mode = self.mode if mode is None else mode
+        if mode not in (*MODES, "all"):
+            raise ValueError(f"mode must be one of {MODES} or 'all', got {mode!r}")
+        if mode in ("box", "all"):
+            self.box = None
+        if mode in ("scribble", "all"):
+            self.strokes = []
+        self._start = self._current = None
+
+    def kept(self) -> list[str]:
+        """The modes that hold a drawing (the current one included)."""
+        return [m for m in MODES if (self.box is not None if m == "box" else any(self.strokes))]
 
     @property
     def drawing(self) -> bool:
@@ -94,7 +112,8 @@ class SupportSketch:
 
     @property
     def empty(self) -> bool:
-        return self.box is None and not any(self.strokes)
+        """True when the current mode has no drawing (the other mode's drawing does not count)."""
+        return self.mode not in self.kept()
 
     def _to_image(self, x: float, y: float) -> tuple[float, float]:
         return float(x) / self.scale, float(y) / self.scale
@@ -140,7 +159,9 @@ class SupportSketch:
     # ----- results ---------------------------------------------------------------------------------------------
     def pending_box(self) -> tuple[int, int, int, int] | None:
         """The box of the drag in progress (for a live outline), else the finished box."""
-        if self.mode == "box" and self.drawing:
+        if self.mode != "box":
+            return None
+        if self.drawing:
             return box_from_drag(self._start, self._current, self.shape)  # type: ignore[arg-type]
         return self.box
 

@@ -35,7 +35,9 @@ class DrawSupport:
     """Draw a box or scribbles on ``image`` (RGB uint8 [H,W,3]); ``box`` is the widget to display.
 
     ``on_change(label)`` runs after each finished box or stroke, and after ``clear`` with None. ``sketch`` holds
-    the drawing (``sketch.label()``, ``sketch.describe()``); ``mode`` is the box/scribble toggle.
+    the drawing (``sketch.label()``, ``sketch.describe()``); ``mode`` is the box/scribble toggle. Switching the
+    toggle keeps both drawings: ``on_change`` then gets the new mode's drawing (None when it has none yet, and
+    the line under the canvas says that the other drawing is kept).
     """
 
     def __init__(self, image: np.ndarray, mode: str = "box", scale: int = 3, width: int = 5,
@@ -116,24 +118,30 @@ class DrawSupport:
 
     # ----- state ------------------------------------------------------------------------------------------------
     def clear(self) -> None:
+        """Erase the current mode's drawing (the other mode's stays)."""
         self.sketch.clear()
         self.redraw()
         if self.on_change is not None:
             self.on_change(None)
 
     def _mode_changed(self, change: dict[str, Any]) -> None:
-        had_drawing = not self.sketch.empty
+        had_drawing = bool(self.sketch.kept())
         self.sketch.set_mode(change["new"])
         self.redraw()
-        if had_drawing and self.on_change is not None:
-            self.on_change(None)
+        if had_drawing and self.on_change is not None:  # the label is now the new mode's drawing (or none)
+            self.on_change(None if self.sketch.empty else self.sketch.label())
 
     def redraw(self) -> None:
-        """Draw the finished box or strokes on the top layer and say what the label holds."""
+        """Draw the current mode's finished box or strokes on the top layer and say what the label holds (and
+        that the other mode's drawing is kept, when there is one)."""
         with hold_canvas():
             self._draw_overlay()
         hint = "drag a box around the object" if self.sketch.mode == "box" else "paint on the object"
-        self.info.value = f"<small>{self.sketch.describe() if not self.sketch.empty else hint}</small>"
+        text = self.sketch.describe() if not self.sketch.empty else hint
+        other = [m for m in self.sketch.kept() if m != self.sketch.mode]
+        if other:
+            text += f" · your {other[0]} is kept: switch back to {other[0]} to use it again"
+        self.info.value = f"<small>{text}</small>"
 
     def _draw_overlay(self) -> None:
         layer, s = self.canvas[1], self.scale

@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from fsslab.batch import IGNORE_INDEX
@@ -16,6 +18,8 @@ from fsslab.viz.palette import (
     BOX,
     FOREGROUND,
     IGNORE,
+    OUTLINE,
+    PREDICTION,
     SCRIBBLE,
     denormalize,
     overlay_mask,
@@ -106,6 +110,78 @@ def show_episode(batch_or_sample: Mapping[str, Any], index: int = 0,
     handles += [Patch(color=_WEAK_COLOURS.get(kind, series_colour(i)), label=f"{kind} support")
                 for i, (kind, _) in enumerate(rows[1:], start=1)]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    return fig
+
+
+def outline_mask(ax: Axes, mask: torch.Tensor | np.ndarray, colour: Sequence[float] = OUTLINE,
+                 width: float = 1.6) -> None:
+    """Draw the outline of a mask's foreground (value 1) on ``ax``, over whatever the panel shows: a coloured
+    line on a dark halo, so the object's own colours stay visible (a filled overlay hides them) and the line
+    reads on light and dark objects alike."""
+    fg = (np.asarray(torch.as_tensor(mask).cpu()) == 1).astype(np.float32)
+    if not fg.any():
+        return
+    fg = np.pad(fg, 1)  # an object touching the border still gets a closed outline
+    extent = (-1.5, fg.shape[1] - 1.5, fg.shape[0] - 1.5, -1.5)
+    ax.contour(fg, levels=[0.5], colors=["k"], linewidths=width + 1.6, extent=extent, origin="upper")
+    ax.contour(fg, levels=[0.5], colors=[tuple(colour)], linewidths=width, extent=extent, origin="upper")
+    ax.set_xlim(-0.5, fg.shape[1] - 2.5)
+    ax.set_ylim(fg.shape[0] - 2.5, -0.5)
+
+
+def plot_support_conditions(episodes: Sequence[Mapping[str, Any]],
+                            class_names: Sequence[str] | Mapping[int, str] | None = None,
+                            title: str | None = None) -> Figure:
+    """The same queries under several support conditions (e.g. their own support vs another class's):
+    one row per condition, one group of three panels per episode: the support with its object outlined, the
+    query with its target outlined (not filled: the objects' colours matter), and the prediction (filled)
+    titled with its foreground IoU.
+
+    episodes: [{"label": "episode 3 (largest change)", "conditions": [{"name": "matched support",
+              "sample": episode sample (the batch contract, un-batched), "prediction": [H,W] 0/1,
+              "iou": foreground IoU in %}, ...]}, ...]; every episode lists the same conditions in the same
+              order (they become the rows). The query's target is the sample's query_mask; the support panel
+              names the support's class (the sample's class_id, or the condition's "support_class").
+    """
+    if not episodes:
+        raise ValueError("plot_support_conditions got no episodes")
+    names = [c["name"] for c in episodes[0]["conditions"]]
+    for ep in episodes:
+        if [c["name"] for c in ep["conditions"]] != names:
+            raise ValueError(f"every episode must list the conditions {names}, got "
+                             f"{[c['name'] for c in ep['conditions']]}")
+    fig = Figure(figsize=(0.6 + 5.4 * len(episodes), 0.9 + 2.05 * len(names)), layout="constrained")
+    if title:
+        fig.suptitle(title)
+    groups = fig.subfigures(1, len(episodes), squeeze=False)[0]
+    for group, ep in zip(groups, episodes):
+        group.suptitle(str(ep.get("label", "")), fontsize=10)
+        axes = group.subplots(len(names), 3, squeeze=False)
+        for r, condition in enumerate(ep["conditions"]):
+            sample = select_sample(condition["sample"])
+            query = denormalize(sample["query_img"])
+            shots = sample["support_imgs"].shape[0]
+            support_class = condition.get("support_class", sample.get("class_id"))
+            support_name = _class_label(support_class, class_names).split(" (")[0]
+            target_name = _class_label(condition.get("query_class", sample.get("class_id")), class_names).split(" (")[0]
+            ax = axes[r, 0]
+            ax.imshow(denormalize(sample["support_imgs"][0]))
+            outline_mask(ax, sample["support_masks"][0])
+            image_axes(ax, f"support: {support_name}" + (f" (1 of {shots})" if shots > 1 else ""))
+            ax.set_ylabel(condition["name"], fontsize=9)
+            ax = axes[r, 1]
+            ax.imshow(query)
+            outline_mask(ax, sample["query_mask"])
+            image_axes(ax, f"query: target {target_name}")
+            ax = axes[r, 2]
+            prediction = torch.as_tensor(condition["prediction"])
+            ax.imshow(overlay_mask(query, prediction, PREDICTION, alpha=0.55))
+            outline_mask(ax, sample["query_mask"])
+            iou = condition.get("iou")
+            image_axes(ax, "prediction" + (f" · IoU {float(iou):.0f}" if iou is not None else ""))
+    handles = [Line2D([], [], color=OUTLINE, lw=2, path_effects=None, label="object of the support / target (outline)"),
+               Patch(color=PREDICTION, alpha=0.55, label="prediction")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     return fig
 
 

@@ -18,7 +18,7 @@ from fsslab.viz._common import (
     new_figure,
     select_sample,
 )
-from fsslab.viz.palette import FOREGROUND, denormalize, overlay_mask, series_colour, to_numpy
+from fsslab.viz.palette import FOREGROUND, PREDICTION, denormalize, overlay_mask, series_colour, to_numpy
 from fsslab.viz.trace_keys import IPMT_TRACE, episode_entry, find
 
 
@@ -344,14 +344,41 @@ def plot_prior_mask(trace: Mapping[str, Any], batch_or_sample: Mapping[str, Any]
     return fig
 
 
+def final_prediction(trace: Mapping[str, Any], index: int = 0,
+                     size: tuple[int, int] | None = None) -> torch.Tensor | None:
+    """The model's 0/1 prediction [H,W] from the trace's ``final_logits`` [2,h,w], resized to ``size`` as the
+    model resizes its output (bilinear, corners aligned: ``FSSOutput.logits`` is exactly this resize); None
+    when the trace has no final logits."""
+    logits = _get(trace, "final_logits", index, required=False)
+    if logits is None:
+        return None
+    logits = logits.float()[None]
+    if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+        logits = torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    return logits.argmax(1)[0]
+
+
+def foreground_iou(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Foreground IoU (%) of a 0/1 prediction with a 0/1/255 target (255 ignored; 100 when both are empty)."""
+    valid = target != 255
+    pred, true = (prediction == 1) & valid, (target == 1) & valid
+    union = int((pred | true).sum())
+    return 100.0 if union == 0 else 100.0 * int((pred & true).sum()) / union
+
+
 def plot_ipmt_overview(trace: Mapping[str, Any], batch_or_sample: Mapping[str, Any], layer: int = -1,
                        index: int = 0, shot: int = 0) -> Figure:
-    """One layer of IPMT at a glance (the explorer's figure): target, prior, query/support activation,
-    cross-attention and deformable sampling. Panels whose trace entries are missing are left blank."""
+    """One layer of IPMT at a glance (the explorer's figure). Top: the query with its target, the prior, the
+    query activation of ``layer`` and the model's final prediction with its foreground IoU; bottom: support
+    ``shot`` with its mask, its activation, the query cross-attention and the deformable sampling. Panels
+    whose trace entries are missing are left blank."""
     sample = select_sample(batch_or_sample, index)
     n = num_layers(trace)
     layer = _check_layer(layer, n)
-    fig, axes = new_figure(2, 3, cell=2.8, title=f"IPMT · layer {layer + 1}/{n} · support {shot + 1}")
+    shots = sample["support_imgs"].shape[0]
+    if not 0 <= shot < shots:
+        raise IndexError(f"support {shot + 1} out of range: the episode has {shots} support(s)")
+    fig, axes = new_figure(2, 4, cell=2.6, title=f"IPMT · layer {layer + 1}/{n} · support {shot + 1} of {shots}")
     img = denormalize(sample["query_img"])
     axes[0, 0].imshow(overlay_mask(img, sample["query_mask"], FOREGROUND))
     image_axes(axes[0, 0], "query + target")
@@ -361,18 +388,28 @@ def plot_ipmt_overview(trace: Mapping[str, Any], batch_or_sample: Mapping[str, A
     else:
         blank_axes(axes[0, 1])
     act = prototype_activation(trace, index, shot)
-    heat_over_image(axes[0, 2], img, act["query"][layer], "query activation")
-    if "support" in act:
-        heat_over_image(axes[1, 0], sample["support_imgs"][shot], act["support"][layer], "support activation")
+    heat_over_image(axes[0, 2], img, act["query"][layer], f"query activation · layer {layer + 1}")
+    prediction = final_prediction(trace, index, tuple(img.shape[:2]))
+    if prediction is not None:
+        axes[0, 3].imshow(overlay_mask(img, prediction, PREDICTION))
+        iou = foreground_iou(prediction, torch.as_tensor(sample["query_mask"]))
+        image_axes(axes[0, 3], f"prediction (final) · IoU {iou:.0f}")
     else:
-        blank_axes(axes[1, 0])
-    if find(trace, IPMT_TRACE, "query_attention", required=False) is not None:
-        att = cross_attention_maps(trace, index, shot)["query"][layer]
-        heat_over_image(axes[1, 1], img, att / att.max().clamp_min(1e-12), "query cross-attention", cmap="inferno")
+        blank_axes(axes[0, 3])
+    axes[1, 0].imshow(overlay_mask(denormalize(sample["support_imgs"][shot]), sample["support_masks"][shot],
+                                   FOREGROUND))
+    image_axes(axes[1, 0], f"support {shot + 1} + mask")
+    if "support" in act:
+        heat_over_image(axes[1, 1], sample["support_imgs"][shot], act["support"][layer], "support activation")
     else:
         blank_axes(axes[1, 1])
-    if find(trace, IPMT_TRACE, "sampling_locations", required=False) is not None:
-        _draw_sampling(axes[1, 2], trace, sample, index, layer, None)
+    if find(trace, IPMT_TRACE, "query_attention", required=False) is not None:
+        att = cross_attention_maps(trace, index, shot)["query"][layer]
+        heat_over_image(axes[1, 2], img, att / att.max().clamp_min(1e-12), "query cross-attention", cmap="inferno")
     else:
         blank_axes(axes[1, 2])
+    if find(trace, IPMT_TRACE, "sampling_locations", required=False) is not None:
+        _draw_sampling(axes[1, 3], trace, sample, index, layer, None)
+    else:
+        blank_axes(axes[1, 3])
     return fig

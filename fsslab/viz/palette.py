@@ -15,6 +15,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Overlay colours (RGB in [0, 1]); chosen to stay distinguishable for the common colour-vision deficiencies.
 FOREGROUND = (0.90, 0.16, 0.12)  # target class
 PREDICTION = (0.12, 0.47, 0.85)  # model prediction
+OUTLINE = (1.0, 0.87, 0.0)  # outlined targets (drawn on a dark halo): yellow reads on red, blue and grey objects
 BOX = (0.98, 0.60, 0.05)  # bounding-box weak support
 SCRIBBLE = (0.10, 0.70, 0.30)  # scribble weak support
 IGNORE = (1.0, 1.0, 1.0)  # 255: boundary band and padding, drawn white so it never looks like an object

@@ -103,10 +103,13 @@ def episode_explorer(dataset: Sequence[Mapping[str, Any]], class_names: Sequence
 
 def ipmt_explorer(run_fn: Callable[[int, int], tuple[Mapping[str, Any], Mapping[str, Any]]], n_episodes: int,
                   shots: Sequence[int] = (1, 5), dpi: int = 80) -> FigureExplorer:
-    """IPMT explorer: episode, layer and shot sliders over ``plot_ipmt_overview``.
+    """IPMT explorer: episode, layer, shot-count and support sliders over ``plot_ipmt_overview`` (which shows
+    the model's final prediction with its IoU beside the layer's activations).
 
     run_fn(episode, shot) -> (episode batch or sample, trace): typically builds the episode with ``shot`` supports
-    and runs ``model(batch, trace=True)`` (``fsslab.engine.trace_runner``). Results are cached, so moving the layer slider does not re-run it.
+    and runs ``model(batch, trace=True)`` (``fsslab.engine.trace_runner``). Results are cached, so moving the
+    layer slider does not re-run it. The support slider spans the supports of the chosen shot count (1..K; at
+    one shot it is disabled).
     """
     w = _require_widgets()
     cache: dict[tuple[int, int], tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
@@ -123,12 +126,24 @@ def ipmt_explorer(run_fn: Callable[[int, int], tuple[Mapping[str, Any], Mapping[
                                continuous_update=False),
         "layer": w.IntSlider(value=layers, min=1, max=layers, description="layer", continuous_update=False),
         "shot": w.SelectionSlider(options=list(shots), value=shots[0], description="shots"),
-        "support": w.IntSlider(value=1, min=1, max=max(shots), description="support #", continuous_update=False),
+        "support": w.IntSlider(value=1, min=1, max=shots[0], description="support #", continuous_update=False,
+                               disabled=shots[0] == 1),
     }
+    support = controls["support"]
+
+    def follow_shots(change: dict[str, Any]) -> None:
+        # registered before the explorer's own observers: the range is right before the figure is redrawn
+        with support.hold_trait_notifications():
+            support.max = change["new"]
+            support.value = min(support.value, change["new"])
+            support.disabled = change["new"] == 1
+
+    controls["shot"].observe(follow_shots, names="value")
 
     def draw(episode: int, layer: int, shot: int, support: int) -> tuple[Figure, dict[str, Any]]:
         batch, trace = run(episode, shot)
-        support = min(support, shot)  # the support slider spans the largest K; clamp for fewer shots
+        if not 1 <= support <= shot:
+            raise IndexError(f"support {support} out of range for {shot} shot(s)")
         fig = plot_ipmt_overview(trace, batch, layer=layer - 1, index=0, shot=support - 1)
         return fig, {"batch": batch, "trace": trace, "layer": layer - 1, "support": support - 1}
 

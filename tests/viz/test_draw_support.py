@@ -56,8 +56,18 @@ def test_scribble_strokes_add_up_and_stay_inside_the_image():
     ignore = SupportSketch((9, 9), mode="scribble", width=1, unlabeled="ignore")
     ignore.drag([(1, 1), (7, 1)])
     assert set(np.unique(ignore.label())) == {1, 255}  # off the strokes: unknown, not background
-    sketch.set_mode("box")  # switching the tool starts over
-    assert sketch.empty and sketch.mode == "box"
+    strokes = [list(stroke) for stroke in sketch.strokes]
+    sketch.set_mode("box")  # switching the tool keeps the strokes for later; the box tool has nothing yet
+    assert sketch.empty and sketch.mode == "box" and sketch.kept() == ["scribble"]
+    sketch.drag([(0, 0), (9, 9)])
+    assert sketch.kept() == ["box", "scribble"] and sketch.label().sum() == 100
+    assert sketch.render(np.zeros((20, 30, 3), np.uint8))[15, 25].tolist() != list(SCRIBBLE_RGB)  # box shown only
+    sketch.set_mode("scribble")  # back: the strokes as they were, the box kept
+    assert sketch.strokes == strokes and np.array_equal(sketch.label() == 1, rasterize_strokes(strokes, (20, 30), 3))
+    sketch.clear()  # erases the current tool's drawing only
+    assert sketch.empty and sketch.kept() == ["box"]
+    sketch.clear("all")
+    assert sketch.kept() == []
     with pytest.raises(ValueError, match="mode must be one of"):
         sketch.set_mode("lasso")
 
@@ -88,13 +98,17 @@ def test_the_canvas_widget_turns_mouse_events_into_labels():
     assert drawer.sketch.pending_box() == (2, 3, 6, 7) and not seen  # outline only, no label while dragging
     _event(drawer, "mouse_up", 21, 27)
     assert len(seen) == 1 and (seen[0] == 1).sum() == 42 and "42 object pixels" in drawer.info.value
-    drawer.mode.value = "scribble"  # the toggle: the box is gone, the models go back to the mask
-    assert seen[-1] is None and drawer.sketch.empty
+    drawer.mode.value = "scribble"  # the toggle: no scribble yet, the models go back to the mask, the box is kept
+    assert seen[-1] is None and drawer.sketch.empty and "your box is kept" in drawer.info.value
     _event(drawer, "mouse_down", 3, 30)
     for x in range(6, 60, 6):
         _event(drawer, "mouse_move", x, 30)
     _event(drawer, "mouse_out", 60, 30)  # leaving the canvas ends the stroke
     assert seen[-1] is not None and seen[-1][10, 1:20].all() and len(drawer.sketch.strokes) == 1
+    drawer.mode.value = "box"  # back to the box: it is the label again
+    assert (seen[-1] == 1).sum() == 42 and "your scribble is kept" in drawer.info.value
+    drawer.mode.value = "scribble"
+    assert seen[-1][10, 1:20].all()  # and the stroke again
     drawer.clear_button.click()
     assert seen[-1] is None and drawer.sketch.empty
     drawer.set_image(np.zeros((8, 8, 3), np.uint8))  # another size: a new canvas, still wired
@@ -121,11 +135,14 @@ def test_live_predictions_follow_the_drawing_and_the_pickers(voc_root, baseline)
     assert live.support.kind == "box" and (live.support.label == 1).sum() >= (live.support_mask == 1).sum()
     assert live.result.value != first_png and "support label: <b>box</b>" in live.message.value
     live.drawer.mode.value = "scribble"
-    assert live.support.kind == "mask"
+    assert live.support.kind == "mask" and "your box is kept" in live.message.value  # said, not silent
     cy, cx = int(np.median(ys)), int(np.median(xs))
     live.drawer.drag([(cx - 5, cy), (cx + 5, cy)])  # a replayed gesture: the same path as the mouse
     live.drawer.release()  # nothing pending: no second prediction
     assert live.support.kind == "scribble" and all(0 <= v <= 1 for v in live.scores["baseline"])
+    live.drawer.mode.value = "box"  # the box drawn before is used again
+    assert live.support.kind == "box" and "kept" not in live.message.value
+    live.drawer.mode.value = "scribble"
     before = live.support_image.copy()
     live.support_picker.value = 1  # another support image of the class
     assert not np.array_equal(before, live.support_image) and live.support.kind == "mask"

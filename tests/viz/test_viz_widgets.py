@@ -47,17 +47,24 @@ def test_ipmt_explorer_layer_and_shot_controls():
 
     explorer = ipmt_explorer(run_fn, n_episodes=3, shots=(1, 5))
     assert explorer.data["layer"] == LAYERS - 1 and explorer.error is None
-    act_ax = next(ax for ax in explorer.figure.axes if ax.get_title() == "query activation")
+    act_ax = next(ax for ax in explorer.figure.axes if ax.get_title().startswith("query activation"))
     before = act_ax.images[1].get_array().copy()
     explorer.controls["layer"].value = 1
-    act_ax = next(ax for ax in explorer.figure.axes if ax.get_title() == "query activation")
+    act_ax = next(ax for ax in explorer.figure.axes if ax.get_title().startswith("query activation"))
     assert explorer.data["layer"] == 0 and not np.allclose(act_ax.images[1].get_array(), before)
+    support = explorer.controls["support"]
+    assert (support.max, support.disabled) == (1, True)  # one shot: nothing to choose
+    pred_ax = next(ax for ax in explorer.figure.axes if ax.get_title().startswith("prediction (final) · IoU"))
+    assert pred_ax.images  # the model's prediction beside the layer's activations
     explorer.controls["shot"].value = 5
-    explorer.controls["support"].value = 5
-    assert explorer.data["batch"]["support_imgs"].shape[1] == 5 and explorer.data["support"] == 4
+    assert (support.max, support.disabled) == (5, False)  # the support slider follows the shot count
+    support.value = 3
+    assert explorer.data["batch"]["support_imgs"].shape[1] == 5 and explorer.data["support"] == 2
+    assert "support 3 of 5" in explorer.figure.get_suptitle()
     explorer.controls["layer"].value = 2
     assert calls == [(0, 1), (0, 5)]  # moving the layer slider re-uses the cached run
-    explorer.controls["shot"].value = 1  # support 5 of a 1-shot episode is clamped, not an error
+    explorer.controls["shot"].value = 1  # back to one shot: the slider shrinks to support 1
+    assert (support.value, support.max) == (1, 1)
     assert explorer.error is None and explorer.data["support"] == 0
 
 
