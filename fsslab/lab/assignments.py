@@ -1,207 +1,306 @@
-"""Checks with feedback for the course exercises in notebooks/assignments, and the student-notebook generator."""
+"""Checks with feedback for the course exercises (notebooks/assignments): ``check_masked_average_pool(fn)`` and
+friends run a student's function on fixed cases and print one short line per case: passed, a recognised
+mistake named with a hint, a wrong shape or type, NaNs, the largest error, or the exception the function
+raised, never a traceback.
+
+**A check reports, it never raises**: in Jupyter an exception stops "Run All" at that cell, so one unfinished
+exercise would hide the feedback of all the others; the grader (``fsslab course grade``, fsslab.lab.course)
+reads the same results from the check's output (a ``application/vnd.fsslab.check+json`` bundle beside the
+text). For the same reason ``with report_errors():`` around a cell that uses the student's functions turns an
+exception into one line and lets the next cells run.
+
+The reference implementations are not in this package: they are instructor material
+(``notebooks/assignments/source/references.py``), which stored its inputs, expected outputs and the outputs
+of the known mistakes in ``assignment_checks.npz`` beside this module. The checks compare with those arrays.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fsslab.batch import IGNORE_INDEX
 
-POOL_EPS = 5e-4  # masked average pooling: PFENet / BAM / AMFormer use this epsilon on the mask area
-PRIOR_EPS = 1e-7  # prior mask: cosine normalisation and min-max normalisation
-MASK_BIAS = -1e4  # attention logit added outside the query mask (IPMT uses -10000, not -inf)
+DATA_FILE = Path(__file__).with_name("assignment_checks.npz")
+RESULT_MIME = "application/vnd.fsslab.check+json"  # the grader reads check results from this output
+
+# the feedback for each known mistake (the mistake's output on the check's inputs is in DATA_FILE)
+HINTS = {
+    "pool_area_hw": "divide by the mask area (sum of the mask), not by h*w",
+    "pool_no_mask": "multiply the features by the mask before summing",
+    "pool_no_eps": "add eps=5e-4 to the mask area",
+    "pool_full_no_eps": "add eps=5e-4 to the mask area, as the references do",
+    "prior_unmasked": "multiply the support features by the support mask first: only foreground support pixels "
+                      "count",
+    "prior_mean": "take the maximum similarity over the support pixels, not the mean",
+    "prior_no_minmax": "min-max normalise each image's prior to [0, 1]: (x - min) / (max - min + eps)",
+    "iou_no_ignore": "pixels labelled 255 in the target must be left out of both intersection and union",
+    "miou_per_episode_mean": "sum intersections and unions over all episodes of a class before dividing",
+    "miou_is_episode_iou": "that is the mean per-episode IoU: group the episodes by class first",
+    "episode_is_classwise": "that is the class-wise mIoU: average the episodes' IoUs",
+    "episode_pooled": "compute one IoU per episode and average them, do not pool all pixels",
+    "update_no_residual": "add the update to the prototype (residual connection)",
+    "update_no_scale": "divide the attention logits by sqrt(C)",
+    "update_inverted_mask": "the bias must be 0 inside the mask and -1e4 outside",
+    "update_no_mask": "add the mask bias: only masked query pixels may be attended",
+    "update_softmax_dim": "softmax over the query pixels (the last dimension)",
+}
+SHAPES = {"masked_average_pool": "[N,C]", "prior_mask": "[N,1,h,w]", "prototype_update": "[B,1,C]"}
 
 
-class CheckFailed(AssertionError):
-    """A check found a wrong answer; the message says what differs and gives a hint."""
+# ----------------------------------------------------------------------------- results
+
+@dataclass
+class CaseResult:
+    """One case of a check: passed or not, and one line of feedback (``mistake``: the id of a known mistake)."""
+
+    case: str
+    passed: bool
+    message: str = ""
+    mistake: str | None = None
 
 
-# ----------------------------------------------------------------------------- reference implementations
-# They define the exercises; the reference solutions in notebooks/assignments/solutions are written
-# independently and checked against them like any student answer.
-# They stay separate from the models' own primitives on purpose (``fsslab.models.layers.masked_average_pool``,
-# ``prior_mask``): the exercises' contracts are simpler (``[N,C]`` prototypes, no shots, no chunking) and a
-# speed or layout change in the models must not change what a student's answer is checked against.
+@dataclass
+class CheckResult:
+    """What a check found: the cases, or ``error`` when none could run (not implemented, not defined)."""
 
-def _masked_average_pool(feat: torch.Tensor, mask: torch.Tensor, eps: float = POOL_EPS) -> torch.Tensor:
-    return (feat * mask).sum(dim=(2, 3)) / (mask.sum(dim=(2, 3)) + eps)  # [N,C]
+    check: str
+    cases: list[CaseResult] = field(default_factory=list)
+    total: int = 0
+    error: str | None = None
 
+    @property
+    def passed(self) -> int:
+        return sum(c.passed for c in self.cases)
 
-def _prior_mask(query: torch.Tensor, support: torch.Tensor, mask: torch.Tensor, masked: bool = True,
-                reduce: str = "max", minmax: bool = True) -> torch.Tensor:
-    n, _, h, w = query.shape
-    support = support * mask if masked else support
-    q = query.flatten(2)  # [N,C,hw]
-    s = support.flatten(2)
-    sim = torch.einsum("ncq,ncs->nqs", q, s) / (q.norm(dim=1)[:, :, None] * s.norm(dim=1)[:, None, :] + PRIOR_EPS)
-    prior = sim.max(dim=2).values if reduce == "max" else sim.mean(dim=2)  # [N,hw]
-    if minmax:
-        lo, hi = prior.min(dim=1, keepdim=True).values, prior.max(dim=1, keepdim=True).values
-        prior = (prior - lo) / (hi - lo + PRIOR_EPS)
-    return prior.view(n, 1, h, w)
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.passed == self.total
 
+    def lines(self) -> list[str]:
+        if self.error is not None:
+            return [f"✘ {self.check}: {self.error} (0 of {self.total} cases pass)"]
+        if self.ok:
+            return [f"✔ {self.check}: all {self.total} cases pass"]
+        head = f"✘ {self.check}: {self.passed} of {self.total} cases pass"
+        return [head] + [f"  {'✔' if c.passed else '✘'} {c.case}" + ("" if c.passed else f": {c.message}")
+                         for c in self.cases]
 
-def _intersection_union(pred: torch.Tensor, target: torch.Tensor, ignore: bool = True) -> tuple[int, int]:
-    valid = target != IGNORE_INDEX if ignore else torch.ones_like(target, dtype=torch.bool)
-    p, t = (pred == 1) & valid, (target == 1) & valid
-    return int((p & t).sum()), int((p | t).sum())
+    def text(self) -> str:
+        return "\n".join(self.lines())
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "passed": self.passed, "total": self.total, "error": self.error,
+                "cases": [vars(c) for c in self.cases]}
 
-def _classwise_miou(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], class_ids: Sequence[int],
-                    ignore: bool = True, per_episode_mean: bool = False) -> float:
-    inter: dict[int, float] = {}
-    union: dict[int, float] = {}
-    per_class_ious: dict[int, list[float]] = {}
-    for pred, target, c in zip(preds, targets, class_ids):
-        i, u = _intersection_union(pred, target, ignore)
-        inter[int(c)] = inter.get(int(c), 0) + i
-        union[int(c)] = union.get(int(c), 0) + u
-        per_class_ious.setdefault(int(c), []).append(i / u if u else 1.0)
-    if per_episode_mean:  # a common mistake: average the episodes' IoUs inside each class
-        return sum(sum(v) / len(v) for v in per_class_ious.values()) / len(per_class_ious)
-    return sum(inter[c] / union[c] if union[c] else 1.0 for c in inter) / len(inter)
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return {"text/plain": self.text(), RESULT_MIME: self.to_dict()}
+
+    def __repr__(self) -> str:
+        return self.text()
 
 
-def _episode_iou(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], ignore: bool = True) -> float:
-    ious = []
-    for pred, target in zip(preds, targets):
-        i, u = _intersection_union(pred, target, ignore)
-        ious.append(i / u if u else 1.0)
-    return sum(ious) / len(ious)
+def show(result: CheckResult) -> None:
+    """Print the result; in a Jupyter kernel also as the bundle the grader reads (JupyterLab shows the text)."""
+    shell = None
+    if "IPython" in sys.modules:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        from IPython.display import display
+
+        display(result._repr_mimebundle_(), raw=True)
+    else:
+        print(result.text())
 
 
-def _prototype_update(prototype: torch.Tensor, query_feat: torch.Tensor, query_mask: torch.Tensor,
-                      w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor, scale: bool = True,
-                      residual: bool = True, mask_mode: str = "normal", softmax_dim: int = -1) -> torch.Tensor:
-    c = prototype.shape[-1]
-    logits = (prototype @ w_q) @ (query_feat @ w_k).transpose(1, 2)  # [B,1,N]
-    if scale:
-        logits = logits / math.sqrt(c)
-    if mask_mode != "none":
-        keep = query_mask if mask_mode == "normal" else ~query_mask
-        logits = logits + torch.where(keep, 0.0, MASK_BIAS)[:, None, :]
-    update = logits.softmax(dim=softmax_dim) @ (query_feat @ w_v)  # [B,1,C]
-    return prototype + update if residual else update
+# ----------------------------------------------------------------------------- the stored cases
+
+@dataclass
+class _Case:
+    name: str
+    inputs: list[Any]
+    expected: np.ndarray
+    mistakes: dict[str, np.ndarray]
+    atol: float
 
 
-# ----------------------------------------------------------------------------- feedback machinery
-
-def _fail(check: str, case: str, message: str) -> None:
-    raise CheckFailed(f"{check} — {case}: {message}")
+def _as_list(array: np.ndarray) -> list[Any]:
+    return [torch.from_numpy(a.copy()) for a in array] if array.ndim > 1 else array.tolist()
 
 
-def _compare_tensor(check: str, case: str, got: Any, expected: torch.Tensor, shape_hint: str,
-                    mistakes: Sequence[tuple[torch.Tensor, str]] = (), atol: float = 1e-5) -> None:
-    """Fail with a specific message: wrong type, wrong shape, NaN, a recognised mistake, or the largest error."""
+@lru_cache(maxsize=None)
+def _stored(check: str) -> tuple[_Case, ...]:
+    """The cases of ``check`` as references.py stored them (inputs as the student's function takes them)."""
+    found = []
+    with np.load(DATA_FILE, allow_pickle=False) as data:
+        for k in range(int(data[f"{check}/cases"])):
+            key = f"{check}/{k}"
+            inputs = [data[f"{key}/in{i}"] for i in range(int(data[f"{key}/inputs"]))]
+            if check in ("classwise_miou", "episode_iou"):  # lists of [H,W] tensors (and of class ids)
+                inputs = [_as_list(a) for a in inputs]
+            else:
+                inputs = [torch.from_numpy(a.copy()) for a in inputs]
+            mistakes = {m.rsplit("/", 1)[1]: data[m] for m in data.files if m.startswith(f"{key}/mistake/")}
+            found.append(_Case(str(data[f"{key}/name"]), inputs, data[f"{key}/expected"], mistakes,
+                               float(data[f"{key}/atol"])))
+    return tuple(found)
+
+
+def _fresh(value: Any) -> Any:
+    """A copy, so that an answer that writes into its inputs cannot change the next case."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------- comparing
+
+def _compare_tensor(got: Any, expected: np.ndarray, mistakes: dict[str, np.ndarray], atol: float,
+                    shape_hint: str) -> tuple[str | None, str | None]:
+    """(None, None) when ``got`` matches; else (the feedback, the id of the mistake it matches or None)."""
     if not isinstance(got, torch.Tensor):
-        _fail(check, case, f"expected a torch.Tensor, got {type(got).__name__}")
-    if tuple(got.shape) != tuple(expected.shape):
-        extra = (" (same number of elements: a reshape/squeeze is missing?)"
-                 if got.numel() == expected.numel() else "")
-        _fail(check, case, f"wrong shape {tuple(got.shape)}, expected {tuple(expected.shape)} = {shape_hint}{extra}")
-    got = got.detach().float()
+        return f"expected a torch.Tensor, got {type(got).__name__}", None
+    want = torch.from_numpy(expected).float()
+    if tuple(got.shape) != tuple(want.shape):
+        extra = " (same number of elements: a reshape/squeeze is missing?)" if got.numel() == want.numel() else ""
+        return f"wrong shape {tuple(got.shape)}, expected {tuple(want.shape)} = {shape_hint}{extra}", None
+    got = got.detach().float().cpu()
     if not torch.isfinite(got).all():
         bad = int((~torch.isfinite(got)).sum())
-        _fail(check, case, f"{bad} value(s) are NaN or infinite — a division by zero? (hint: an epsilon in the "
-                           "denominator keeps empty masks finite)")
-    if torch.allclose(got, expected, atol=atol, rtol=1e-4):
-        return
-    for wrong, hint in mistakes:
-        if wrong.shape == got.shape and torch.allclose(got, wrong, atol=atol, rtol=1e-4):
-            _fail(check, case, f"values differ from the expected ones; they match a known mistake. Hint: {hint}")
-    diff = (got - expected).abs()
+        return (f"{bad} value(s) are NaN or infinite — a division by zero? (hint: an epsilon in the denominator "
+                "keeps empty masks finite)"), None
+    if torch.allclose(got, want, atol=atol, rtol=1e-4):
+        return None, None
+    for mistake, wrong in mistakes.items():
+        wrong_t = torch.from_numpy(wrong).float()
+        if wrong_t.shape == got.shape and torch.allclose(got, wrong_t, atol=atol, rtol=1e-4):
+            return f"matches a known mistake. Hint: {HINTS[mistake]}", mistake
+    diff = (got - want).abs()
     where = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
-    _fail(check, case, f"values differ: max |error| {float(diff.max()):.4g} at index {where} "
-                       f"(got {float(got[where]):.5g}, expected {float(expected[where]):.5g})")
+    return (f"values differ: max |error| {float(diff.max()):.4g} at index {where} "
+            f"(got {float(got[where]):.5g}, expected {float(want[where]):.5g})"), None
 
 
-def _compare_float(check: str, case: str, got: Any, expected: float,
-                   mistakes: Sequence[tuple[float, str]] = (), tol: float = 1e-6) -> None:
+def _compare_float(got: Any, expected: np.ndarray, mistakes: dict[str, np.ndarray], atol: float,
+                   shape_hint: str = "") -> tuple[str | None, str | None]:
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = float(got)
-    if not isinstance(got, (int, float)):
-        _fail(check, case, f"expected a Python float, got {type(got).__name__}")
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        return f"expected a Python float, got {type(got).__name__}", None
+    want = float(expected)
     if math.isnan(got):
-        _fail(check, case, "got NaN — a class or episode with an empty union? (see the instructions)")
-    if abs(got - expected) <= tol:
-        return
-    for wrong, hint in mistakes:
-        if abs(got - wrong) <= tol:
-            _fail(check, case, f"got {got:.4f}, expected {expected:.4f}. Hint: {hint}")
-    _fail(check, case, f"got {got:.4f}, expected {expected:.4f} (difference {got - expected:+.4f})")
+        return "got NaN — a class or episode with an empty union? (see the instructions)", None
+    if abs(got - want) <= atol:
+        return None, None
+    for mistake, wrong in mistakes.items():
+        if abs(got - float(wrong)) <= atol:
+            return f"got {got:.4f}, expected {want:.4f}. Hint: {HINTS[mistake]}", mistake
+    return f"got {got:.4f}, expected {want:.4f} (difference {got - want:+.4f})", None
 
 
-def _passed(check: str, n: int) -> None:
-    print(f"✔ {check}: all {n} tests passed")
+def _raised(exc: BaseException) -> str:
+    """One line for an exception of the student's code: its type, message and where (the cell's line)."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if len(message) > 120:
+        message = message[:117] + "..."
+    where = ""
+    package_dirs = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).resolve().parent))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(package_dirs) and not f.filename.startswith("<frozen")]
+    if frames:
+        where = f" (in {frames[-1].name}, line {frames[-1].lineno} of its cell)"
+    return f"your function raised {type(exc).__name__}" + (f": {message}" if message else "") + where
 
 
-# ----------------------------------------------------------------------------- exercise 1
+def run_check(check: str, fn: Callable[..., Any] | None) -> CheckResult:
+    """Run ``fn`` on every stored case of ``check``; nothing is printed and nothing raised (see ``show``)."""
+    stored = _stored(check)
+    result = CheckResult(check, total=len(stored))
+    if fn is None:
+        result.error = f"no function named {check} (did the cell that defines it run without an error?)"
+        return result
+    if not callable(fn):
+        result.error = f"expected a function, got {type(fn).__name__}"
+        return result
+    compare = _compare_float if stored[0].expected.ndim == 0 else _compare_tensor
+    for case in stored:
+        try:
+            got = fn(*_fresh(case.inputs))
+        except NotImplementedError:
+            result.cases = []
+            result.error = "not implemented yet: replace `raise NotImplementedError()` with your code"
+            return result
+        except Exception as exc:  # the student's code failed: one line, the other cases still run
+            result.cases.append(CaseResult(case.name, False, _raised(exc)))
+            continue
+        try:
+            message, mistake = compare(got, case.expected, case.mistakes, case.atol, SHAPES.get(check, ""))
+        except Exception as exc:  # e.g. a tensor on an odd device or of an odd dtype
+            message, mistake = f"could not compare the answer: {type(exc).__name__}: {exc}", None
+        result.cases.append(CaseResult(case.name, message is None, message or "", mistake))
+    return result
+
+
+# ----------------------------------------------------------------------------- the checks of the notebooks
 
 def check_masked_average_pool(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """fn(feat [N,C,h,w], mask [N,1,h,w] 0/1 float) -> [N,C]: mean of the features under the mask."""
-    name = "masked_average_pool"
-    g = torch.Generator().manual_seed(0)
-    feat = torch.randn(2, 8, 6, 5, generator=g)
-    mask = (torch.rand(2, 1, 6, 5, generator=g) > 0.6).float()
-    mistakes = [
-        ((feat * mask).mean(dim=(2, 3)), "divide by the mask area (sum of the mask), not by h*w"),
-        (feat.mean(dim=(2, 3)), "multiply the features by the mask before summing"),
-        ((feat * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)), f"add eps={POOL_EPS} to the mask area"),
-    ]
-    _compare_tensor(name, "random features and mask", fn(feat, mask), _masked_average_pool(feat, mask),
-                    "[N,C]", mistakes)
-    ones = torch.ones(2, 1, 6, 5)
-    _compare_tensor(name, "full mask", fn(feat, ones), _masked_average_pool(feat, ones), "[N,C]",
-                    [(feat.mean(dim=(2, 3)), f"add eps={POOL_EPS} to the mask area, as the references do")],
-                    atol=1e-6)
-    empty = torch.zeros(2, 1, 6, 5)
-    _compare_tensor(name, "empty mask (no foreground)", fn(feat, empty), _masked_average_pool(feat, empty), "[N,C]")
-    one_hot = torch.zeros(1, 1, 3, 3)
-    one_hot[0, 0, 1, 2] = 1.0
-    small = torch.arange(18.0).view(1, 2, 3, 3)
-    _compare_tensor(name, "a single foreground pixel", fn(small, one_hot), _masked_average_pool(small, one_hot),
-                    "[N,C]")
-    _passed(name, 4)
+    show(run_check("masked_average_pool", fn))
 
 
 def check_prior_mask(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """fn(query_feat [N,C,h,w], support_feat [N,C,h,w], support_mask [N,1,h,w]) -> prior [N,1,h,w] in [0,1]."""
-    name = "prior_mask"
-    g = torch.Generator().manual_seed(1)
-    query = torch.relu(torch.randn(2, 6, 5, 4, generator=g))
-    support = torch.relu(torch.randn(2, 6, 5, 4, generator=g))
-    mask = (torch.rand(2, 1, 5, 4, generator=g) > 0.5).float()
-    expected = _prior_mask(query, support, mask)
-    mistakes = [
-        (_prior_mask(query, support, mask, masked=False),
-         "multiply the support features by the support mask first: only foreground support pixels count"),
-        (_prior_mask(query, support, mask, reduce="mean"),
-         "take the maximum similarity over the support pixels, not the mean"),
-        (_prior_mask(query, support, mask, minmax=False),
-         "min-max normalise each image's prior to [0, 1]: (x - min) / (max - min + eps)"),
-    ]
-    got = fn(query, support, mask)
-    _compare_tensor(name, "random features", got, expected, "[N,1,h,w]", mistakes, atol=1e-4)
-    # the query position equal to a support foreground feature gets the highest prior
-    q = torch.zeros(1, 2, 1, 3)
-    q[0, :, 0, 0] = torch.tensor([1.0, 0.0])
-    q[0, :, 0, 1] = torch.tensor([0.0, 1.0])
-    q[0, :, 0, 2] = torch.tensor([1.0, 1.0])
-    s = torch.zeros(1, 2, 1, 3)
-    s[0, :, 0, 0] = torch.tensor([1.0, 0.0])  # foreground
-    s[0, :, 0, 1] = torch.tensor([0.0, 1.0])  # background (masked out)
-    m = torch.tensor([[[[1.0, 0.0, 0.0]]]])
-    _compare_tensor(name, "hand-made example (query pixel 0 equals the support foreground)", fn(q, s, m),
-                    _prior_mask(q, s, m), "[N,1,h,w]", [(_prior_mask(q, s, m, masked=False),
-                                                         "mask the support features")], atol=1e-4)
-    _passed(name, 2)
+    show(run_check("prior_mask", fn))
 
 
-# ----------------------------------------------------------------------------- exercise 2
+def check_classwise_miou(fn: Callable[..., float]) -> None:
+    """fn(preds, targets, class_ids) -> class-wise mIoU (sum I and U per class over its episodes, IoU_c =
+    I_c / U_c, mean over the classes; 255 ignored; a class whose union is empty counts as IoU 1)."""
+    show(run_check("classwise_miou", fn))
+
+
+def check_episode_iou(fn: Callable[..., float]) -> None:
+    """fn(preds, targets) -> mean over episodes of the foreground IoU (255 ignored; empty union -> 1)."""
+    show(run_check("episode_iou", fn))
+
+
+def check_prototype_update(fn: Callable[..., torch.Tensor]) -> None:
+    """fn(prototype [B,1,C], query_feat [B,N,C], query_mask [B,N] bool, w_q, w_k, w_v [C,C]) -> [B,1,C]:
+    prototype + softmax((P w_q)(F w_k)^T / sqrt(C) + bias) (F w_v), bias = 0 inside the mask, -1e4 outside."""
+    show(run_check("prototype_update", fn))
+
+
+CHECKS = ("masked_average_pool", "prior_mask", "classwise_miou", "episode_iou", "prototype_update")
+
+
+@contextlib.contextmanager
+def report_errors() -> Iterator[None]:
+    """``with report_errors():`` around a cell that uses your functions: an exception becomes one line and
+    "Run All" goes on with the next cells."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, NotImplementedError):
+            print(f"✘ this cell stopped: a function it uses is not implemented yet ({_raised(exc)})")
+        else:
+            print(f"✘ this cell stopped: {_raised(exc).replace('your function raised', 'the code raised')}")
+
+
+# ----------------------------------------------------------------------------- exercise 2's episodes
 
 def iou_example() -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
     """Episodes on which class-wise mIoU and the mean per-episode IoU disagree: (preds, targets, class_ids).
@@ -230,127 +329,3 @@ def iou_example() -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
     episode((10, 13, 10, 13), None, 1)  # tiny object, missed
     episode((8, 24, 8, 24), (7, 25, 7, 16), 2)  # medium object, half found
     return preds, targets, classes
-
-
-def check_classwise_miou(fn: Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[int]], float]
-                         ) -> None:
-    """fn(preds, targets, class_ids) -> class-wise mIoU (sum I and U per class over its episodes, IoU_c =
-    I_c / U_c, mean over the classes; 255 ignored; a class whose union is empty counts as IoU 1)."""
-    name = "classwise_miou"
-    preds, targets, classes = iou_example()
-    expected = _classwise_miou(preds, targets, classes)
-    mistakes = [
-        (_classwise_miou(preds, targets, classes, ignore=False),
-         "pixels labelled 255 in the target must be left out of both intersection and union"),
-        (_classwise_miou(preds, targets, classes, per_episode_mean=True),
-         "sum intersections and unions over all episodes of a class before dividing"),
-        (_episode_iou(preds, targets), "that is the mean per-episode IoU: group the episodes by class first"),
-    ]
-    _compare_float(name, "constructed example", fn(preds, targets, classes), expected, mistakes)
-    perfect = [(t == 1).long() for t in targets]
-    _compare_float(name, "perfect predictions", fn(perfect, targets, classes), 1.0,
-                   [(_classwise_miou(perfect, targets, classes, ignore=False), "ignore the 255 pixels")])
-    _passed(name, 2)
-
-
-def check_episode_iou(fn: Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], float]) -> None:
-    """fn(preds, targets) -> mean over episodes of the foreground IoU (255 ignored; empty union -> 1)."""
-    name = "episode_iou"
-    preds, targets, classes = iou_example()
-    expected = _episode_iou(preds, targets)
-    mistakes = [
-        (_episode_iou(preds, targets, ignore=False), "pixels labelled 255 must be left out"),
-        (_classwise_miou(preds, targets, classes), "that is the class-wise mIoU: average the episodes' IoUs"),
-    ]
-    i_all = sum(_intersection_union(p, t)[0] for p, t in zip(preds, targets))
-    u_all = sum(_intersection_union(p, t)[1] for p, t in zip(preds, targets))
-    mistakes.append((i_all / u_all, "compute one IoU per episode and average them, do not pool all pixels"))
-    _compare_float(name, "constructed example", fn(preds, targets), expected, mistakes)
-    empty = torch.zeros(4, 4, dtype=torch.long)
-    _compare_float(name, "an episode with empty prediction and target", fn([empty], [empty]), 1.0)
-    _passed(name, 2)
-
-
-# ----------------------------------------------------------------------------- exercise 3
-
-def check_prototype_update(fn: Callable[..., torch.Tensor]) -> None:
-    """fn(prototype [B,1,C], query_feat [B,N,C], query_mask [B,N] bool, w_q, w_k, w_v [C,C]) -> [B,1,C]:
-    prototype + softmax((P w_q)(F w_k)^T / sqrt(C) + bias) (F w_v), bias = 0 inside the mask, -1e4 outside."""
-    name = "prototype_update"
-    g = torch.Generator().manual_seed(3)
-    b, n, c = 2, 12, 8
-    proto = torch.randn(b, 1, c, generator=g)
-    feat = torch.randn(b, n, c, generator=g)
-    mask = torch.rand(b, n, generator=g) > 0.5
-    mask[:, 0] = True
-    w = [torch.randn(c, c, generator=g) / math.sqrt(c) for _ in range(3)]
-    args = (proto, feat, mask, *w)
-    mistakes = [
-        (_prototype_update(*args, residual=False), "add the update to the prototype (residual connection)"),
-        (_prototype_update(*args, scale=False), "divide the attention logits by sqrt(C)"),
-        (_prototype_update(*args, mask_mode="inverted"), "the bias must be 0 inside the mask and -1e4 outside"),
-        (_prototype_update(*args, mask_mode="none"), "add the mask bias: only masked query pixels may be attended"),
-        (_prototype_update(*args, softmax_dim=1), "softmax over the query pixels (the last dimension)"),
-    ]
-    _compare_tensor(name, "random episode", fn(*args), _prototype_update(*args), "[B,1,C]", mistakes, atol=1e-4)
-    # with a single unmasked pixel the attention is one-hot: the update is that pixel's value vector
-    single = torch.zeros(b, n, dtype=torch.bool)
-    single[:, 5] = True
-    expected = proto + (feat[:, 5:6] @ w[2])
-    _compare_tensor(name, "a single masked pixel", fn(proto, feat, single, *w), expected, "[B,1,C]",
-                    [(_prototype_update(proto, feat, single, *w, mask_mode="inverted"),
-                      "the bias must be 0 inside the mask and -1e4 outside")], atol=1e-4)
-    _passed(name, 2)
-
-
-# ----------------------------------------------------------------------------- student notebooks
-
-SOLUTION_TAG = "solution"
-
-
-def student_version(solution: dict[str, Any]) -> dict[str, Any]:
-    """The student notebook of a reference-solution notebook (an nbformat dict).
-
-    Cells tagged ``solution`` are replaced by their ``metadata["stub"]`` source (which raises
-    NotImplementedError); cells tagged ``solution-only`` are dropped; every output is cleared.
-    """
-    import copy
-
-    nb = copy.deepcopy(solution)
-    cells = []
-    for cell in nb["cells"]:
-        tags = cell.get("metadata", {}).get("tags", [])
-        if "solution-only" in tags:
-            continue
-        if SOLUTION_TAG in tags:
-            stub = cell["metadata"].get("stub")
-            if not stub:
-                raise ValueError(f"a cell tagged '{SOLUTION_TAG}' has no metadata 'stub': {cell['source'][:60]!r}")
-            cell["source"] = stub
-            cell["metadata"] = {k: v for k, v in cell["metadata"].items() if k != "stub"}
-            cell["metadata"]["tags"] = [t if t != SOLUTION_TAG else "student" for t in tags]
-        if cell["cell_type"] == "code":
-            cell["outputs"], cell["execution_count"] = [], None
-        cells.append(cell)
-    nb["cells"] = cells
-    return nb
-
-
-def write_student_notebooks(assignments_dir: str | Path) -> list[Path]:
-    """Regenerate ``<dir>/XX_name.ipynb`` from ``<dir>/solutions/XX_name_solution.ipynb``."""
-    import nbformat
-
-    written = []
-    for path in sorted(Path(assignments_dir, "solutions").glob("*_solution.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        target = Path(assignments_dir) / path.name.replace("_solution", "")
-        nbformat.write(nbformat.from_dict(student_version(nb)), target)
-        written.append(target)
-    return written
-
-
-if __name__ == "__main__":  # python -m fsslab.lab.assignments notebooks/assignments
-    import sys
-
-    for p in write_student_notebooks(sys.argv[1] if len(sys.argv) > 1 else "notebooks/assignments"):
-        print(f"wrote {p}")

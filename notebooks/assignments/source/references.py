@@ -1,0 +1,265 @@
+"""Instructor material: the reference implementations of the exercises and the common mistakes the checks name.
+
+Not part of the fsslab package and not released to students (``fsslab course release`` copies notebooks only).
+The student-side checks (``fsslab.lab.assignments``) compare an answer with the outputs this file computed on
+fixed inputs, stored in ``fsslab/lab/assignment_checks.npz``: inputs, expected outputs and the output of each
+known mistake, never the code. After changing a reference, a mistake or an input, rewrite that file:
+
+    python notebooks/assignments/source/references.py            # writes fsslab/lab/assignment_checks.npz
+    python notebooks/assignments/source/references.py --check    # exit 1 if the shipped file differs
+
+(tests/lab/test_assignments.py runs the check.) The references stay separate from the models' own primitives
+(``fsslab.models.layers``): the exercises' contracts are simpler ([N,C] prototypes, no shots, no chunking) and
+a change in the models must not change what a student's answer is checked against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = 255
+POOL_EPS = 5e-4  # masked average pooling: PFENet / BAM / AMFormer use this epsilon on the mask area
+PRIOR_EPS = 1e-7  # prior mask: cosine normalisation and min-max normalisation
+MASK_BIAS = -1e4  # attention logit added outside the query mask (IPMT uses -10000, not -inf)
+DATA_FILE = Path(__file__).resolve().parents[3] / "fsslab" / "lab" / "assignment_checks.npz"
+
+
+# ----------------------------------------------------------------------------- references (and mistakes)
+
+def masked_average_pool(feat, mask, eps=POOL_EPS, area="mask", apply_mask=True):
+    pooled = (feat * mask if apply_mask else feat).sum(dim=(2, 3))
+    if area == "hw":
+        return pooled / (feat.shape[2] * feat.shape[3])
+    return pooled / (mask.sum(dim=(2, 3)) + eps)  # [N,C]
+
+
+def prior_mask(query, support, mask, masked=True, reduce="max", minmax=True):
+    n, _, h, w = query.shape
+    support = support * mask if masked else support
+    q = query.flatten(2)  # [N,C,hw]
+    s = support.flatten(2)
+    sim = torch.einsum("ncq,ncs->nqs", q, s) / (q.norm(dim=1)[:, :, None] * s.norm(dim=1)[:, None, :] + PRIOR_EPS)
+    prior = sim.max(dim=2).values if reduce == "max" else sim.mean(dim=2)  # [N,hw]
+    if minmax:
+        lo, hi = prior.min(dim=1, keepdim=True).values, prior.max(dim=1, keepdim=True).values
+        prior = (prior - lo) / (hi - lo + PRIOR_EPS)
+    return prior.view(n, 1, h, w)
+
+
+def intersection_union(pred, target, ignore=True):
+    valid = target != IGNORE_INDEX if ignore else torch.ones_like(target, dtype=torch.bool)
+    p, t = (pred == 1) & valid, (target == 1) & valid
+    return int((p & t).sum()), int((p | t).sum())
+
+
+def classwise_miou(preds, targets, class_ids, ignore=True, per_episode_mean=False):
+    inter: dict[int, float] = {}
+    union: dict[int, float] = {}
+    per_class_ious: dict[int, list[float]] = {}
+    for pred, target, c in zip(preds, targets, class_ids):
+        i, u = intersection_union(pred, target, ignore)
+        inter[int(c)] = inter.get(int(c), 0) + i
+        union[int(c)] = union.get(int(c), 0) + u
+        per_class_ious.setdefault(int(c), []).append(i / u if u else 1.0)
+    if per_episode_mean:  # a common mistake: average the episodes' IoUs inside each class
+        return sum(sum(v) / len(v) for v in per_class_ious.values()) / len(per_class_ious)
+    return sum(inter[c] / union[c] if union[c] else 1.0 for c in inter) / len(inter)
+
+
+def episode_iou(preds, targets, ignore=True):
+    ious = []
+    for pred, target in zip(preds, targets):
+        i, u = intersection_union(pred, target, ignore)
+        ious.append(i / u if u else 1.0)
+    return sum(ious) / len(ious)
+
+
+def pooled_iou(preds, targets):  # a mistake: one IoU over all pixels of all episodes
+    i_all = sum(intersection_union(p, t)[0] for p, t in zip(preds, targets))
+    u_all = sum(intersection_union(p, t)[1] for p, t in zip(preds, targets))
+    return i_all / u_all
+
+
+def prototype_update(prototype, query_feat, query_mask, w_q, w_k, w_v, scale=True, residual=True,
+                     mask_mode="normal", softmax_dim=-1):
+    c = prototype.shape[-1]
+    logits = (prototype @ w_q) @ (query_feat @ w_k).transpose(1, 2)  # [B,1,N]
+    if scale:
+        logits = logits / math.sqrt(c)
+    if mask_mode != "none":
+        keep = query_mask if mask_mode == "normal" else ~query_mask
+        logits = logits + torch.where(keep, 0.0, MASK_BIAS)[:, None, :]
+    update = logits.softmax(dim=softmax_dim) @ (query_feat @ w_v)  # [B,1,C]
+    return prototype + update if residual else update
+
+
+# ----------------------------------------------------------------------------- the check cases
+
+def iou_example():
+    """The episodes of exercise 2 (fsslab.lab.assignments.iou_example builds the same ones)."""
+    from fsslab.lab.assignments import iou_example as shipped
+
+    return shipped()
+
+
+def cases() -> dict[str, list[dict]]:
+    """Per check: its cases, each {name, inputs, expected, mistakes: {id: output}, atol}. Mistake ids name the
+    hints in fsslab.lab.assignments.HINTS."""
+    out: dict[str, list[dict]] = {}
+
+    # exercise 1a
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(2, 8, 6, 5, generator=g)
+    mask = (torch.rand(2, 1, 6, 5, generator=g) > 0.6).float()
+    ones, empty = torch.ones(2, 1, 6, 5), torch.zeros(2, 1, 6, 5)
+    one_hot = torch.zeros(1, 1, 3, 3)
+    one_hot[0, 0, 1, 2] = 1.0
+    small = torch.arange(18.0).view(1, 2, 3, 3)
+    pool = masked_average_pool
+    out["masked_average_pool"] = [
+        dict(name="random features and mask", inputs=[feat, mask], expected=pool(feat, mask), atol=1e-5,
+             mistakes={"pool_area_hw": pool(feat, mask, area="hw"),
+                       "pool_no_mask": pool(feat, mask, area="hw", apply_mask=False),
+                       "pool_no_eps": pool(feat, mask, eps=0.0)}),
+        dict(name="full mask", inputs=[feat, ones], expected=pool(feat, ones), atol=1e-6,
+             mistakes={"pool_full_no_eps": pool(feat, ones, area="hw")}),
+        dict(name="empty mask (no foreground)", inputs=[feat, empty], expected=pool(feat, empty), atol=1e-5,
+             mistakes={}),
+        dict(name="a single foreground pixel", inputs=[small, one_hot], expected=pool(small, one_hot), atol=1e-5,
+             mistakes={"pool_area_hw": pool(small, one_hot, area="hw")}),
+    ]
+
+    # exercise 1b
+    g = torch.Generator().manual_seed(1)
+    query = torch.relu(torch.randn(2, 6, 5, 4, generator=g))
+    support = torch.relu(torch.randn(2, 6, 5, 4, generator=g))
+    mask = (torch.rand(2, 1, 5, 4, generator=g) > 0.5).float()
+    q = torch.zeros(1, 2, 1, 3)
+    q[0, :, 0, 0] = torch.tensor([1.0, 0.0])
+    q[0, :, 0, 1] = torch.tensor([0.0, 1.0])
+    q[0, :, 0, 2] = torch.tensor([1.0, 1.0])
+    s = torch.zeros(1, 2, 1, 3)
+    s[0, :, 0, 0] = torch.tensor([1.0, 0.0])  # foreground
+    s[0, :, 0, 1] = torch.tensor([0.0, 1.0])  # background (masked out)
+    m = torch.tensor([[[[1.0, 0.0, 0.0]]]])
+    out["prior_mask"] = [
+        dict(name="random features", inputs=[query, support, mask], expected=prior_mask(query, support, mask),
+             atol=1e-4, mistakes={"prior_unmasked": prior_mask(query, support, mask, masked=False),
+                                  "prior_mean": prior_mask(query, support, mask, reduce="mean"),
+                                  "prior_no_minmax": prior_mask(query, support, mask, minmax=False)}),
+        dict(name="hand-made example (query pixel 0 equals the support foreground)", inputs=[q, s, m],
+             expected=prior_mask(q, s, m), atol=1e-4,
+             mistakes={"prior_unmasked": prior_mask(q, s, m, masked=False)}),
+    ]
+
+    # exercise 2
+    preds, targets, classes = iou_example()
+    perfect = [(t == 1).long() for t in targets]
+    scalar = torch.tensor
+    out["classwise_miou"] = [
+        dict(name="constructed example", inputs=[preds, targets, classes],
+             expected=scalar(classwise_miou(preds, targets, classes)), atol=1e-6,
+             mistakes={"iou_no_ignore": scalar(classwise_miou(preds, targets, classes, ignore=False)),
+                       "miou_per_episode_mean": scalar(classwise_miou(preds, targets, classes,
+                                                                      per_episode_mean=True)),
+                       "miou_is_episode_iou": scalar(episode_iou(preds, targets))}),
+        dict(name="perfect predictions", inputs=[perfect, targets, classes], expected=scalar(1.0), atol=1e-6,
+             mistakes={"iou_no_ignore": scalar(classwise_miou(perfect, targets, classes, ignore=False))}),
+    ]
+    blank = torch.zeros(4, 4, dtype=torch.long)
+    out["episode_iou"] = [
+        dict(name="constructed example", inputs=[preds, targets], expected=scalar(episode_iou(preds, targets)),
+             atol=1e-6, mistakes={"iou_no_ignore": scalar(episode_iou(preds, targets, ignore=False)),
+                                  "episode_is_classwise": scalar(classwise_miou(preds, targets, classes)),
+                                  "episode_pooled": scalar(pooled_iou(preds, targets))}),
+        dict(name="an episode with empty prediction and target", inputs=[[blank], [blank]], expected=scalar(1.0),
+             atol=1e-6, mistakes={}),
+    ]
+
+    # exercise 3
+    g = torch.Generator().manual_seed(3)
+    b, n, c = 2, 12, 8
+    proto = torch.randn(b, 1, c, generator=g)
+    feat = torch.randn(b, n, c, generator=g)
+    mask = torch.rand(b, n, generator=g) > 0.5
+    mask[:, 0] = True
+    w = [torch.randn(c, c, generator=g) / math.sqrt(c) for _ in range(3)]
+    args = [proto, feat, mask, *w]
+    update = prototype_update
+    single = torch.zeros(b, n, dtype=torch.bool)
+    single[:, 5] = True
+    single_args = [proto, feat, single, *w]
+    out["prototype_update"] = [
+        dict(name="random episode", inputs=args, expected=update(*args), atol=1e-4,
+             mistakes={"update_no_residual": update(*args, residual=False),
+                       "update_no_scale": update(*args, scale=False),
+                       "update_inverted_mask": update(*args, mask_mode="inverted"),
+                       "update_no_mask": update(*args, mask_mode="none"),
+                       "update_softmax_dim": update(*args, softmax_dim=1)}),
+        # with a single unmasked pixel the attention is one-hot: the update is that pixel's value vector
+        dict(name="a single masked pixel", inputs=single_args, expected=proto + (feat[:, 5:6] @ w[2]), atol=1e-4,
+             mistakes={"update_no_residual": update(*single_args, residual=False),
+                       "update_inverted_mask": update(*single_args, mask_mode="inverted")}),
+    ]
+    return out
+
+
+# ----------------------------------------------------------------------------- the data file
+
+def _array(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().numpy()
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return torch.stack(list(value)).numpy()
+    return np.asarray(value)
+
+
+def arrays() -> dict[str, np.ndarray]:
+    """The npz content: ``<check>/<k>/name``, ``/atol``, ``/in<i>``, ``/expected``, ``/mistake/<id>``."""
+    flat: dict[str, np.ndarray] = {}
+    for check, check_cases in cases().items():
+        flat[f"{check}/cases"] = np.asarray(len(check_cases))
+        for k, case in enumerate(check_cases):
+            flat[f"{check}/{k}/name"] = np.asarray(case["name"])
+            flat[f"{check}/{k}/atol"] = np.asarray(case["atol"])
+            flat[f"{check}/{k}/inputs"] = np.asarray(len(case["inputs"]))
+            for i, value in enumerate(case["inputs"]):
+                flat[f"{check}/{k}/in{i}"] = _array(value)
+            flat[f"{check}/{k}/expected"] = _array(case["expected"])
+            for mistake, value in case["mistakes"].items():
+                flat[f"{check}/{k}/mistake/{mistake}"] = _array(value)
+    return flat
+
+
+def differences(path: Path = DATA_FILE) -> list[str]:
+    """The keys whose stored value differs from what the references compute now (empty: up to date)."""
+    fresh = arrays()
+    with np.load(path, allow_pickle=False) as stored:
+        keys = set(stored.files) | set(fresh)
+        return sorted(k for k in keys if k not in stored.files or k not in fresh
+                      or stored[k].dtype != fresh[k].dtype or not np.array_equal(stored[k], fresh[k]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write (or --check) fsslab/lab/assignment_checks.npz.")
+    parser.add_argument("--check", action="store_true", help="compare only; exit 1 when the file is stale")
+    parser.add_argument("--out", type=Path, default=DATA_FILE)
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = differences(args.out)
+        print("\n".join(f"stale: {k}" for k in stale) or f"{args.out} is up to date")
+        return 1 if stale else 0
+    np.savez_compressed(args.out, **arrays())
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
