@@ -321,6 +321,7 @@ def _add_bench_parser(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fsslab.cli.course import add_course_parser
     from fsslab.cli.predict import add_predict_parser
     from fsslab.cli.zoo import add_zoo_parser
 
@@ -333,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(commands)
     add_zoo_parser(commands)
     add_predict_parser(commands)
+    add_course_parser(commands)
     return parser
 
 
