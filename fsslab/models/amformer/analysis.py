@@ -26,6 +26,8 @@ def score_masks(model: nn.Module, features_or_batch: Mapping[str, torch.Tensor] 
     (bilinearly resized to the feature size). Returns ``score`` [B,M,3] (D's P(real) averaged over parts),
     ``part_scores`` [B,M,3,N] and ``part_maps`` [B,M,3,N,h,w].
     """
+    if getattr(model, "discriminator", None) is None:
+        raise ValueError("this AMFormer has no discriminator (built with no_discriminator=True): nothing to score")
     was_training = model.training
     model.eval()
     try:

@@ -70,8 +70,10 @@ SIMILARITY_SCALE = 10.0
 TRACE_KEYS: dict[str, str] = {
     "initial_prediction": "[B,1,h,w]: cosine(prototype, query)/0.1 with values < 0.7 set to 0 (G's first mask)",
     "similarity": "[B,2,h,w]: max-cosine prior of the base embedding (ch 0) and layer4 (ch 1), shot mean",
-    "meta_logits": "[B,3,2,h,w]: G's logits after mining (0) and the two refinement passes (1, 2)",
-    "refine_masks": "[B,2,h,w]: binary masks that drove refinement passes 1 and 2 (from the ensemble)",
+    "meta_logits": "[B,3,2,h,w]: G's logits after mining (0) and the two refinement passes (1, 2); "
+                   "3 = 1 + mining_passes",
+    "refine_masks": "[B,2,h,w]: binary masks that drove refinement passes 1 and 2 (from the ensemble); "
+                    "2 = mining_passes",
     "ensemble_logits": "[B,3,2,h,w]: BAM-style ensemble after each stage; [:, -1] is the final output",
     "mined_mask": "[B,1,h,w]: G's final foreground probability, softmax(meta_logits[:, -1])[:, 1]",
     "base_logits": "[B,n_base+1,h,w]: frozen base learner (PSPNet) logits for the query",
@@ -108,6 +110,17 @@ class AMFormer(FewShotModel):
     every BatchNorm in eval during training (yaml ``fix_bn: True``); channels_last stores the frozen base
     learner in channels_last, so that every convolution runs on channels_last activations without the
     caller converting anything (faster on CPU oneDNN and with GPU tensor cores; the same function).
+
+    Ablation switches (the paper's variants; all off by default, and off the model is the faithful one):
+    no_discriminator: "w/o D": no detail-mining transformer D (no parameters, no optimiser, no adversarial or
+        diversity loss terms); G keeps its schedule (it steps on even iterations only, as many G steps as the
+        full model, so that the ablation removes D and nothing else).
+    no_ensemble: "w/o base-learner ensemble": every stage's output is G's own softmax probability (the
+        ensemble at its initialisation, frozen): no Gram-distance or base-learner fusion parameters, and the
+        base learner's "any base class" map does not reach the output (it still provides the features).
+    mining_passes: G's refinement passes after the first mining (0, 1 or 2; the paper's model has 2): the
+        trace then holds ``1 + mining_passes`` stages and D judges as many levels.
+    Box supports are not a model switch: ``data.support_label=box`` / ``eval.support_label=box``.
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: str | None = None, n_base_classes: int = 15,
@@ -118,8 +131,13 @@ class AMFormer(FewShotModel):
                  adversarial_weight: float = 0.1, adversarial_period: int = 5, adversarial_max_loss: float = 11.0,
                  diversity_weight: float = 0.01, head_lr_multiplier: float = 10.0, freeze_bn: bool = True,
                  train_part_queries: bool = False, reproduce_official: bool = False,
-                 base_head_channels: int = 512, channels_last: bool = True) -> None:
+                 base_head_channels: int = 512, channels_last: bool = True, no_discriminator: bool = False,
+                 no_ensemble: bool = False, mining_passes: int = 2) -> None:
         super().__init__()
+        if mining_passes not in (0, 1, 2):
+            raise ConfigError(f"AMFormer mining_passes must be 0, 1 or 2 (the paper's G has 2), got {mining_passes}")
+        self.no_discriminator, self.no_ensemble = bool(no_discriminator), bool(no_ensemble)
+        self.mining_passes = int(mining_passes)
         self.shot, self.reproduce_official = shot, reproduce_official
         self.base_learner = PSPNet(backbone, n_classes=n_base_classes + 1, norm="batch",
                                    head_channels=base_head_channels)
@@ -132,17 +150,22 @@ class AMFormer(FewShotModel):
         self.reduce_support = conv_relu(feat_dim, hidden_dim, 1, dropout=0.5)
         self.query_fusion = conv_relu(2 * hidden_dim + 2, transformer_dim, 1)  # [query, prototype, 2 priors]
         self.generator = ObjectMiningTransformer(transformer_dim, tuple(transformer_heads), mining_heads,
-                                                 sr_ratios=tuple(sr_ratios), mlp_ratio=mlp_ratio)
-        self.discriminator = PartDiscriminator(transformer_dim, 3, parts, part_heads,
-                                               train_part_queries=train_part_queries)
+                                                 sr_ratios=tuple(sr_ratios), mlp_ratio=mlp_ratio,
+                                                 refinements=self.mining_passes)
+        self.discriminator = None
+        if not self.no_discriminator:  # one D level per stage of G
+            self.discriminator = PartDiscriminator(transformer_dim, 1 + self.mining_passes, parts, part_heads,
+                                                   train_part_queries=train_part_queries)
         # [w_meta, w_estimate] and [w_meta_bg, w_base]: official init [1, 0] (pure meta learner)
-        self.gram_fusion = nn.Conv2d(2, 1, 1, bias=False)
-        self.learner_fusion = nn.Conv2d(2, 1, 1, bias=False)
-        with torch.no_grad():
-            self.gram_fusion.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
-            self.learner_fusion.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+        self.gram_fusion = self.learner_fusion = None
+        if not self.no_ensemble:
+            self.gram_fusion = nn.Conv2d(2, 1, 1, bias=False)
+            self.learner_fusion = nn.Conv2d(2, 1, 1, bias=False)
+            with torch.no_grad():
+                self.gram_fusion.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+                self.learner_fusion.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
         self.shot_reweight = None
-        if shot > 1:
+        if shot > 1 and not self.no_ensemble:  # the K-shot reweighting only weighs the ensemble's Gram distance
             self.shot_reweight = nn.Sequential(nn.Conv2d(shot, kshot_hidden, 1), nn.ReLU(inplace=True),
                                                nn.Conv2d(kshot_hidden, shot, 1))
         self.aux_weight1, self.aux_weight2 = aux_weight1, aux_weight2
@@ -164,12 +187,14 @@ class AMFormer(FewShotModel):
 
     # ------------------------------------------------------------------ parameters
     def discriminator_parameters(self) -> Iterator[nn.Parameter]:
-        """D: part attention + part classifiers (trainable ones)."""
+        """D: part attention + part classifiers (trainable ones); none with ``no_discriminator``."""
+        if self.discriminator is None:
+            return iter(())
         return (p for p in self.discriminator.parameters() if p.requires_grad)
 
     def generator_parameters(self) -> Iterator[nn.Parameter]:
         """G side: every trainable parameter outside D (the base learner is frozen)."""
-        d_ids = {id(p) for p in self.discriminator.parameters()}
+        d_ids = {id(p) for p in self.discriminator_parameters()}
         return (p for p in self.parameters() if p.requires_grad and id(p) not in d_ids)
 
     def optimizer_specs(self, base_lr: float, weight_decay: float) -> list[OptimizerSpec]:
@@ -195,10 +220,12 @@ class AMFormer(FewShotModel):
                    and not n.startswith("discriminator.")]
         if missing:  # every G parameter must be optimised by exactly one group
             raise RuntimeError(f"generator parameters without an optimiser group: {missing}")
-        return [OptimizerSpec("generator", "adamw", g_groups, objective="generator",
-                              options={"betas": (0.9, 0.999), "weight_decay": weight_decay}),
-                OptimizerSpec("discriminator", "adam", self.discriminator.optimizer_groups(base_lr, head),
-                              objective="discriminator", options={"weight_decay": weight_decay})]
+        specs = [OptimizerSpec("generator", "adamw", g_groups, objective="generator",
+                               options={"betas": (0.9, 0.999), "weight_decay": weight_decay})]
+        if self.discriminator is not None:
+            specs.append(OptimizerSpec("discriminator", "adam", self.discriminator.optimizer_groups(base_lr, head),
+                                       objective="discriminator", options={"weight_decay": weight_decay}))
+        return specs
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
@@ -248,8 +275,11 @@ class AMFormer(FewShotModel):
         return weight.softmax(dim=1)
 
     def ensemble(self, logits: torch.Tensor, estimate: torch.Tensor, base_map: torch.Tensor) -> torch.Tensor:
-        """Meta logits [B,2,h,w] -> ensembled [B,2,h,w] (merged background, Gram-adjusted foreground)."""
+        """Meta logits [B,2,h,w] -> ensembled [B,2,h,w] (merged background, Gram-adjusted foreground);
+        ``no_ensemble``: the meta probability itself."""
         prob = logits.softmax(dim=1)
+        if self.no_ensemble:
+            return prob
         est = estimate.view(-1, 1, 1, 1).expand_as(prob[:, :1])
         bg = self.gram_fusion(torch.cat([prob[:, :1], est], dim=1))
         fg = self.gram_fusion(torch.cat([prob[:, 1:], est], dim=1))
@@ -335,7 +365,7 @@ class AMFormer(FewShotModel):
         out.aux.update(meta_logits=up(stage_logits[-1], size), base_logits=up(base_logits, size),
                        stage_logits=[up(x, size) for x in stage_logits], attention_weights=attn_weights)
         adversarial = None
-        if "query_mask" in batch and (self.training or self.reproduce_official):
+        if "query_mask" in batch and (self.training or self.reproduce_official) and self.discriminator is not None:
             adversarial = judge_generator(self.discriminator, fused_maps, final, batch["query_mask"],
                                           python_rng=self.reproduce_official)
             out.aux.update({n: v for n, v in adversarial.items() if not n.startswith(("part_maps", "d_score"))})
@@ -346,14 +376,18 @@ class AMFormer(FewShotModel):
 
     def _trace(self, init, similarity, stage_logits, masks, finals, base_logits, base_map, distance, weights,
                estimate, attn_weights, fused_maps, adversarial) -> dict[str, torch.Tensor]:
+        refine_masks = torch.cat(masks, 1) if masks else init.new_zeros(init.shape[0], 0, *init.shape[-2:])
         t = {"initial_prediction": init, "similarity": similarity,
-             "meta_logits": torch.stack(stage_logits, 1), "refine_masks": torch.cat(masks, 1),
+             "meta_logits": torch.stack(stage_logits, 1), "refine_masks": refine_masks,
              "ensemble_logits": torch.stack(finals, 1), "mined_mask": stage_logits[-1].softmax(1)[:, 1:],
              "base_logits": base_logits, "base_map": base_map, "gram_distance": distance,
              "shot_weights": weights, "gram_estimate": estimate,
-             "gram_fusion_weight": self.gram_fusion.weight.view(2),
-             "learner_fusion_weight": self.learner_fusion.weight.view(2),
              "fused_features": torch.stack(fused_maps, 1)}
+        if self.no_ensemble:  # the ensemble frozen at its initialisation: [1, 0] (pure meta learner)
+            t["gram_fusion_weight"] = t["learner_fusion_weight"] = init.new_tensor([1.0, 0.0])
+        else:
+            t["gram_fusion_weight"] = self.gram_fusion.weight.view(2)
+            t["learner_fusion_weight"] = self.learner_fusion.weight.view(2)
         for level, weight in enumerate(attn_weights):
             t[f"mining_attention_{level}"] = weight
         if adversarial is not None:
@@ -372,6 +406,8 @@ class AMFormer(FewShotModel):
         """train.py's G/D schedule (``loss.gd_objectives``); ``iteration`` is the batch index (the reference uses
         the index within the epoch): even iterations step G, odd ones D, every ``adversarial_period``-th G step
         weighs in the adversarial loss (or steps nothing when it exceeds ``adversarial_max_loss``)."""
+        if self.no_discriminator:  # G keeps its schedule (even iterations), odd ones step nothing
+            return {"generator": losses["total"]} if iteration % 2 == 0 else {}
         return gd_objectives(losses, iteration, self.adversarial_period, self.adversarial_weight,
                              self.adversarial_max_loss, self.diversity_weight)
 

@@ -15,7 +15,8 @@ def _nearest_foreground(labels: torch.Tensor, size: tuple[int, int]) -> torch.Te
 
 def ipmt_losses(logits: torch.Tensor, aux: dict[str, torch.Tensor], query_mask: torch.Tensor,
                 support_masks: torch.Tensor, dice_weights: tuple[float, float] = (0.7, 0.3),
-                bce_weights: tuple[float, float] = (0.3, 0.7), aux_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                bce_weights: tuple[float, float] = (0.3, 0.7), aux_weight: float = 1.0,
+                deep_supervision: bool = True) -> dict[str, torch.Tensor]:
     """Reference training objective (IPMTnetwork.forward + train.py).
 
     logits:        [B,2,H,W] final logits at input size.
@@ -24,6 +25,7 @@ def ipmt_losses(logits: torch.Tensor, aux: dict[str, torch.Tensor], query_mask: 
     query_mask:    [B,H,W] 0/1/255; support_masks: [B,K,H,W] 0/1/255.
     main = 0.7 Dice(final) + 0.3 Dice(initial, bilinearly upsampled); aux = 0.3 mean_l BCE(query masks)
     + 0.7 mean_l BCE(support masks) against nearest-resized ``label == 1``; total = main + aux_weight * aux.
+    deep_supervision=False (the ablation): total = main, no ``aux``/``bce_*`` entries (``aux`` needs no masks).
     """
     height, width = logits.shape[-2:]
     initial = F.interpolate(aux["initial_logits"].float(), size=(height, width), mode="bilinear",
@@ -31,6 +33,8 @@ def ipmt_losses(logits: torch.Tensor, aux: dict[str, torch.Tensor], query_mask: 
     dice_final = weighted_dice_loss(logits.float(), query_mask)
     dice_initial = weighted_dice_loss(initial, query_mask)
     main = dice_weights[0] * dice_final + dice_weights[1] * dice_initial
+    if not deep_supervision:
+        return {"total": main, "main": main, "dice_final": dice_final, "dice_initial": dice_initial}
 
     query_logits, support_logits = aux["query_masks"].float(), aux["support_masks"].float()
     size = tuple(query_logits.shape[-2:])

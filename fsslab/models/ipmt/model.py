@@ -81,6 +81,18 @@ class IPMT(FewShotModel):
     channels_last: run the convolutions on channels_last activations (default; same results).
     reproduce_official: read the query label's 255 cells (as the official eval does) and use its
                 int64 initial-mask bias; for parity checks only -- it leaks the label at test time.
+
+    Ablation switches (the paper's variants; all off by default, and off the model is the faithful one):
+    num_layers: the number of IPMT layers (1..5; the paper's full model has 5): the trace then holds
+                ``num_layers`` support and query prototypes.
+    no_query_mining: the prototype is mined from the support only (no intermediate prototype): each query
+                layer uses the support-mined prototype p_l as it is, without the prototype <- query
+                attention update (that attention is not computed; trace ``query_attention`` is zero and
+                ``query_prototypes`` equals ``support_prototypes``).
+    no_prior:   the training-free prior is not computed; its channel of the query merge is zero (same
+                parameters, so checkpoints stay loadable) and trace ``prior`` is zero.
+    no_deep_supervision: only the final and initial Dice terms train the model: no per-layer query/support
+                mask BCE (the layers' masks are not computed in training; ``loss`` has no ``bce_*`` terms).
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: str | None = None, shot: int = 1,
@@ -89,8 +101,13 @@ class IPMT(FewShotModel):
                  dice_weights: tuple[float, float] = (0.7, 0.3), bce_weights: tuple[float, float] = (0.3, 0.7),
                  aux_weight: float = 1.0, sgd_lr_multiplier: float = 15.0, transformer_lr: float = 1e-4,
                  transformer_weight_decay: float = 1e-2, channels_last: bool = True,
-                 dilation: str = "torchvision") -> None:
+                 dilation: str = "torchvision", no_query_mining: bool = False, no_prior: bool = False,
+                 no_deep_supervision: bool = False) -> None:
         super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"IPMT needs num_layers >= 1, got {num_layers}")
+        self.no_query_mining, self.no_prior = bool(no_query_mining), bool(no_prior)
+        self.no_deep_supervision = bool(no_deep_supervision)
         self.channels_last = channels_last
         self.shot = shot  # informative only: the forward takes K from the batch
         self.hidden_dim, self.reproduce_official = hidden_dim, reproduce_official
@@ -108,7 +125,8 @@ class IPMT(FewShotModel):
         self.support_merge = conv_relu(2 * hidden_dim, hidden_dim, 1)  # [support, its prototype]
         self.query_residual = _two_convs(hidden_dim)
         self.initial_classifier = _classifier(hidden_dim)
-        self.transformer = IPMTransformer(hidden_dim, num_layers, num_heads, deform_points, dropout)
+        self.transformer = IPMTransformer(hidden_dim, num_layers, num_heads, deform_points, dropout,
+                                          query_mining=not self.no_query_mining)
         self.fusion_reduce = conv_relu(hidden_dim, hidden_dim, 1)
         self.fusion_residual = _two_convs(hidden_dim)
         self.classifier = _classifier(hidden_dim)
@@ -208,10 +226,13 @@ class IPMT(FewShotModel):
                                 size=size, mode="bilinear", align_corners=True)  # (B*K, 1, h, w)
         shot_prototypes = masked_average_pool(support_feat, soft_fg)  # (B*K, C, 1, 1)
         global_prototype = shot_prototypes.view(b, k, -1, 1, 1).mean(1)  # (B, C, 1, 1)
-        with torch.no_grad():
-            prior = prior_mask(query_high, support_high.view(b, k, *support_high.shape[1:]),
-                               soft_fg.view(b, k, 1, h, w), normalize=True, eps=1e-7,
-                               channel_pool=self.hidden_dim).to(query_feat.dtype)  # (B, 1, h, w)
+        if self.no_prior:  # ablation: the prior's channel of the merge is zero
+            prior = query_feat.new_zeros(b, 1, h, w)
+        else:
+            with torch.no_grad():
+                prior = prior_mask(query_high, support_high.view(b, k, *support_high.shape[1:]),
+                                   soft_fg.view(b, k, 1, h, w), normalize=True, eps=1e-7,
+                                   channel_pool=self.hidden_dim).to(query_feat.dtype)  # (B, 1, h, w)
         del query_high, support_high
 
         # 3. Merge the query with the prototype and the prior, the supports with their own prototype;
@@ -230,7 +251,7 @@ class IPMT(FewShotModel):
         # then activates it on the query; the query features it returns are fused over the layers
         support_fg = self._guarded_support_fg(support_masks, size)  # (B, K, h, w) bool
         query_ignore = self._query_ignore(batch, size)  # (B, h, w) bool
-        need_masks = self.training or trace
+        need_masks = (self.training and not self.no_deep_supervision) or trace
         trace_dict: dict[str, torch.Tensor] | None = {} if trace else None
         fused, masks = self.transformer(query_feat, query_ignore, support_feat.view(b, k, *support_feat.shape[1:]),
                                         support_fg, initial_bias, need_masks=need_masks, trace=trace_dict)
@@ -244,7 +265,9 @@ class IPMT(FewShotModel):
         # 6. Training: the initial logits and every layer's masks for the loss; the trace
         aux: dict[str, torch.Tensor] = {}
         if self.training:
-            aux = {"initial_logits": initial_logits, **masks}
+            aux = {"initial_logits": initial_logits}
+            if not self.no_deep_supervision:
+                aux.update(masks)
         if trace_dict is not None:
             layers = self.transformer.num_layers
             trace_dict.update({
@@ -260,11 +283,12 @@ class IPMT(FewShotModel):
     # ------------------------------------------------------------------ training
     def loss(self, output: FSSOutput, batch: Batch) -> dict[str, torch.Tensor]:
         """Reference losses: 0.7 Dice(final) + 0.3 Dice(initial) + aux_weight * (0.3 BCE(query masks)
-        + 0.7 BCE(support masks)); needs a forward in training mode."""
-        if "query_masks" not in output.aux:
+        + 0.7 BCE(support masks)); needs a forward in training mode. ``no_deep_supervision``: the Dice terms only."""
+        if "initial_logits" not in output.aux or ("query_masks" not in output.aux and not self.no_deep_supervision):
             raise ValueError("IPMT.loss needs the aux tensors of a training-mode forward (model.train())")
         return ipmt_losses(output.logits, output.aux, batch["query_mask"], batch["support_masks"],
-                           self.dice_weights, self.bce_weights, self.aux_weight)
+                           self.dice_weights, self.bce_weights, self.aux_weight,
+                           deep_supervision=not self.no_deep_supervision)
 
     def optimizer_specs(self, base_lr: float, weight_decay: float) -> list[OptimizerSpec]:
         """Reference (train.py): SGD over the non-transformer trainable params -- its poly schedule multiplies

@@ -139,12 +139,16 @@ class IPMTransformer(nn.Module):
        prediction (the initial classifier's mask for l=0), giving q-side prototype p'_l; its mask on
        the query becomes the next layer's mask, and (except in the last layer) p'_l is merged into the
        query map. Returns the final query tokens (CyCTR-style, the network's fusion input).
+
+    query_mining=False (the ablation without an intermediate prototype): step 2 keeps p'_l = p_l, the
+    support-mined prototype, and never attends to the query (the query layers still refine the query map
+    and p_l still activates it); the trace's ``query_attention`` is then zero.
     """
 
     def __init__(self, dims: int = 384, num_layers: int = 5, num_heads: int = 1, num_points: int = 9,
-                 dropout: float = 0.1, ffn_ratio: int = 3) -> None:
+                 dropout: float = 0.1, ffn_ratio: int = 3, query_mining: bool = True) -> None:
         super().__init__()
-        self.dims, self.num_layers = dims, num_layers
+        self.dims, self.num_layers, self.query_mining = dims, num_layers, query_mining
         self.initial_prototype = nn.Parameter(torch.randn(1, dims))  # reference: nn.Embedding(1, C), N(0,1)
         self.support_layers = nn.ModuleList(SupportMiningLayer(dims, ffn_ratio * dims, dropout)
                                             for _ in range(num_layers))
@@ -209,8 +213,11 @@ class IPMTransformer(nn.Module):
         query, bias = query0, initial_bias
         for index, layer in enumerate(self.query_layers):
             query, locations, weights = layer.refine_query(query, pos, reference, (h, w), ignore_flat)
-            update, attention = layer.prototype_attention(mined[index], query, bias)
-            prototype = mined[index] + update
+            if self.query_mining:
+                update, attention = layer.prototype_attention(mined[index], query, bias)
+                prototype = mined[index] + update
+            else:  # ablation: the support prototype as it is, no query attention
+                prototype, attention = mined[index], query.new_zeros(b, 1, h * w)
             last = index == self.num_layers - 1
             if need_masks or not last:  # the last layer's mask only feeds the loss / trace
                 logits = self.mask_head(prototype, query)  # [B,hw]
