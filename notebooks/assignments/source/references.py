@@ -133,7 +133,8 @@ def cases() -> dict[str, list[dict]]:
         dict(name="empty mask (no foreground)", inputs=[feat, empty], expected=pool(feat, empty), atol=1e-5,
              mistakes={}),
         dict(name="a single foreground pixel", inputs=[small, one_hot], expected=pool(small, one_hot), atol=1e-5,
-             mistakes={"pool_area_hw": pool(small, one_hot, area="hw")}),
+             mistakes={"pool_area_hw": pool(small, one_hot, area="hw"),
+                       "pool_no_eps": pool(small, one_hot, eps=0.0)}),
     ]
 
     # exercise 1b
