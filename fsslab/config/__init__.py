@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from fsslab.config.safe_yaml import load_yaml
 from fsslab.config.schema import (
     CHOICES,
     FREE_DICTS,
@@ -184,6 +185,9 @@ def resolve_config_path(name: str | Path) -> Path:
     for path in candidates:
         if path.is_file():
             return path
+    if Path(name).is_dir():
+        raise ConfigError(f"config {str(name)!r} is a directory, not a YAML file; give a file in it, or a shipped "
+                          "name (`fsslab config --list`)")
     raise ConfigError(
         f"config {str(name)!r} not found (looked at {[str(c) for c in candidates]}); "
         f"run `fsslab config --list` for the shipped configs"
@@ -196,9 +200,11 @@ def load_config(name: str | Path, overrides: list[str] | None = None,
     what code passes instead of override strings) and then the ``section.key=value`` overrides (YAML text)."""
     path = resolve_config_path(name)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text(), str(path)) or {}  # anchors/aliases bounded (config.safe_yaml)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path} is unreadable: {exc}") from None
     if not isinstance(raw, dict):  # a list or a scalar at the top: the overrides could not even apply
         raise ConfigError(f"{path}: a config must be a mapping of sections (data:, model:, train:, ...), "
                           f"got a {type(raw).__name__} at the top level")

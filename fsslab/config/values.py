@@ -21,8 +21,10 @@ def flow_yaml(value: Any) -> str:
 
 def parse_value(text: str) -> Any:
     """Typed value of an override's right-hand side: ints, floats, bools, null, lists (YAML syntax)."""
+    from fsslab.config.safe_yaml import load_yaml
+
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text, f"override value {text[:40]!r}")  # anchors/aliases bounded
     except yaml.YAMLError:
         return text
     if isinstance(value, str):

@@ -88,6 +88,7 @@ class ImageHeader:
     width: int
     orientation: int = 1  # EXIF orientation tag, 1 (none) .. 8
     format: str = ""
+    mode: str = ""  # Pillow's mode (P: palette indices)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -128,12 +129,12 @@ def read_header(path: str | Path, what: str = "image") -> ImageHeader:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as pil:
                 width, height = pil.size
-                fmt, orientation = pil.format or "", _exif_orientation(pil)
+                fmt, orientation, mode = pil.format or "", _exif_orientation(pil), pil.mode
     except Image.DecompressionBombError as err:
         raise ImageTooLargeError(f"{what} {path} is over fsslab's budget of {budget / 1e6:.1f} megapixels "
                                  f"({str(err).split(' could be')[0]}): resize it, or raise {MAX_PIXELS_ENV}") from None
     except UnidentifiedImageError:
-        raise DatasetError(f"corrupt {what} {path}: not an image file (or a format Pillow cannot read)") from None
+        raise DatasetError(f"corrupt {what} {path}: not an image file (or a format fsslab cannot decode)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"corrupt {what} {path}: {err}") from None
     if width * height > budget:
@@ -142,7 +143,7 @@ def read_header(path: str | Path, what: str = "image") -> ImageHeader:
         raise DatasetError(f"corrupt {what} {path}: its header declares {width}x{height} pixels")
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return ImageHeader(path, height, width, orientation, fmt)
+    return ImageHeader(path, height, width, orientation, fmt, mode)
 
 
 def orient(array: np.ndarray, orientation: int) -> np.ndarray:
@@ -312,7 +313,7 @@ def read_stored_pixels(path: str | Path, what: str = "mask") -> tuple[np.ndarray
                 pil = pil.convert("RGBA" if "A" in pil.getbands() else "RGB")
             return np.array(pil), header
     except UnidentifiedImageError:
-        raise DatasetError(f"corrupt {what} {path}: not an image file (or a format Pillow cannot read)") from None
+        raise DatasetError(f"corrupt {what} {path}: not an image file (or a format fsslab cannot decode)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"corrupt {what} {path}: {err}") from None
 
@@ -330,7 +331,7 @@ def grey_values(array: np.ndarray, path: str | Path, what: str = "mask") -> np.n
 
 
 def binary_mask(values: np.ndarray, source: str | Path, what: str = "mask", *, allow_empty: bool = False,
-                threshold: int | None = None) -> np.ndarray:
+                threshold: int | None = None, hint: str = "") -> np.ndarray:
     """fsslab's one convention for a binary mask (CLI, API, class folders): uint8 [H,W] with 1 object,
     0 background, 255 ignore, from the values of a single-channel mask:
 
@@ -340,7 +341,8 @@ def binary_mask(values: np.ndarray, source: str | Path, what: str = "mask", *, a
     - a single value: all background (0) or all object (any other value);
     - anything else (0/128/255, a JPEG's many grey levels, negative values) is refused, naming the values;
     - ``threshold`` (FSS-1000's 128, or ``data.params.mask_threshold``): value >= threshold is the object
-      instead, for masks that are known to be soft (a 0/1 mask stays 0/1).
+      instead, for masks that are known to be soft (a 0/1 mask stays 0/1; in a file, a palette mask's non-zero
+      indices are the object).
 
     ``allow_empty``: a mask without object pixels is returned (datasets) instead of refused (supports).
     """
@@ -374,11 +376,11 @@ def binary_mask(values: np.ndarray, source: str | Path, what: str = "mask", *, a
         elif set(nonzero.tolist()) == {1, IGNORE_INDEX}:
             mask = array.astype(np.uint8)  # VOC style: 1 object, 255 ignore band
         else:
-            hint = " (a JPEG mask is never binary: use PNG)" if str(source).lower().endswith((".jpg", ".jpeg")) else ""
+            jpeg = " (a JPEG mask is never binary: use PNG)" if str(source).lower().endswith((".jpg", ".jpeg")) else ""
             raise DatasetError(
-                f"{what} {source} is ambiguous: it holds the values {shown}; fsslab reads 0 as background and "
+                f"{what} {source} is not binary: it holds the values {shown}; fsslab reads 0 as background and "
                 "one other value as the object, or 0/1/255 as background/object/ignore (VOC style); save it "
-                f"with those values{hint} (docs/inputs.md)"
+                f"with those values{jpeg}{hint} (docs/inputs.md)"
             )
     if not allow_empty and not (mask == 1).any():
         raise DatasetError(f"{what} {source} is empty: no object pixel (every value is {shown})")
@@ -386,9 +388,11 @@ def binary_mask(values: np.ndarray, source: str | Path, what: str = "mask", *, a
 
 
 def read_binary_mask_file(path: str | Path, image: ImageHeader | None = None, what: str = "mask", *,
-                          allow_empty: bool = False, threshold: int | None = None) -> np.ndarray:
+                          allow_empty: bool = False, threshold: int | None = None, hint: str = "") -> np.ndarray:
     """A mask file read by :func:`binary_mask`'s convention, aligned to (and checked against) ``image``."""
     array, header = read_stored_pixels(path, what)
+    if header.mode == "P" and threshold is not None:
+        threshold = 1  # palette indices are labels, not grey levels: every non-zero index is the object
     if threshold is not None and array.ndim == 3:  # a soft colour mask: its luminance, as PIL's convert("L")
         colour = array[..., :3].astype(np.float32)
         array = np.round(colour @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
@@ -398,7 +402,7 @@ def read_binary_mask_file(path: str | Path, image: ImageHeader | None = None, wh
         check_same_size(image.shape, grey.shape, image.path, path)
     elif header.orientation != 1:
         grey = orient(grey, header.orientation)
-    return binary_mask(grey, path, what, allow_empty=allow_empty, threshold=threshold)
+    return binary_mask(grey, path, what, allow_empty=allow_empty, threshold=threshold, hint=hint)
 
 
 def read_label(path: str | Path, n_classes: int | None = None, image: ImageHeader | None = None) -> np.ndarray:

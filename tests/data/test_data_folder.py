@@ -24,9 +24,11 @@ from fsslab.data.episodes.folder import (
 )
 
 
-def write_class(root: Path, name: str, n: int = 3, size: tuple[int, int] = (40, 48), seed: int = 0) -> None:
+def write_class(root: Path, name: str, n: int = 3, size: tuple[int, int] = (40, 48), seed: int = 0,
+                soft: bool = True) -> None:
     """``n`` jpg/png pairs of one class: a filled ellipse (its colour depends on the class) on noise; the mask
-    is 0/255 with a ring of intermediate grey (values 100 and 200) around the object."""
+    is 0/255 with a ring of intermediate grey (values 100 and 200) around the object (``soft``, as FSS-1000
+    ships them), or 0/255 only (what fsslab's mask convention reads in a ``folder`` dataset)."""
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -37,8 +39,8 @@ def write_class(root: Path, name: str, n: int = 3, size: tuple[int, int] = (40, 
         mask = np.zeros((height, width), np.uint8)
         centre = (int(rng.integers(width // 3, 2 * width // 3)), int(rng.integers(height // 3, 2 * height // 3)))
         axes = (width // 4, height // 4)
-        cv2.ellipse(mask, centre, (axes[0] + 2, axes[1] + 2), 0, 0, 360, 100, -1)  # below the threshold
-        cv2.ellipse(mask, centre, (axes[0] + 1, axes[1] + 1), 0, 0, 360, 200, -1)  # above it
+        cv2.ellipse(mask, centre, (axes[0] + 2, axes[1] + 2), 0, 0, 360, 100 if soft else 0, -1)  # below 128
+        cv2.ellipse(mask, centre, (axes[0] + 1, axes[1] + 1), 0, 0, 360, 200 if soft else 255, -1)  # above it
         cv2.ellipse(mask, centre, axes, 0, 0, 360, 255, -1)
         image[mask >= 128] = colour
         assert cv2.imwrite(str(folder / f"{i}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
@@ -53,7 +55,7 @@ def folder_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("classes")
     for names in SPLIT.values():
         for name in names:
-            write_class(root, name, n=3)
+            write_class(root, name, n=3, soft=False)
     return root
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fsslab.config.safe_yaml import load_yaml
 from fsslab.data.classes import Benchmark
 from fsslab.data.episodes.dataset import EpisodicDataset
 from fsslab.data.episodes.options import merge_options
@@ -81,7 +82,7 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
         raise FileNotFoundError(f"split file not found: {path} (a YAML/JSON mapping split -> class names, or a "
                                 "directory of <split>.txt class lists)")  # fmt: skip
     try:
-        loaded = yaml.safe_load(path.read_text())  # JSON is YAML
+        loaded = load_yaml(path.read_text(), f"split file {path}")  # JSON is YAML; aliases bounded
     except yaml.YAMLError as err:
         raise ConfigError(f"split file {path}: not valid YAML/JSON ({str(err).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
@@ -211,7 +212,8 @@ def read_binary_mask(path: str | Path, threshold: int | None = MASK_THRESHOLD,
     """A mask as uint8 [H,W]: 1 object, 0 background, 255 ignore (``fsslab.data.io.binary_mask``'s convention;
     ``threshold``: grey level >= threshold is the object, FSS-1000's rule). ``image``: the header of its
     image, whose EXIF orientation the mask is aligned to and whose size it must have."""
-    return binary_mask_file(path, image, "mask", allow_empty=True, threshold=threshold)
+    return binary_mask_file(path, image, "mask", allow_empty=True, threshold=threshold,
+                            hint="; or, for soft (anti-aliased) masks, set data.params.mask_threshold=128")
 
 
 def build_folder_index(root: str | Path, benchmark: SplitBenchmark, split: str) -> FoldIndex:
