@@ -49,18 +49,25 @@ def repo_root(start: str | Path | None = None) -> Path:
     return here
 
 
-def synthetic_root(quick: bool | None = None, root: str | Path | None = None) -> Path:
+def synthetic_root(quick: bool | None = None, root: str | Path | None = None, progress: bool = True) -> Path:
     """The synthetic benchmark the notebooks use, generated when missing (``FSSLAB_DATA`` overrides the path).
 
     quick: ``data/synthetic_quick`` (the small benchmark of notebook 00) else ``data/synthetic`` (the one the
-    shipped configs and checkpoints use), both under the repository root.
+    shipped configs and checkpoints use), both under the repository root (outside a checkout, e.g. from a
+    pip-installed fsslab: under the current directory). progress: when the benchmark has to be generated, say
+    so and show a progress bar per split (a minute or more on a laptop CPU); nothing is shown when it exists.
     """
     from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
 
     quick = is_quick() if quick is None else quick
     path = Path(os.environ.get("FSSLAB_DATA") or root or
                 repo_root() / "data" / ("synthetic_quick" if quick else "synthetic"))
-    write_synthetic_if_missing(path, SyntheticConfig.from_dict(dict(QUICK_SYNTHETIC if quick else FULL_SYNTHETIC)))
+    config = SyntheticConfig.from_dict(dict(QUICK_SYNTHETIC if quick else FULL_SYNTHETIC))
+    if progress and not (path / "meta.json").is_file():
+        sizes = " + ".join(f"{n} {split}" for split, n in config.split_sizes())
+        print(f"generating the {'quick' if quick else 'full'} synthetic benchmark ({sizes} images) into {path}; "
+              "done once, later runs reuse it", flush=True)
+    write_synthetic_if_missing(path, config, progress=progress)
     return path
 
 
