@@ -206,7 +206,12 @@ def _coverage_warnings(counts: dict[str, dict[str, list[int]]], class_names: tup
     for split, per in counts.items():
         names = class_names if len(per["qualifying"]) == N_CLASSES else [f"procedural{c + 1}" for c in range(len(per["qualifying"]))]
         low = [f"{names[c]}={n}" for c, n in enumerate(per["qualifying"]) if n < minimum]
-        if low:
+        if low and len(per["qualifying"]) != N_CLASSES:  # procedural pretraining classes: one summary line
+            few = [n for n in per["qualifying"] if n < minimum]
+            out.append(f"{split}: {len(few)} of {len(per['qualifying'])} procedural classes have "
+                       f"< {minimum} images above the {MIN_AREA}-px rule ({min(few)}–{max(few)} each); harmless, "
+                       "this split pretrains the backbone and makes no episodes")
+        elif low:
             out.append(
                 f"{split}: classes with < {minimum} images above the {MIN_AREA}-px rule: {', '.join(low)}"
             )
