@@ -257,6 +257,28 @@ def _select(
     return kept, qualifying, present, n_without, n_dropped
 
 
+def _index_params(benchmark: Benchmark, root: Path, split: str, fold: int, protocol: str, min_area: int,
+                  list_path: Path) -> tuple[dict, Path]:  # fmt: skip
+    """The parameters a fold index is built from, and the cache file they name (list and root must exist)."""
+    training = split in TRAINING_SPLITS
+    params = {
+        "benchmark": benchmark.name, "n_classes": benchmark.n_classes, "convention": benchmark.fold_convention,
+        "split": split, "fold": fold, "protocol": protocol if training else "pfenet", "min_area": min_area,
+        "classes": benchmark.base_classes(fold) if training else benchmark.novel_classes(fold),
+    }  # fmt: skip
+    key = _digest(list_path.read_bytes(), json.dumps(params, sort_keys=True), f"v{_CACHE_VERSION}")
+    return params, root / INDEX_DIR / f"{split}_fold{fold}_{params['protocol']}_{key}.json"
+
+
+def fold_index_cache(benchmark: Benchmark, root: str | Path, split: str, fold: int, protocol: str = "pfenet",
+                     min_area: int = MIN_AREA, list_path: str | Path | None = None) -> Path:  # fmt: skip
+    """Where ``build_fold_index`` caches this index (the file exists once it was built for the list as it is
+    now); the root and the list must exist."""
+    root = Path(root)
+    list_path = Path(list_path) if list_path is not None else default_list_path(root, split)
+    return _index_params(benchmark, root, split, fold, protocol, min_area, list_path)[1]
+
+
 def build_fold_index(
     benchmark: Benchmark,
     root: str | Path,
@@ -284,16 +306,11 @@ def build_fold_index(
     training = split in TRAINING_SPLITS
     classes = benchmark.base_classes(fold) if training else benchmark.novel_classes(fold)
     protocol_used = protocol if training else "pfenet"
-    params = {
-        "benchmark": benchmark.name, "n_classes": benchmark.n_classes, "convention": benchmark.fold_convention,
-        "split": split, "fold": fold, "protocol": protocol_used, "min_area": min_area, "classes": classes,
-    }  # fmt: skip
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found: {root}")
     if not list_path.is_file():
         raise FileNotFoundError(f"list file not found: {list_path}")
-    key = _digest(list_path.read_bytes(), json.dumps(params, sort_keys=True), f"v{_CACHE_VERSION}")
-    cache_path = root / INDEX_DIR / f"{split}_fold{fold}_{protocol_used}_{key}.json"
+    params, cache_path = _index_params(benchmark, root, split, fold, protocol, min_area, list_path)
     listed, duplicates = read_list_with_duplicates(list_path, root, check_files=False)
     stamps = _label_stamps(root, listed)
     stored = _load_cache(cache_path, listed, stamps, "fold index") if cache else None

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from fsslab.config import RunConfig, flow_yaml, load_config
+from fsslab.data.layout import Problem, check_layout
 from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
 from fsslab.engine import distributed
 from fsslab.engine.checkpoint import load_checkpoint
 from fsslab.engine.selection import selected_file
-from fsslab.errors import ConfigError, DatasetError
+from fsslab.errors import ConfigError, DatasetError, FsslabError
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -132,5 +133,115 @@ def _check_same_benchmark(recorded: dict[str, Any], wanted: RunConfig, path: Pat
     )
 
 
-__all__ = ["check_data", "check_prerequisite", "prepare_data", "prerequisite_config", "prerequisite_finished",
-           "synth_command"]
+# ------------------------------------------------------------------------------------------- preflight
+# float32 parameters of the models a paper config builds, by backbone (the checkpoint estimate of `fsslab doctor`)
+MODEL_PARAMETERS = {"resnet50": 60e6, "resnet101": 80e6, "resnet50_tv": 60e6, "resnet101_tv": 80e6, "vgg16": 40e6,
+                    "resnet_tiny": 3e6}  # fmt: skip
+
+
+def checkpoint_budget(cfg: RunConfig) -> int:
+    """Bytes the run's checkpoints take at most: (model + optimiser state) × (kept periodic files + latest +
+    best), from the backbone's parameter count (``MODEL_PARAMETERS``)."""
+    params = MODEL_PARAMETERS.get(str(cfg.model.params.get("backbone", "resnet50")), 60e6)
+    return int(params * 4 * 3 * (cfg.train.keep_checkpoints + 2))
+
+
+def _starting_files(cfg: RunConfig, pre: RunConfig | None) -> list[Problem]:
+    """The ImageNet file, the stage-1 / pretraining checkpoint and any other file the model starts from."""
+    from fsslab.models.backbones.weights import IMAGENET_FILES, check_backbone_file
+
+    problems: list[Problem] = []
+    if pre is not None and not prerequisite_finished(pre, str(cfg.model.prerequisite)):
+        model = Path(pre.train.out_dir) / selected_file(pre.train.selection)
+        latest = Path(pre.train.out_dir) / "latest.pt"
+        state = "is unfinished" if latest.is_file() else "does not exist"
+        problems.append(Problem(
+            f"the run starts from {model}, the run of its prerequisite {cfg.model.prerequisite}, which {state}",
+            f"fsslab train {cfg.model.prerequisite} data.fold={cfg.data.fold} data.root={shlex.quote(cfg.data.root)}"
+            " (or `fsslab train CONFIG --with-prerequisites`)"))
+    prerequisite_file = Path(pre.train.out_dir) / selected_file(pre.train.selection) if pre is not None else None
+    for key, value in (("model.params.pretrained", cfg.model.params.get("pretrained")),
+                       ("model.init_checkpoint", cfg.model.init_checkpoint)):  # fmt: skip
+        if not value or not isinstance(value, str) or value.startswith(("http://", "https://", "torchvision")):
+            continue
+        path = Path(value)
+        if prerequisite_file is not None and path.resolve() == prerequisite_file.resolve():
+            continue  # checked above, with the command that trains it
+        imagenet = IMAGENET_FILES.get(path.name)
+        if not path.is_file():
+            fix = (f"put PFENet's ImageNet backbone {path.name} at {path} (docs/weights.md: source, size, how to check "
+                   f"it), or {key}=PATH" if imagenet else f"train or copy the checkpoint to {path}, or {key}=PATH")
+            problems.append(Problem(f"{key} {path} does not exist", fix))
+            continue
+        if imagenet:
+            backbone, sha256 = imagenet
+            backbone = str(cfg.model.params.get("backbone", backbone))
+            try:
+                check_backbone_file(path, backbone, sha256)
+            except (FsslabError, OSError, RuntimeError, ValueError) as exc:  # wrong layout, unreadable file
+                problems.append(Problem(f"{key} {path} is not the expected {backbone} ImageNet file: {exc}",
+                                        f"download it again (docs/weights.md), or {key}=PATH"))
+    return problems
+
+
+def _device_and_disk(cfg: RunConfig) -> list[Problem]:
+    import shutil
+
+    import torch
+
+    problems: list[Problem] = []
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        problems.append(Problem("train.device=cuda but no CUDA device is visible (torch.cuda.is_available() is "
+                                f"False; torch {torch.__version__}, built for CUDA {torch.version.cuda})",
+                                "run on a GPU machine (check nvidia-smi, CUDA_VISIBLE_DEVICES), or train.device=cpu"))
+    elif cfg.train.device == "auto" and not torch.cuda.is_available() and cfg.data.dataset != "synthetic":
+        problems.append(Problem("no CUDA device: train.device=auto trains on the CPU",
+                                "run on a GPU machine for the paper configs, or train.device=cpu to say so",
+                                blocking=False))
+    out = Path(cfg.train.out_dir)
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    free, needed = shutil.disk_usage(existing).free, checkpoint_budget(cfg)
+    if free < needed:
+        problems.append(Problem(
+            f"{free / 2**30:.1f} GiB free at {existing}, the run's checkpoints take up to {needed / 2**30:.1f} GiB "
+            f"({cfg.train.keep_checkpoints} periodic + latest + best)",
+            f"free disk space, train.out_dir=DIR on a larger disk, or train.keep_checkpoints="
+            f"{max(cfg.train.keep_checkpoints - 2, 1)}"))
+    return problems
+
+
+def preflight(cfg: RunConfig, training: bool = True) -> list[Problem]:
+    """Everything a run of ``cfg`` needs on disk and in the machine, checked in seconds (``fsslab doctor``):
+    data root, lists and listed files, fold indices, base classes in the labels (models learning from them),
+    the ImageNet file (key names and shapes; sha256 where published), the run it starts from, the device and
+    the free disk for its checkpoints. Returns one Problem per missing piece (empty: ready)."""
+    from fsslab.engine.build import BASE_LABEL_MODELS
+
+    problems: list[Problem] = []
+    knobs = _synthetic_knobs(cfg)
+    if knobs is not None and not (Path(cfg.data.root) / "meta.json").is_file():
+        problems.append(Problem(f"the synthetic benchmark of data.synthetic is not at {cfg.data.root} yet "
+                                "(`fsslab train`/`fsslab eval` write it first)", synth_command(cfg.data.root, knobs),
+                                blocking=False))  # fmt: skip
+    else:
+        splits = [cfg.eval.split]
+        if training and cfg.data.train_data != "procedural":
+            splits.insert(0, cfg.data.train_split)
+        problems += check_layout(cfg.data.dataset, cfg.data.root, cfg.data.fold, splits=tuple(splits),
+                                 protocol=cfg.data.protocol, coco_split=cfg.data.coco_split,
+                                 base_labels=training and cfg.model.name in BASE_LABEL_MODELS,
+                                 indexed=(cfg.eval.split,) if cfg.data.train_data != "episodes" else None)  # fmt: skip
+    try:
+        pre = prerequisite_config(cfg)
+    except (ConfigError, OSError) as exc:
+        pre = None
+        problems.append(Problem(f"model.prerequisite {cfg.model.prerequisite} cannot be loaded: {exc}",
+                                "model.prerequisite=CONFIG (fsslab config --list)"))
+    problems += _starting_files(cfg, pre)
+    if training:
+        problems += _device_and_disk(cfg)
+    return problems
+
+
+__all__ = ["check_data", "check_prerequisite", "checkpoint_budget", "preflight", "prepare_data",
+           "prerequisite_config", "prerequisite_finished", "synth_command"]
