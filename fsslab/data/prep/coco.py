@@ -44,6 +44,9 @@ def load_instances(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PrepError(f"{path}: not valid JSON ({err}); the file is corrupt or truncated") from err
+    if not isinstance(data, dict):
+        raise PrepError(f"{path}: the top level is a JSON {type(data).__name__}, not an object with 'images', "
+                        "'annotations' and 'categories'; expected a COCO instances file")
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
         raise PrepError(f"{path}: missing or malformed key(s) {missing}; expected a COCO instances file")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fsslab.errors import ConfigError
+
 _OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 WARMUP_START = 0.001  # the references' warm-up starts every group at 0.1% of its lr
 
@@ -69,7 +71,12 @@ def build_optimizers(model: nn.Module, base_lr: float, weight_decay: float) -> l
             optimizer = _OPTIMIZERS[spec.kind](groups, **{**_fast_implementation(params), **spec.options})
             built.append(BuiltOptimizer(spec.name, spec.objective, optimizer, params))
     if not built:
-        raise ValueError("the model has no trainable parameters in its optimizer_specs")
+        frozen = sum(p.numel() for p in model.parameters())
+        raise ConfigError(
+            f"nothing to train: every parameter of {type(model).__name__} ({frozen:,} in all) is frozen or outside "
+            "its optimisers; check the model.params that freeze parts (e.g. a frozen backbone or base learner) "
+            "or use `fsslab eval` for a model that is not trained"
+        )
     return built
 
 

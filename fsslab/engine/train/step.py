@@ -16,6 +16,7 @@ from torch import nn
 
 from fsslab.engine import distributed as dist_utils
 from fsslab.engine.train.optim import BuiltOptimizer
+from fsslab.errors import ConfigError
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def descend(objectives: Mapping[str, torch.Tensor], optimizers: Sequence[BuiltOp
         scaler.scale(loss).backward()
     else:
         if len(objectives) > 1 and grad_sync == "ddp" and distributed:
-            raise ValueError("several objectives in one iteration need train.grad_sync=manual under DDP")
+            raise ConfigError("several objectives in one iteration need train.grad_sync=manual under DDP")
         # Each objective writes gradients only into the parameters of its own optimisers.
         names = list(objectives)
         for i, name in enumerate(names):
