@@ -54,10 +54,50 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             knobs[key] = getattr(args, key)
     config = SyntheticConfig.preset(args.preset, **knobs)  # a bad knob or preset raises ConfigError
+    if not args.overwrite:
+        _refuse_other_benchmark(Path(args.root), config)
     summary = generate_synthetic(args.root, config, progress=not args.no_progress, workers=args.workers)
     printable = {k: v for k, v in summary.items() if k not in ("class_counts",)}
     print(json.dumps(printable, indent=2, default=str))
     return 0
+
+
+def _refuse_other_benchmark(root: Path, config: Any) -> None:
+    """``data synth`` into a root that holds a complete benchmark of another configuration (seed, knobs,
+    generator version) would replace it: refused without --overwrite."""
+    from fsslab.data.synthetic.config import ADDED_KNOB_DEFAULTS
+    from fsslab.data.synthetic.generate import GENERATOR_VERSION, read_meta
+
+    if not (root / "meta.json").is_file():
+        return
+    meta = read_meta(root)
+    recorded = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    on_disk = {**ADDED_KNOB_DEFAULTS, **recorded}
+    changes = [f"{k} {on_disk.get(k)!r} -> {v!r}" for k, v in config.to_dict().items() if on_disk.get(k) != v]
+    if meta.get("version") != GENERATOR_VERSION:
+        changes.append(f"generator version {meta.get('version')!r} -> {GENERATOR_VERSION}")
+    if changes:
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise CliError(f"--root {root} already holds a synthetic benchmark of another configuration ({shown}): "
+                       "choose another --root, or give --overwrite to replace it")
+
+
+def _check_json_target(path: str | None) -> None:
+    """``eval --json``: the file must be writable before the evaluation runs, not found unwritable after it."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise CliError(f"--json {target} is a directory; give a file path (e.g. {target / 'eval.json'})")
+    existed = target.exists()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as err:
+        raise CliError(f"--json {target} cannot be written: {err.strerror or err}") from None
+    if not existed:
+        target.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ train/eval
@@ -109,6 +149,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from fsslab.engine.prerequisites import prepare_data
     from fsslab.engine.runner import run_controls, run_evaluation
 
+    _check_json_target(args.json)  # before anything is evaluated
     cfg = _load(args)
     info = distributed.setup_distributed(cfg.train.device)
     prepare_data(cfg)  # the synthetic benchmark of data.synthetic, when it is not there yet
@@ -173,8 +214,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                "controls": controls.to_dict() if controls is not None else None,
                "checkpoint": args.checkpoint or (f"pretrained:{args.pretrained}" if args.pretrained else None)}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        text = json.dumps(payload, indent=2)
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(text)
+        except OSError as err:  # e.g. the disk filled during the evaluation: the results are not lost
+            import tempfile
+
+            fd, rescue = tempfile.mkstemp(prefix="fsslab-eval-", suffix=".json")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            raise CliError(f"--json {args.json} could not be written ({err.strerror or err}); the results were "
+                           f"saved to {rescue}") from None
         print(f"wrote {args.json}")
     return 0
 
@@ -214,6 +265,8 @@ def _add_data_parser(commands: Any) -> None:
     synth.add_argument("--n-pretrain", dest="n_pretrain", type=int, default=None,
                        help="images of the 'pretrain' split (the synthetic ImageNet; 0: none)")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 8)")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace a benchmark of another configuration (seed, knobs) that --root already holds")
     synth.add_argument("--no-progress", action="store_true")
     synth.add_argument("knobs", nargs="*", metavar="knob=value", help="generator knobs")
     synth.set_defaults(func=_cmd_synth)
@@ -358,12 +411,30 @@ def _plain_fsslab_warnings() -> None:
     warnings.formatwarning = format_warning
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--box -10,20,30,40`` -> ``--box=-10,20,30,40``: argparse takes a value that starts with '-' for an
+    option and says "expected one argument"; joined, the value reaches its own check (which names the box)."""
+    out: list[str] = []
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if word in ("--box", "--size") and following is not None and following[:1] == "-" and following[1:2].isdigit():
+            out.append(f"{word}={following}")
+            index += 2
+            continue
+        out.append(word)
+        index += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fsslab`` console script; returns the exit status."""
     from fsslab.engine.checkpoint import CheckpointError
     from fsslab.engine.train.stops import TrainingStopped
 
     parser = build_parser()
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     # overrides may also follow options (`fsslab eval CFG --checkpoint P data.shot=5`): argparse leaves such
     # trailing section.key=value words unrecognised; hand them to the config overrides.
     args, extra = parser.parse_known_args(argv)
