@@ -22,7 +22,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ def _as_list(array: np.ndarray) -> list[Any]:
     return [torch.from_numpy(a.copy()) for a in array] if array.ndim > 1 else array.tolist()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stored(check: str) -> tuple[_Case, ...]:
     """The cases of ``check`` as references.py stored them (inputs as the student's function takes them)."""
     found = []
@@ -244,12 +244,12 @@ def run_check(check: str, fn: Callable[..., Any] | None) -> CheckResult:
             result.cases = []
             result.error = "not implemented yet: replace `raise NotImplementedError()` with your code"
             return result
-        except Exception as exc:  # the student's code failed: one line, the other cases still run
+        except Exception as exc:  # noqa: BLE001 - the student's code failed: one line, the other cases run
             result.cases.append(CaseResult(case.name, False, _raised(exc)))
             continue
         try:
             message, mistake = compare(got, case.expected, case.mistakes, case.atol, SHAPES.get(check, ""))
-        except Exception as exc:  # e.g. a tensor on an odd device or of an odd dtype
+        except Exception as exc:  # noqa: BLE001 - e.g. a tensor on an odd device or of an odd dtype
             message, mistake = f"could not compare the answer: {type(exc).__name__}: {exc}", None
         result.cases.append(CaseResult(case.name, message is None, message or "", mistake))
     return result
@@ -293,7 +293,7 @@ def report_errors() -> Iterator[None]:
     "Run All" goes on with the next cells."""
     try:
         yield
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported in one line: Run All goes on
         if isinstance(exc, NotImplementedError):
             print(f"✘ this cell stopped: a function it uses is not implemented yet ({_raised(exc)})")
         else:

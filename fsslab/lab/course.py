@@ -372,7 +372,7 @@ def grade(submission: str | Path, source_dir: str | Path | None = None, timeout:
                             interrupt_on_timeout=True, resources={"metadata": {"path": str(path.parent.resolve())}})
     try:
         client.execute(stderr=subprocess.DEVNULL)  # the kernel's own log lines are not feedback
-    except Exception as exc:  # a dead kernel or one that did not start: no check result, all points 0
+    except Exception as exc:  # noqa: BLE001 - a dead kernel or one that did not start: no check result, all points 0
         run_error = f"the notebook could not be run to the end: {type(exc).__name__}: {_one_line(exc)}"
     else:
         run_error = None

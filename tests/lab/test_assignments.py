@@ -106,8 +106,8 @@ def test_checks_accept_a_correct_answer(check, fn, capsys):
     ("masked_average_pool", lambda f, m: f.mean(dim=(2, 3)), "multiply the features by the mask", "pool_no_mask"),
     ("masked_average_pool", lambda f, m: (f * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3)), "add eps=5e-4",
      "pool_no_eps"),
-    ("prior_mask", lambda q, s, m: good_prior(q, s, m, masked=False), "multiply the support features by the "
-     "support mask", "prior_unmasked"),
+    ("prior_mask", lambda q, s, m: good_prior(q, s, m, masked=False), ("multiply the support features by the "
+     "support mask"), "prior_unmasked"),
     ("prior_mask", lambda q, s, m: good_prior(q, s, m, reduce="mean"), "maximum similarity", "prior_mean"),
     ("prior_mask", lambda q, s, m: good_prior(q, s, m, minmax=False), "min-max normalise", "prior_no_minmax"),
     ("classwise_miou", lambda p, t, c: good_classwise(p, t, c, ignore=False), "255", "iou_no_ignore"),

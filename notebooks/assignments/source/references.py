@@ -124,17 +124,17 @@ def cases() -> dict[str, list[dict]]:
     small = torch.arange(18.0).view(1, 2, 3, 3)
     pool = masked_average_pool
     out["masked_average_pool"] = [
-        dict(name="random features and mask", inputs=[feat, mask], expected=pool(feat, mask), atol=1e-5,
-             mistakes={"pool_area_hw": pool(feat, mask, area="hw"),
+        {"name": "random features and mask", "inputs": [feat, mask], "expected": pool(feat, mask), "atol": 1e-5,
+             "mistakes": {"pool_area_hw": pool(feat, mask, area="hw"),
                        "pool_no_mask": pool(feat, mask, area="hw", apply_mask=False),
-                       "pool_no_eps": pool(feat, mask, eps=0.0)}),
-        dict(name="full mask", inputs=[feat, ones], expected=pool(feat, ones), atol=1e-6,
-             mistakes={"pool_full_no_eps": pool(feat, ones, area="hw")}),
-        dict(name="empty mask (no foreground)", inputs=[feat, empty], expected=pool(feat, empty), atol=1e-5,
-             mistakes={}),
-        dict(name="a single foreground pixel", inputs=[small, one_hot], expected=pool(small, one_hot), atol=1e-5,
-             mistakes={"pool_area_hw": pool(small, one_hot, area="hw"),
-                       "pool_no_eps": pool(small, one_hot, eps=0.0)}),
+                       "pool_no_eps": pool(feat, mask, eps=0.0)}},
+        {"name": "full mask", "inputs": [feat, ones], "expected": pool(feat, ones), "atol": 1e-6,
+             "mistakes": {"pool_full_no_eps": pool(feat, ones, area="hw")}},
+        {"name": "empty mask (no foreground)", "inputs": [feat, empty], "expected": pool(feat, empty), "atol": 1e-5,
+             "mistakes": {}},
+        {"name": "a single foreground pixel", "inputs": [small, one_hot], "expected": pool(small, one_hot), "atol": 1e-5,
+             "mistakes": {"pool_area_hw": pool(small, one_hot, area="hw"),
+                       "pool_no_eps": pool(small, one_hot, eps=0.0)}},
     ]
 
     # exercise 1b
@@ -151,13 +151,13 @@ def cases() -> dict[str, list[dict]]:
     s[0, :, 0, 1] = torch.tensor([0.0, 1.0])  # background (masked out)
     m = torch.tensor([[[[1.0, 0.0, 0.0]]]])
     out["prior_mask"] = [
-        dict(name="random features", inputs=[query, support, mask], expected=prior_mask(query, support, mask),
-             atol=1e-4, mistakes={"prior_unmasked": prior_mask(query, support, mask, masked=False),
+        {"name": "random features", "inputs": [query, support, mask], "expected": prior_mask(query, support, mask),
+             "atol": 1e-4, "mistakes": {"prior_unmasked": prior_mask(query, support, mask, masked=False),
                                   "prior_mean": prior_mask(query, support, mask, reduce="mean"),
-                                  "prior_no_minmax": prior_mask(query, support, mask, minmax=False)}),
-        dict(name="hand-made example (query pixel 0 equals the support foreground)", inputs=[q, s, m],
-             expected=prior_mask(q, s, m), atol=1e-4,
-             mistakes={"prior_unmasked": prior_mask(q, s, m, masked=False)}),
+                                  "prior_no_minmax": prior_mask(query, support, mask, minmax=False)}},
+        {"name": "hand-made example (query pixel 0 equals the support foreground)", "inputs": [q, s, m],
+             "expected": prior_mask(q, s, m), "atol": 1e-4,
+             "mistakes": {"prior_unmasked": prior_mask(q, s, m, masked=False)}},
     ]
 
     # exercise 2
@@ -165,23 +165,23 @@ def cases() -> dict[str, list[dict]]:
     perfect = [(t == 1).long() for t in targets]
     scalar = torch.tensor
     out["classwise_miou"] = [
-        dict(name="constructed example", inputs=[preds, targets, classes],
-             expected=scalar(classwise_miou(preds, targets, classes)), atol=1e-6,
-             mistakes={"iou_no_ignore": scalar(classwise_miou(preds, targets, classes, ignore=False)),
+        {"name": "constructed example", "inputs": [preds, targets, classes],
+             "expected": scalar(classwise_miou(preds, targets, classes)), "atol": 1e-6,
+             "mistakes": {"iou_no_ignore": scalar(classwise_miou(preds, targets, classes, ignore=False)),
                        "miou_per_episode_mean": scalar(classwise_miou(preds, targets, classes,
                                                                       per_episode_mean=True)),
-                       "miou_is_episode_iou": scalar(episode_iou(preds, targets))}),
-        dict(name="perfect predictions", inputs=[perfect, targets, classes], expected=scalar(1.0), atol=1e-6,
-             mistakes={"iou_no_ignore": scalar(classwise_miou(perfect, targets, classes, ignore=False))}),
+                       "miou_is_episode_iou": scalar(episode_iou(preds, targets))}},
+        {"name": "perfect predictions", "inputs": [perfect, targets, classes], "expected": scalar(1.0), "atol": 1e-6,
+             "mistakes": {"iou_no_ignore": scalar(classwise_miou(perfect, targets, classes, ignore=False))}},
     ]
     blank = torch.zeros(4, 4, dtype=torch.long)
     out["episode_iou"] = [
-        dict(name="constructed example", inputs=[preds, targets], expected=scalar(episode_iou(preds, targets)),
-             atol=1e-6, mistakes={"iou_no_ignore": scalar(episode_iou(preds, targets, ignore=False)),
+        {"name": "constructed example", "inputs": [preds, targets], "expected": scalar(episode_iou(preds, targets)),
+             "atol": 1e-6, "mistakes": {"iou_no_ignore": scalar(episode_iou(preds, targets, ignore=False)),
                                   "episode_is_classwise": scalar(classwise_miou(preds, targets, classes)),
-                                  "episode_pooled": scalar(pooled_iou(preds, targets))}),
-        dict(name="an episode with empty prediction and target", inputs=[[blank], [blank]], expected=scalar(1.0),
-             atol=1e-6, mistakes={}),
+                                  "episode_pooled": scalar(pooled_iou(preds, targets))}},
+        {"name": "an episode with empty prediction and target", "inputs": [[blank], [blank]], "expected": scalar(1.0),
+             "atol": 1e-6, "mistakes": {}},
     ]
 
     # exercise 3
@@ -198,16 +198,16 @@ def cases() -> dict[str, list[dict]]:
     single[:, 5] = True
     single_args = [proto, feat, single, *w]
     out["prototype_update"] = [
-        dict(name="random episode", inputs=args, expected=update(*args), atol=1e-4,
-             mistakes={"update_no_residual": update(*args, residual=False),
+        {"name": "random episode", "inputs": args, "expected": update(*args), "atol": 1e-4,
+             "mistakes": {"update_no_residual": update(*args, residual=False),
                        "update_no_scale": update(*args, scale=False),
                        "update_inverted_mask": update(*args, mask_mode="inverted"),
                        "update_no_mask": update(*args, mask_mode="none"),
-                       "update_softmax_dim": update(*args, softmax_dim=1)}),
+                       "update_softmax_dim": update(*args, softmax_dim=1)}},
         # with a single unmasked pixel the attention is one-hot: the update is that pixel's value vector
-        dict(name="a single masked pixel", inputs=single_args, expected=proto + (feat[:, 5:6] @ w[2]), atol=1e-4,
-             mistakes={"update_no_residual": update(*single_args, residual=False),
-                       "update_inverted_mask": update(*single_args, mask_mode="inverted")}),
+        {"name": "a single masked pixel", "inputs": single_args, "expected": proto + (feat[:, 5:6] @ w[2]), "atol": 1e-4,
+             "mistakes": {"update_no_residual": update(*single_args, residual=False),
+                       "update_inverted_mask": update(*single_args, mask_mode="inverted")}},
     ]
     return out
 
