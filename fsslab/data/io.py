@@ -41,6 +41,7 @@ ORIENTATION_TAG = 0x0112
 ORIENTATIONS = {1: "none", 2: "mirror left-right", 3: "rotate 180", 4: "mirror top-bottom",
                 5: "transpose", 6: "rotate 90 clockwise", 7: "transverse", 8: "rotate 90 counter-clockwise"}
 _max_pixels_override: int | None = None
+_HEADER_LOCK = threading.Lock()  # Pillow's own bomb limit is lifted while a header is read (ours is checked)
 
 
 class ImageTooLargeError(DatasetError):
@@ -125,11 +126,15 @@ def read_header(path: str | Path, what: str = "image") -> ImageHeader:
     budget = max_pixels()
     _let_pillow_open(budget)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _HEADER_LOCK:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as pil:
-                width, height = pil.size
-                fmt, orientation, mode = pil.format or "", _exif_orientation(pil), pil.mode
+            pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the budget below is the check
+            try:
+                with Image.open(path) as pil:
+                    width, height = pil.size
+                    fmt, orientation, mode = pil.format or "", _exif_orientation(pil), pil.mode
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillow_limit
     except Image.DecompressionBombError as err:
         raise ImageTooLargeError(f"{what} {path} is over fsslab's budget of {budget / 1e6:.1f} megapixels "
                                  f"({str(err).split(' could be')[0]}): resize it, or raise {MAX_PIXELS_ENV}") from None
