@@ -374,6 +374,7 @@ def _add_bench_parser(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fsslab.cli.ablate import add_ablate_parser
     from fsslab.cli.course import add_course_parser
     from fsslab.cli.doctor import add_doctor_parser
     from fsslab.cli.predict import add_predict_parser
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(commands)
     add_zoo_parser(commands)
     add_predict_parser(commands)
+    add_ablate_parser(commands)
     add_course_parser(commands)
     return parser
 
