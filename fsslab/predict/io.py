@@ -280,6 +280,7 @@ class OutputSet:
                 f"--out {self.out} already holds predictions ({PREDICTIONS_FILE} and {len(self.previous) - 1} "
                 "file(s) of an earlier fsslab predict): give another --out, or --overwrite to replace them"
             )
+        self.created = not self.out.exists()  # removed again by abort() when nothing lands in it
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=".fsslab-predict-", dir=self.out))
@@ -333,8 +334,14 @@ class OutputSet:
         return self.records
 
     def abort(self) -> None:
-        """Remove the staging folder (and whatever it holds)."""
+        """Remove the staging folder (and whatever it holds), and ``out_dir`` when this set created it and it
+        stayed empty."""
         shutil.rmtree(self.staging, ignore_errors=True)
+        if self.created:
+            try:
+                self.out.rmdir()  # only when empty
+            except OSError:
+                pass
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
