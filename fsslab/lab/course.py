@@ -408,7 +408,7 @@ def grade(submission: str | Path, source_dir: str | Path | None = None, timeout:
             answers[str(question)] = answers.get(str(question), "") + _one_line(cell.source, 10_000)
     questions = []
     for q in rubric.questions:
-        answer = answers.get(q.id, "").replace(ANSWER_STUB, "").strip()
+        answer = " ".join(answers.get(q.id, "").replace(ANSWER_STUB, "").replace(BEGIN, "").replace(END, "").split())
         answered = bool(answer)
         questions.append(QuestionGrade(q.id, q.points, answered, answer if answered else "", q.rubric))
     return Grade(rubric.assignment, rubric.title, str(path), rubric_from, exercises, questions, errors)
