@@ -117,6 +117,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # `--resume train.iterations=8`: argparse took the override for --resume's optional CHECKPOINT
         args.overrides, args.resume = [*args.overrides, args.resume], True
     cfg = _load(args)
+    from fsslab.engine.build import check_base_labels
+
+    check_base_labels(cfg)  # before the prerequisites are looked for or trained
     if args.out:
         cfg = replace_section(cfg, "train", out_dir=args.out)
     if not args.with_prerequisites:

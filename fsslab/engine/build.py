@@ -93,12 +93,8 @@ def _check_data_params(params: dict[str, Any], dataset: str) -> None:
         raise ConfigError(f"unknown data.params key(s) {unknown}; valid keys: {sorted(valid)}")
 
 
-def build_train_set(cfg: RunConfig) -> Any:
-
-    if cfg.data.train_data == "procedural":  # the wide shape vocabulary, rendered on the fly: nothing on disk
-        from fsslab.data.synthetic.wide import WideShapes
-
-        return WideShapes(size=cfg.data.size, **cfg.data.params)  # its own arguments are checked by its constructor
+def check_base_labels(cfg: RunConfig) -> None:
+    """Refuse to train a model that learns from base-class labels on class folders, which have none."""
     if cfg.data.dataset in ("fss1000", "folder") and cfg.model.name in BASE_LABEL_MODELS:
         raise ConfigError(
             f"data.dataset={cfg.data.dataset}: class folders have no base-class annotation (one class per image), "
@@ -106,6 +102,15 @@ def build_train_set(cfg: RunConfig) -> Any:
             "dataset with base labels (synthetic, pascal, coco) and evaluate it on the class folders, or train "
             "ipmt or baseline on them"
         )
+
+
+def build_train_set(cfg: RunConfig) -> Any:
+
+    if cfg.data.train_data == "procedural":  # the wide shape vocabulary, rendered on the fly: nothing on disk
+        from fsslab.data.synthetic.wide import WideShapes
+
+        return WideShapes(size=cfg.data.size, **cfg.data.params)  # its own arguments are checked by its constructor
+    check_base_labels(cfg)
     check_data(cfg)
     if cfg.data.train_data == "base":  # BAM BaseData: stage 1 on the whole list with base annotations
 

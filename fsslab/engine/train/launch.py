@@ -10,7 +10,7 @@ from torch import nn
 
 from fsslab.config import RunConfig
 from fsslab.engine import distributed
-from fsslab.engine.build import build_run_model, build_train_set
+from fsslab.engine.build import build_run_model, build_train_set, check_base_labels
 from fsslab.engine.prerequisites import check_prerequisite, prerequisite_config, prerequisite_finished
 from fsslab.engine.runner import run_evaluation
 from fsslab.engine.selection import selected_file
@@ -25,6 +25,7 @@ def run_training(
 
     ``resume``/``overwrite``: as ``Trainer.fit`` (a directory that holds a run needs one of them)."""
 
+    check_base_labels(cfg)  # before anything is built: a model that needs base labels, on class folders
     check_prerequisite(cfg)  # missing: fsslab train --with-prerequisites (prerequisites.train_prerequisites)
     model = build_run_model(cfg)
     train_set = build_train_set(cfg)
