@@ -96,7 +96,9 @@ class EvalResult:
         lines = []
         if self.settings.get("control") == "oracle":
             lines.append("CONTROL, not a result: the oracle predicts the query's own label (model.name=oracle); "
-                         "a correct evaluation path scores it ~100")  # fmt: skip
+                         "a correct evaluation path scores it ~100" + (
+                             " (eval.protocol=ipmt: less, as IPMT's test.py scores the same prediction)"
+                             if self.settings.get("eval_protocol") == "ipmt" else ""))  # fmt: skip
         if self.settings.get("eval_protocol"):
             lines.append(f"evaluation protocol: {self.settings['eval_protocol']} (eval.protocol)")
         if self.settings.get("supports") == "mismatched":

@@ -103,7 +103,9 @@ class ControlReport:
         lines = [
             f"{'controls (same episodes)':<26} {'mIoU':>7}   {'':5} {'FB-IoU':>7}",
             row("result", self.result, f"{self.result.settings.get('shot')}-shot, supports as configured"),
-            row("oracle (control)", self.oracle, "the query's own label: must be ~100"),
+            row("oracle (control)", self.oracle, "the query's own label: must be ~100" + (
+                "; under eval.protocol=ipmt less, as IPMT's test.py scores it (docs/protocols.md)"
+                if self.oracle.settings.get("eval_protocol") == "ipmt" else "")),
             row("mismatched supports", self.mismatched, f"drop {self.drop:+.2f} (matched − mismatched)"),
             row("1 shot", self.one_shot),
             row("5 shots", self.five_shot, f"gain {self.shot_gain:+.2f} (5-shot − 1-shot)"),
