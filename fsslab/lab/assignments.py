@@ -212,18 +212,22 @@ def _compare_float(got: Any, expected: np.ndarray, mistakes: dict[str, np.ndarra
     return f"got {got:.4f}, expected {want:.4f} (difference {got - want:+.4f})", None
 
 
-def _raised(exc: BaseException) -> str:
+def _where(exc: BaseException) -> tuple[str, int] | None:
+    """The function and line of the student's code where ``exc`` was raised (frames of fsslab and torch skipped)."""
+    package_dirs = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).resolve().parent))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(package_dirs) and not f.filename.startswith("<frozen")]
+    return (frames[-1].name, frames[-1].lineno or 0) if frames else None
+
+
+def _raised(exc: BaseException, who: str = "your function") -> str:
     """One line for an exception of the student's code: its type, message and where (the cell's line)."""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if len(message) > 120:
         message = message[:117] + "..."
-    where = ""
-    package_dirs = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).resolve().parent))
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith(package_dirs) and not f.filename.startswith("<frozen")]
-    if frames:
-        where = f" (in {frames[-1].name}, line {frames[-1].lineno} of its cell)"
-    return f"your function raised {type(exc).__name__}" + (f": {message}" if message else "") + where
+    where = _where(exc)
+    return (f"{who} raised {type(exc).__name__}" + (f": {message}" if message else "")
+            + (f" (in {where[0]}, line {where[1]} of its cell)" if where else ""))
 
 
 def run_check(check: str, fn: Callable[..., Any] | None) -> CheckResult:
@@ -294,10 +298,11 @@ def report_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - reported in one line: Run All goes on
-        if isinstance(exc, NotImplementedError):
-            print(f"✘ this cell stopped: a function it uses is not implemented yet ({_raised(exc)})")
+        where = _where(exc)
+        if isinstance(exc, NotImplementedError) and where is not None:
+            print(f"✘ this cell stopped: {where[0]} is not implemented yet (the next cells still run)")
         else:
-            print(f"✘ this cell stopped: {_raised(exc).replace('your function raised', 'the code raised')}")
+            print(f"✘ this cell stopped: {_raised(exc, 'the code')} (the next cells still run)")
 
 
 # ----------------------------------------------------------------------------- exercise 2's episodes

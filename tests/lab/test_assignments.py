@@ -195,8 +195,9 @@ def test_report_errors_turns_an_exception_into_one_line(capsys):
     with A.report_errors():
         {}["key"]
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "before" and out[1].startswith("✘ this cell stopped: a function it uses is not implemented")
-    assert out[2].startswith("✘ this cell stopped: the code raised KeyError: 'key'") and len(out) == 3
+    assert out[0] == "before" and out[1] == "✘ this cell stopped: unfinished is not implemented yet (the next cells still run)"
+    assert out[2].startswith("✘ this cell stopped: the code raised KeyError: 'key' (in test_report_errors")
+    assert out[2].endswith("(the next cells still run)") and len(out) == 3
 
 
 def test_result_bundle_carries_the_machine_readable_result():

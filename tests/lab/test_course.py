@@ -205,5 +205,5 @@ def test_run_all_of_a_student_notebook_with_failing_checks_reaches_the_end():
              if c.cell_type == "code" for o in c.outputs]
     joined = "\n".join(texts)
     assert "✘ classwise_miou: not implemented yet" in joined and "✘ episode_iou: not implemented yet" in joined
-    assert "✘ this cell stopped: a function it uses is not implemented yet" in joined  # the last code cell
+    assert "✘ this cell stopped: intersection_union is not implemented yet" in joined  # the last code cell
     assert "Traceback" not in joined
