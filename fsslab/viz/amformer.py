@@ -21,6 +21,7 @@ from fsslab.viz._common import (
     resize_map,
     select_sample,
 )
+from fsslab.viz.episodes import outline_mask
 from fsslab.viz.palette import BOX, FOREGROUND, PREDICTION, denormalize, overlay_mask, series_colour
 from fsslab.viz.trace_keys import AMFORMER_TRACE, episode_entry
 
@@ -134,8 +135,9 @@ def plot_mask_evolution(trace: Mapping[str, Any], batch_or_sample: Mapping[str, 
     stages = mask_evolution(trace, index)
     fig, axes = new_figure(1, len(stages) + 1, title="AMFormer: initial → refined → final mask")
     img = denormalize(sample["query_img"])
-    axes[0, 0].imshow(overlay_mask(img, sample["query_mask"], FOREGROUND))
-    image_axes(axes[0, 0], "query + target")
+    axes[0, 0].imshow(img)  # the target outlined, not filled: its own colours stay visible
+    outline_mask(axes[0, 0], sample["query_mask"])
+    image_axes(axes[0, 0], "query, target outlined")
     target = sample["query_mask"]
     for ax, (name, prob) in zip(axes[0, 1:], stages.items()):
         pred = (resize_map(prob, tuple(target.shape)) > 0.5).long()
@@ -154,11 +156,20 @@ def plot_mining(trace: Mapping[str, Any], batch_or_sample: Mapping[str, Any], in
     if activated.shape != mined.shape:
         activated = resize_map(activated, tuple(mined.shape))
     fig, axes = new_figure(1, 4, cell=2.6, title="Object mining: G versus the support-activated region")
-    axes[0, 0].imshow(overlay_mask(img, sample["query_mask"], FOREGROUND))
-    image_axes(axes[0, 0], "query + target")
+    axes[0, 0].imshow(img)
+    outline_mask(axes[0, 0], sample["query_mask"])
+    image_axes(axes[0, 0], "query, target outlined")
     heat_over_image(axes[0, 1], img, activated, "support-activated")
     heat_over_image(axes[0, 2], img, mined, "G's mined region")
-    heat_over_image(axes[0, 3], img, mined - activated, "mined − activated", cmap="coolwarm", vmin=-1, vmax=1)
+    # the difference on its own scale (it rarely spans ±1) over a grey copy of the query, strongly coloured:
+    # red = G adds, blue = G removes; the target outlined for reference
+    diff = mined - activated
+    span = max(0.05, float(diff.abs().max()))
+    grey = np.repeat(img.mean(axis=2, keepdims=True), 3, axis=2)
+    artist = heat_over_image(axes[0, 3], grey, diff, f"mined − activated (±{span:.2f})", cmap="RdBu_r",
+                             alpha=0.8, vmin=-span, vmax=span)
+    outline_mask(axes[0, 3], sample["query_mask"])
+    fig.colorbar(artist, ax=axes[0, 3], fraction=0.046, pad=0.02).set_label("G adds (+) / removes (−)", fontsize=8)
     return fig
 
 
@@ -251,8 +262,9 @@ def plot_ensemble_effect(trace: Mapping[str, Any], batch_or_sample: Mapping[str,
     gram = _get(trace, "gram_estimate", index, required=False)
     gram_text = f" (Gram gap {float(gram.float().mean()):.2f})" if gram is not None else ""
     fig, axes = new_figure(1, 4, cell=2.6, title="Base-learner ensemble" + gram_text)
-    axes[0, 0].imshow(overlay_mask(img, target, FOREGROUND))
-    image_axes(axes[0, 0], "query + target")
+    axes[0, 0].imshow(img)
+    outline_mask(axes[0, 0], target)
+    image_axes(axes[0, 0], "query, target outlined")
     for ax, (name, prob) in zip(axes[0, 1:], (("meta learner", meta), ("base classes", base), ("final", final))):
         if name == "base classes":
             heat_over_image(ax, img, prob, "base-class map")

@@ -18,6 +18,7 @@ from fsslab.viz._common import (
     new_figure,
     select_sample,
 )
+from fsslab.viz.episodes import outline_mask
 from fsslab.viz.palette import FOREGROUND, PREDICTION, denormalize, overlay_mask, series_colour, to_numpy
 from fsslab.viz.trace_keys import IPMT_TRACE, episode_entry, find
 
@@ -336,8 +337,9 @@ def plot_prior_mask(trace: Mapping[str, Any], batch_or_sample: Mapping[str, Any]
     prior = _get(trace, "prior", index).float().reshape(-1, *_feature_grid(trace, index))[0]
     fig, axes = new_figure(1, 3, cell=2.8, title="Prior mask")
     img = denormalize(sample["query_img"])
-    axes[0, 0].imshow(overlay_mask(img, sample["query_mask"], FOREGROUND))
-    image_axes(axes[0, 0], "query + target")
+    axes[0, 0].imshow(img)  # the target outlined, not filled: its own colours stay visible
+    outline_mask(axes[0, 0], sample["query_mask"])
+    image_axes(axes[0, 0], "query, target outlined")
     axes[0, 1].imshow(to_numpy(prior), cmap="jet", vmin=0, vmax=1)
     image_axes(axes[0, 1], "prior (feature grid)")
     heat_over_image(axes[0, 2], img, prior, "prior over the query")
@@ -380,8 +382,9 @@ def plot_ipmt_overview(trace: Mapping[str, Any], batch_or_sample: Mapping[str, A
         raise IndexError(f"support {shot + 1} out of range: the episode has {shots} support(s)")
     fig, axes = new_figure(2, 4, cell=2.6, title=f"IPMT · layer {layer + 1}/{n} · support {shot + 1} of {shots}")
     img = denormalize(sample["query_img"])
-    axes[0, 0].imshow(overlay_mask(img, sample["query_mask"], FOREGROUND))
-    image_axes(axes[0, 0], "query + target")
+    axes[0, 0].imshow(img)  # the target outlined, not filled: its own colours stay visible
+    outline_mask(axes[0, 0], sample["query_mask"])
+    image_axes(axes[0, 0], "query, target outlined")
     prior = _get(trace, "prior", index, required=False)
     if prior is not None:
         heat_over_image(axes[0, 1], img, prior.float().reshape(-1, *prior.shape[-2:])[0], "prior mask")
