@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from fsslab.data.eval_protocols import EVAL_PROTOCOLS, get_protocol, to_label_resolution
-from fsslab.data.io import DatasetError, max_pixels, too_large_message
+from fsslab.data.io import DatasetError, max_pixels
 from fsslab.data.io import binary_mask as _binary_mask
 from fsslab.data.transforms import normalize
 from fsslab.data.weak import box_to_label, strokes_to_label
@@ -73,8 +73,9 @@ def _as_rgb(image: Any, what: str) -> np.ndarray:
         raise PredictError(f"{what}: the image is empty ({image.shape[0]}x{image.shape[1]} pixels)")
     budget = max_pixels()
     if image.shape[0] * image.shape[1] > budget:
-        raise PredictError(too_large_message(what, "image", image.shape[1], image.shape[0], budget)
-                           .replace("image image", "image"))
+        raise PredictError(f"{what}: the image is {image.shape[1]}x{image.shape[0]} (WxH), over fsslab's budget of "
+                           f"{budget / 1e6:.1f} megapixels; resize it, or raise the budget with "
+                           "fsslab.data.io.set_max_pixels(N) or FSSLAB_MAX_PIXELS")
     return image
 
 
