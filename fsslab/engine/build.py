@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from fsslab.config import RunConfig
@@ -224,6 +225,11 @@ def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], source: str
     hint = (f"; the checkpoint was trained as model.name={recorded.get('name')} with model.params="
             f"{recorded.get('params')}: evaluate it with the config it was trained with" if recorded else "")
     check_keys(model, checkpoint["model"], str(source), hint=hint)
+    broken = [k for k, v in checkpoint["model"].items()
+              if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # every output would be NaN: an undefined score rather than a number
+        raise CheckpointError(f"checkpoint {source}: {len(broken)} weight tensor(s) hold NaN or inf (e.g. "
+                              f"{', '.join(broken[:3])}); the run diverged: evaluate an earlier checkpoint of it")
     model.load_state_dict(checkpoint["model"])
     return model
 

@@ -108,3 +108,13 @@ def test_a_nan_stop_names_and_keeps_the_last_healthy_checkpoint_and_resume_warns
     resumed.resume(tmp_path / "latest.pt")
     err = capsys.readouterr().err
     assert "saved while the run was diverging" in err and "iter_0000012.pt (iteration 12)" in err
+
+
+def test_eval_refuses_weights_with_nan():
+    from fsslab.engine.build import load_model_weights
+
+    model = ToyNet()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["head.weight"][0, 0] = float("inf")
+    with pytest.raises(ckpt.CheckpointError, match=r"run.pt: 1 weight tensor\(s\) hold NaN or inf \(e.g. head.weight\)"):
+        load_model_weights(model, {"model": state}, "run.pt")
