@@ -143,3 +143,33 @@ def test_amformer_probes(root):
     assert judged["part_maps_real"].shape == judged["part_maps_fake"].shape
     assert judged["part_maps_real"].shape[:2] == (1, 3) and judged["d_score_real"].shape == (1, 3)
     assert "part_maps_real" not in trace  # the model's own trace is left untouched
+
+
+def test_synthetic_root_says_when_it_generates_and_shows_progress(tmp_path, monkeypatch, capsys):
+    from fsslab.data import synthetic
+
+    calls = []
+
+    def fake_write(path, config, progress=False, workers=None):
+        calls.append((Path(path), config.n_train, progress))
+        (Path(path) / "meta.json").parent.mkdir(parents=True, exist_ok=True)
+        (Path(path) / "meta.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr(synthetic, "write_synthetic_if_missing", fake_write)
+    monkeypatch.delenv("FSSLAB_DATA", raising=False)
+    path = fsslab.lab.synthetic_root(quick=True, root=tmp_path / "bench")
+    assert path == tmp_path / "bench" and calls == [(path, 300, True)]  # the generator's progress bars are on
+    said = capsys.readouterr().out
+    assert "generating the quick synthetic benchmark (300 train + 150 val + 150 pretrain images)" in said
+    fsslab.lab.synthetic_root(quick=True, root=tmp_path / "bench")  # it exists now: nothing to say
+    assert capsys.readouterr().out == "" and len(calls) == 2
+
+
+def test_pretrain_coverage_warning_is_one_summary_line():
+    from fsslab.data.synthetic.generate import _coverage_warnings
+
+    counts = {"val": {"qualifying": [10] * 19 + [3]}, "pretrain": {"qualifying": [4] * 90 + [9] * 10}}
+    val, pretrain = _coverage_warnings(counts)
+    assert val.endswith("=3") and val.startswith("val: classes with < 6 images")
+    assert pretrain.startswith("pretrain: 90 of 100 procedural classes have < 6 images") and "procedural1" not in pretrain

@@ -316,3 +316,56 @@ def test_perturbation_scores_use_the_score_function():
     mask[5:15, 5:15] = 1
     scores = viz.perturbation_scores(lambda m: float(m.sum()), mask, kinds=("erode", "dilate"), strengths=(0.5,))
     assert scores["erode 0.5"] < 100 < scores["dilate 0.5"]
+
+
+def test_results_table_formats_counts_and_bolds_each_column_in_its_direction():
+    rows = {"oracle (control)": {"mIoU": 100.0, "mismatched": 100.0, "episodes": 8, "weights": "the query's own label"},
+            "IPMT": {"mIoU": 49.1, "mismatched": 17.0, "episodes": 8, "weights": "shipped checkpoint ipmt_tiny_fold0_1shot"},
+            "baseline": {"mIoU": 36.4, "mismatched": 2.5, "episodes": 8, "weights": "shipped checkpoint baseline"}}
+    fig = viz.plot_results_table(rows, columns=["mIoU", "mismatched", "episodes", "weights"],
+                                 lower_is_better=["mismatched"], reference_rows=["oracle (control)"])
+    cells = fig.axes[0].tables[0].get_celld()
+    text = {(i, j): cells[(i, j)].get_text() for i in range(1, 4) for j in range(4)}
+    assert text[(1, 2)].get_text() == "8"  # an episode count, not "8.0"
+    bold = {key for key, t in text.items() if t.get_fontweight() == "bold"}
+    # mIoU: IPMT (the oracle is the control); mismatched: the *lowest* (baseline); counts and text never
+    assert bold == {(2, 0), (3, 1)}
+    weights = cells[(2, 3)]
+    assert weights.get_width() > cells[(2, 2)].get_width()  # the long text gets the wide column
+    with pytest.raises(KeyError, match="reference rows"):
+        viz.plot_results_table(rows, reference_rows=["oracle"])
+
+
+def test_support_conditions_one_row_per_condition_with_outlined_targets():
+    batch = make_batch(1, batch=2)
+    episodes = []
+    for i in range(2):
+        sample = {k: v[i] for k, v in batch.items()}
+        target = (sample["query_mask"] == 1).long()
+        episodes.append({"label": f"episode {i}", "conditions": [
+            {"name": "own support", "sample": sample, "prediction": target, "iou": 100.0},
+            {"name": "another class's support", "sample": sample, "prediction": 0 * target, "iou": 0.0,
+             "support_class": 5}]})
+    fig = viz.plot_support_conditions(episodes, class_names=[f"c{i}" for i in range(1, 21)], title="t")
+    assert_labelled(fig)
+    axes = fig.axes
+    assert len(axes) == 2 * 2 * 3  # two episodes x two conditions x (support, query, prediction)
+    titles = [ax.get_title() for ax in axes]
+    assert titles[:3] == ["support: c3", "query: target c3", "prediction · IoU 100"]
+    assert titles[3:6] == ["support: c5", "query: target c3", "prediction · IoU 0"]  # the row below: mismatched
+    assert axes[0].get_ylabel() == "own support" and axes[3].get_ylabel() == "another class's support"
+    query = axes[1]
+    assert query.collections, "the target is outlined (a contour), not filled"
+    assert np.allclose(query.images[0].get_array(), viz.denormalize(episodes[0]["conditions"][0]["sample"]["query_img"]))
+    with pytest.raises(ValueError, match="conditions"):
+        viz.plot_support_conditions([episodes[0], {"label": "x", "conditions": episodes[0]["conditions"][:1]}])
+
+
+def test_mining_difference_is_drawn_on_its_own_symmetric_scale():
+    trace, batch = make_amformer_trace(batch=1), make_batch(1, batch=1)
+    fig = viz.plot_mining(trace, batch)
+    diff_ax = next(ax for ax in fig.axes if ax.get_title().startswith("mined − activated"))
+    diff = diff_ax.images[-1].get_array()
+    low, high = diff_ax.images[-1].get_clim()
+    assert low == -high and np.isclose(high, max(0.05, float(np.abs(diff).max())))  # its own range, not ±1
+    assert diff_ax.collections  # the target outlined on it
