@@ -112,9 +112,10 @@ def test_a_nan_stop_names_and_keeps_the_last_healthy_checkpoint_and_resume_warns
 
 def test_eval_refuses_weights_with_nan():
     from fsslab.engine.build import load_model_weights
+    from fsslab.errors import CheckpointError
 
     model = ToyNet()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["head.weight"][0, 0] = float("inf")
-    with pytest.raises(ckpt.CheckpointError, match=r"run.pt: 1 weight tensor\(s\) hold NaN or inf \(e.g. head.weight\)"):
+    with pytest.raises(CheckpointError, match=r"run.pt: 1 weight tensor\(s\) hold NaN or inf \(e.g. head.weight\)"):
         load_model_weights(model, {"model": state}, "run.pt")
