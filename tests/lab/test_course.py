@@ -207,3 +207,14 @@ def test_run_all_of_a_student_notebook_with_failing_checks_reaches_the_end():
     assert "✘ classwise_miou: not implemented yet" in joined and "✘ episode_iou: not implemented yet" in joined
     assert "✘ this cell stopped: intersection_union is not implemented yet" in joined  # the last code cell
     assert "Traceback" not in joined
+
+
+def test_the_checks_stored_cases_are_package_data_and_the_references_are_not():
+    import fnmatch
+
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["fsslab"]
+    assert any(fnmatch.fnmatch("lab/assignment_checks.npz", p) for p in patterns)
+    assert (ROOT / "fsslab" / "lab" / "assignment_checks.npz").is_file()
+    assert not list((ROOT / "fsslab").rglob("references.py"))  # the references stay in notebooks/assignments/source
