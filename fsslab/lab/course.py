@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,15 +362,24 @@ def grade(submission: str | Path, source_dir: str | Path | None = None, timeout:
         raise CourseError(f"{path}: no such notebook")
     raw = _read_notebook(path)
     rubric, rubric_from = find_rubric(raw, path, source_dir)
-    nb = nbformat.reads(json.dumps(raw), as_version=4)  # sources as strings, whatever the file's layout
+    with warnings.catch_warnings():  # a notebook older than nbformat 4.5 has no cell ids: added below
+        warnings.simplefilter("ignore")
+        nb = nbformat.reads(json.dumps(raw), as_version=4)  # sources as strings, whatever the file's layout
+    nb.nbformat_minor = max(nb.nbformat_minor, 5)  # cell ids (the grader's cells have some)
+    for index, cell in enumerate(nb.cells):
+        cell.setdefault("id", f"cell-{index}")
     nb.cells = [c for c in nb.cells if _GRADER_TAG not in c.get("metadata", {}).get("tags", [])]
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     student_cells = len(nb.cells)
     nb.cells.extend(nbformat.from_dict(c) for c in _grader_cells(rubric))
-    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
-                            interrupt_on_timeout=True, resources={"metadata": {"path": str(path.parent.resolve())}})
+    def cell_timeout(cell: Any) -> float:  # the checks get at least a minute, whatever the student cells get
+        return max(timeout, 60.0) if _GRADER_TAG in cell.get("metadata", {}).get("tags", []) else timeout
+
+    client = NotebookClient(nb, timeout=timeout, timeout_func=cell_timeout, kernel_name=kernel_name,
+                            allow_errors=True, interrupt_on_timeout=True,
+                            resources={"metadata": {"path": str(path.parent.resolve())}})
     try:
         client.execute(stderr=subprocess.DEVNULL)  # the kernel's own log lines are not feedback
     except Exception as exc:  # noqa: BLE001 - a dead kernel or one that did not start: no check result, all points 0
@@ -382,7 +392,9 @@ def grade(submission: str | Path, source_dir: str | Path | None = None, timeout:
         for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
             if output.get("output_type") == "error":
                 first = _one_line(cell.source.strip().splitlines()[0] if cell.source.strip() else "")
-                errors.append(f"cell {index} ({first}): {output.get('ename')}: {_one_line(output.get('evalue', ''))}")
+                detail = (f"interrupted after {timeout:g} s (--timeout)" if output.get("ename") == "KeyboardInterrupt"
+                          else _one_line(output.get("evalue", "")))
+                errors.append(f"cell {index} ({first}): {output.get('ename')}: {detail}")
     if run_error:
         errors.append(run_error)
     results = {}

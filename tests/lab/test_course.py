@@ -218,3 +218,18 @@ def test_the_checks_stored_cases_are_package_data_and_the_references_are_not():
     assert any(fnmatch.fnmatch("lab/assignment_checks.npz", p) for p in patterns)
     assert (ROOT / "fsslab" / "lab" / "assignment_checks.npz").is_file()
     assert not list((ROOT / "fsslab").rglob("references.py"))  # the references stay in notebooks/assignments/source
+
+
+@pytest.mark.slow
+def test_a_cell_that_never_ends_is_interrupted_and_the_rest_is_graded(tmp_path):
+    nb = json.loads((SOURCE / NAMES[2]).read_text())
+    for cell in nb["cells"]:
+        cell.pop("id", None)  # as nbformat 4.4 writes it: no cell ids
+    nb["nbformat_minor"] = 4
+    nb["cells"].insert(5, {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                           "source": "import time\nwhile True:\n    time.sleep(0.1)"})
+    path = tmp_path / NAMES[2]
+    path.write_text(json.dumps(nb))
+    grade = C.grade(path, source_dir=SOURCE, timeout=30)
+    assert grade.errors == ["cell 5 (import time): KeyboardInterrupt: interrupted after 30 s (--timeout)"]
+    assert grade.points == grade.max_points, grade.text()
