@@ -174,23 +174,9 @@ def discriminator_findings(summary: Mapping[str, Any]) -> list[str]:
                      + "; ".join(f"{k} {100 * v / gap:.0f}%" for k, v in explained.items()) + ".")
         lines.append(f"Made soft with its own shape, the ground truth loses {100 * summary['gap_blurred'] / gap:.0f}% "
                      f"(blurred) and {100 * summary['gap_scaled'] / gap:.0f}% (scaled to G's values) of that gap.")
-        outside = explained["zeroing G's soft values outside its object"] / gap
-        on_object = explained["setting G's object to 1 (soft values outside kept)"] / gap
-        if abs(summary["gap_binarised"]) < 0.25 * gap and outside >= 0.75 and on_object < 0.25:
-            lines.append("So D's preference comes from G's soft values outside the object (a haze of low foreground "
-                         "probability), not from its shape nor from soft values on the object: a binarised G mask "
-                         "scores like the ground truth (rule: binarising and zeroing the outside each remove at least "
-                         "75% of the gap, filling the object less than 25%).")
-        elif abs(summary["gap_binarised"]) < 0.25 * gap:
-            lines.append("Binarising removes at least 75% of the gap: D tells soft from hard masks rather than good from "
-                         "bad shapes.")
-        elif summary["gap_binarised"] > 0.5 * gap:
-            lines.append("D still prefers the ground truth once G's mask is binarised (at least half of the gap "
-                         "remains): it judges shapes, not only softness.")
-        else:
-            lines.append("The numbers do not separate softness from shape clearly (none of the notebook's rules applies).")
+        lines.append(discriminator_conclusion(summary))
     else:
-        lines.append("D does not score the ground truth above G's soft mask on average.")
+        lines.append(discriminator_conclusion(summary))
     rho = summary["rank_correlation"]
     if rho is None:
         lines.append("D's scores of the binary masks are constant within episodes: no ranking to compare.")
@@ -203,6 +189,34 @@ def discriminator_findings(summary: Mapping[str, Any]) -> list[str]:
     lines.append(f"{summary['corruptions_below_gt']} of {summary['corruptions']} corruptions score below the ground "
                  f"truth on average (mean gap {summary['gap_corruptions']:+.4f}).")
     return lines
+
+
+def discriminator_conclusion(summary: Mapping[str, Any]) -> str:
+    """The one-sentence answer to "what does D react to?", by the stated rules on the gap ground truth - G soft."""
+    gap = summary["gap_soft"]
+    if gap <= 0:
+        return "D does not score the ground truth above G's soft mask on average."
+    outside = (summary["gap_soft"] - summary["gap_object_only"]) / gap  # removed by zeroing the outside
+    on_object = (summary["gap_soft"] - summary["gap_haze_only"]) / gap  # removed by filling the object
+    if abs(summary["gap_binarised"]) < 0.25 * gap and outside >= 0.75 and on_object < 0.25:
+        return ("D's preference comes from G's soft values outside the object (a haze of low foreground probability), "
+                "not from its shape nor from soft values on the object: a binarised G mask scores like the ground "
+                "truth (rule: binarising and zeroing the outside each remove at least 75% of the gap, filling the "
+                "object less than 25%).")
+    if abs(summary["gap_binarised"]) < 0.25 * gap:
+        return "Binarising removes at least 75% of the gap: D tells soft from hard masks rather than good from bad shapes."
+    if summary["gap_binarised"] > 0.5 * gap:
+        return ("D still prefers the ground truth once G's mask is binarised (at least half of the gap remains): it "
+                "judges shapes, not only softness.")
+    return "The numbers do not separate softness from shape clearly (none of the notebook's rules applies)."
+
+
+def shipped_spec(name: str) -> dict[str, Any]:
+    """``build_model``'s mapping of the shipped model ``name`` (for ``knockout``)."""
+    from fsslab.engine.build import model_spec
+    from fsslab.zoo import pretrained_config
+
+    return model_spec(pretrained_config(name))
 
 
 def ablation_findings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -220,5 +234,5 @@ def ablation_findings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-__all__ = ["ablation_findings", "discriminator_findings", "discriminator_study", "knockout",
-           "summarise_discriminator_study"]
+__all__ = ["ablation_findings", "discriminator_conclusion", "discriminator_findings", "discriminator_study", "knockout",
+           "shipped_spec", "summarise_discriminator_study"]
