@@ -1,14 +1,17 @@
 """Files of ``fsslab predict``: reading and checking support masks, boxes, scribbles and queries; writing results.
 
 Every problem raises :class:`PredictError` with one line that names the file (or the value) and the problem,
-so the command line can print it as it is.
+so the command line can print it as it is. The outputs are written as one set (:class:`OutputSet`) that never
+replaces a file it did not write.
 
 Encodings:
 
 - a support **mask** is a single-channel image (or a colour image whose channels are equal): 0 is background,
-  one other value (usually 1 or 255) is the object; palette PNGs give their indices;
-- a **box** is ``x0,y0,x1,y1`` in pixels with ``x1``/``y1`` exclusive (the box of the whole image is
-  ``0,0,W,H``);
+  one other value (usually 1 or 255) is the object, or VOC style 0/1/255 with 255 an ignore band; palette PNGs
+  give their indices; anything else is refused (``fsslab.data.io.binary_mask``, docs/inputs.md). It is
+  aligned to its image's EXIF orientation (``fsslab.data.io.align_to_image``);
+- a **box** is ``x0,y0,x1,y1`` in pixels of the image as displayed (EXIF orientation applied) with ``x1``/``y1``
+  exclusive (the box of the whole image is ``0,0,W,H``);
 - a **scribble** is an image of the support's size: its drawn pixels (alpha > 0 when it has a transparency
   channel, else any non-zero channel) are the object, everything else background, the encoding of the
   package's scribble supports (``fsslab.data.weak``, ``unlabeled="background"``).
