@@ -137,7 +137,14 @@ def load_table(source: str | Path | AblationTable) -> AblationTable:
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"ablation table {source!r} is neither a built-in table ({sorted(TABLES)}) nor a file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    from fsslab.config.safe_yaml import load_yaml
+
+    try:
+        raw = load_yaml(path.read_text(), f"ablation table {path}") or {}  # anchors/aliases bounded
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"ablation table {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"ablation table {path}: expected a mapping with 'variants', got a {type(raw).__name__}")
     fields = {f.name for f in dataclasses.fields(Variant)}
     variants = []
     for item in raw.get("variants") or []:

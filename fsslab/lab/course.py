@@ -115,7 +115,9 @@ def parse_rubric(data: Any, assignment: str, where: str) -> Rubric:
 def load_rubric(path: str | Path) -> Rubric:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        from fsslab.config.safe_yaml import load_yaml
+
+        data = load_yaml(path.read_text(), str(path))  # anchors/aliases bounded, as every config fsslab reads
     except yaml.YAMLError as exc:
         raise CourseError(f"{path}: not valid YAML ({exc})") from None
     return parse_rubric(data, path.stem, str(path))
