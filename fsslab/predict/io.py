@@ -187,8 +187,9 @@ def written_by_predict(folder: Path) -> set[str]:
             item = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(item, dict):
-            names |= {Path(str(item[k])).name for k in OUTPUT_KINDS if isinstance(item.get(k), str)}
+        if isinstance(item, dict):  # only names of the form predict writes: a record cannot claim other files
+            names |= {Path(item[k]).name for k in OUTPUT_KINDS
+                      if isinstance(item.get(k), str) and Path(item[k]).name.endswith(f"_{k}.png")}
     return names
 
 
