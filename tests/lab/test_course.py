@@ -185,7 +185,7 @@ def test_a_planted_mistake_gets_its_hint_and_partial_points(tmp_path, capsys):
 def test_a_cell_that_raises_is_reported_in_one_line_and_the_rest_is_graded(tmp_path):
     path = _plant(tmp_path, NAMES[1], "def intersection_union(pred", "1 / 0\n\n\ndef intersection_union(pred")
     grade = C.grade(path, source_dir=SOURCE)
-    assert grade.errors == ["cell 5 (1 / 0): ZeroDivisionError: division by zero"]
+    assert grade.errors == ["cell 6 (1 / 0): ZeroDivisionError: division by zero"]
     miou, episode = grade.exercises
     assert miou.points == 0 and "no function named classwise_miou" in miou.feedback[0]
     assert episode.points == 0 and "raised NameError: name 'intersection_union' is not defined (in episode_iou, " \
@@ -226,10 +226,10 @@ def test_a_cell_that_never_ends_is_interrupted_and_the_rest_is_graded(tmp_path):
     for cell in nb["cells"]:
         cell.pop("id", None)  # as nbformat 4.4 writes it: no cell ids
     nb["nbformat_minor"] = 4
-    nb["cells"].insert(5, {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+    nb["cells"].insert(6, {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
                            "source": "import time\nwhile True:\n    time.sleep(0.1)"})
     path = tmp_path / NAMES[2]
     path.write_text(json.dumps(nb))
     grade = C.grade(path, source_dir=SOURCE, timeout=30)
-    assert grade.errors == ["cell 5 (import time): KeyboardInterrupt: interrupted after 30 s (--timeout)"]
+    assert grade.errors == ["cell 6 (import time): KeyboardInterrupt: interrupted after 30 s (--timeout)"]
     assert grade.points == grade.max_points, grade.text()
