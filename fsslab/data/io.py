@@ -166,13 +166,15 @@ def orient(array: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def align_to_image(label: np.ndarray, label_header: ImageHeader, image_header: ImageHeader,
-                   what: str = "mask") -> np.ndarray:
+                   what: str = "mask", ambiguous: str = "refuse") -> np.ndarray:
     """A mask/label read as stored, in its image's displayed frame (EXIF orientation applied to the image).
 
     A mask carrying its own orientation tag is displayed by it. A mask without one, next to an image whose
     EXIF orientation is not 1, is aligned by its size when that tells the frame (a 90-degree turn of a
     non-square image: a mask of the stored size is turned as its image); when both frames have the same
-    size (a square image, or a mirror or 180-degree turn) it is refused, with the fix, rather than guessed.
+    size (a square image, or a mirror or 180-degree turn) it is refused, with the fix, rather than guessed
+    (``ambiguous="refuse"``: masks you draw), or taken as stored (``ambiguous="stored"``: the label maps of
+    PASCAL / COCO / the synthetic benchmark, read as the reference loaders read them, with cv2).
     """
     if label_header.orientation != 1:
         label = orient(label, label_header.orientation)
@@ -182,7 +184,7 @@ def align_to_image(label: np.ndarray, label_header: ImageHeader, image_header: I
     shape, stored = image_header.shape, image_header.stored_shape
     if shape != stored and label.shape[:2] == stored:
         return orient(label, image_orientation)
-    if shape != stored:
+    if shape != stored or ambiguous == "stored":
         return label  # the displayed size (or another size, which the size check reports)
     raise DatasetError(
         f"{what} {label_header.path} is ambiguous: its image {image_header.path} carries the EXIF orientation "
@@ -441,8 +443,8 @@ def read_label(path: str | Path, n_classes: int | None = None, image: ImageHeade
                 f"label {path} has values outside 0..255 (min {array.min()}, max {array.max()})"
             )
         array = array.astype(np.uint8)
-    if image is not None:
-        array = align_to_image(array, header, image, "label")
+    if image is not None:  # a benchmark's label map: as stored when ambiguous, as the reference loaders
+        array = align_to_image(array, header, image, "label", ambiguous="stored")
     elif header.orientation != 1:
         array = orient(array, header.orientation)
     if n_classes is not None:

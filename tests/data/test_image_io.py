@@ -151,6 +151,10 @@ def test_a_voc_pair_with_exif_is_read_in_one_frame(tmp_path):
     image, aligned = read_pair(tmp_path / "a.jpg", tmp_path / "a.png", n_classes=5)
     assert image.shape[:2] == aligned.shape == (50, 30)
     assert (aligned == np.rot90(label, 1)).all()
+    # a square benchmark image turned by 180°: its label map is read as stored, as the reference loaders read it
+    (tmp_path / "b.jpg").write_bytes(jpeg_bytes(noise(30, 30), orientation=3))
+    Image.fromarray(label[:, :30]).save(tmp_path / "b.png")
+    assert (read_pair(tmp_path / "b.jpg", tmp_path / "b.png", n_classes=5)[1] == label[:, :30]).all()
 
 
 # ---------------------------------------------------------------------------------------- mask convention
