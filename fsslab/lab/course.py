@@ -226,7 +226,12 @@ def release(src_dir: str | Path, out_dir: str | Path, force: bool = False) -> li
     planned = []
     for notebook, rubric_path in pairs:
         rubric = load_rubric(rubric_path)
-        student, regions = student_version(_read_notebook(notebook), rubric, notebook.name)
+        source = _read_notebook(notebook)
+        code = "\n".join("".join(c["source"]) for c in source["cells"] if c["cell_type"] == "code")
+        missing = [e.function for e in rubric.exercises if f"def {e.function}(" not in code]
+        if missing:
+            raise CourseError(f"{rubric_path}: the notebook defines no {', '.join(missing)} (the rubric's 'function')")
+        student, regions = student_version(source, rubric, notebook.name)
         if regions == 0:
             raise CourseError(f"{notebook}: no '{BEGIN}' region: nothing to release")
         target = out / notebook.name

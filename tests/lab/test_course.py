@@ -113,6 +113,10 @@ def test_release_refuses_to_overwrite_sources_or_foreign_files(tmp_path):
     shutil.copy(SOURCE / NAMES[0], src)
     with pytest.raises(C.CourseError, match="rubric .* is missing"):
         C.release(src, tmp_path / "out")
+    rubric = (SOURCE / NAMES[0].replace(".ipynb", ".yaml")).read_text()
+    (src / NAMES[0].replace(".ipynb", ".yaml")).write_text(rubric.replace("function: prior_mask", "function: prior"))
+    with pytest.raises(C.CourseError, match="the notebook defines no prior "):
+        C.release(src, tmp_path / "out")
 
 
 @pytest.mark.parametrize("data, message", [
