@@ -15,7 +15,7 @@ import numpy as np
 
 from fsslab.batch import IGNORE_INDEX
 from fsslab.data.classes import Benchmark
-from fsslab.data.io import DatasetError, check_same_size, image_size, read_label
+from fsslab.data.io import DatasetError, check_same_size, read_header, read_label
 from fsslab.errors import ConfigError, FsslabWarning
 
 MIN_AREA = 2 * 32 * 32  # PFENet/Shaban: a class counts in an image only with >= 2048 pixels
@@ -179,8 +179,9 @@ def scan_labels(
         iterator = tqdm(pairs, desc=f"scanning {list_path.name}", unit="label")
     counts: list[dict[int, int]] = []
     for image_rel, label_rel in iterator:
-        label = read_label(root / label_rel, n_classes)
-        check_same_size(image_size(root / image_rel), label.shape, root / image_rel, root / label_rel)
+        header = read_header(root / image_rel)  # displayed size; a label may match the stored one (EXIF)
+        label = read_label(root / label_rel, n_classes, header)
+        check_same_size(header.shape, label.shape, root / image_rel, root / label_rel)
         hist = np.bincount(label.ravel(), minlength=256)
         counts.append({int(c): int(hist[c]) for c in range(1, n_classes + 1) if hist[c] > 0})
     if cache:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fsslab.batch import IGNORE_INDEX
-from fsslab.data.io import image_size
+from fsslab.data.io import read_header
 from fsslab.data.prep.coco_checks import (
     as_integer,
     check_categories,
@@ -140,10 +140,10 @@ def _convert_image(
         return "existing", name, "", []
     height, width = int(image_info["height"]), int(image_info["width"])
     try:  # the JSON's size is what the polygons are checked against; the image file must agree with it
-        actual = image_size(image_path)
+        header = read_header(image_path)
     except (OSError, ValueError) as err:
         return "skipped", name, f"unreadable image ({err})", []
-    if actual != (height, width):
+    if (height, width) not in (header.shape, header.stored_shape):  # as displayed (EXIF) or as stored
         return "skipped", name, "image file size differs from the JSON's height x width", []
     label, problems = coco_semantic_label(annotations, height, width, index_of, crowd)
     write_label_png(label, out)
