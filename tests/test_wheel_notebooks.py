@@ -118,9 +118,10 @@ def test_notebooks_run_from_the_installed_wheel_outside_the_repository(tmp_path)
                 # one benchmark for every notebook (00 reads it at ../data, the others at <cwd>/data by default)
                 "FSSLAB_DATA": str(tmp_path / "data" / "synthetic_quick"),
                 "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"})
-    ran = _run([python, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "--rootdir", str(course),
-                *notebooks], course, env, timeout=1500)
+    ran = _run([python, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "--durations=0",
+                "--rootdir", str(course), *notebooks], course, env, timeout=1500)
     assert ran.returncode == 0, ran.stdout[-6000:] + ran.stderr[-2000:]
+    print(ran.stdout[-3000:])  # the slowest cells (pytest -s shows them)
 
     # the install cell did install the wheel into the fresh environment (nothing of the checkout was used)
     where = _run([python, "-c", "import fsslab; print(fsslab.__file__)"], course, env)
