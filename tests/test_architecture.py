@@ -21,7 +21,7 @@ PUBLIC = {"fsslab", "fsslab.data", "fsslab.data.synthetic", "fsslab.models", "fs
           "fsslab.lab.support", "fsslab.lab.assignments", "fsslab.config"}
 # the layers, bottom first (README "Layout"): a module imports only from its own layer or the ones below
 LAYERS = [
-    ("fsslab.errors", "fsslab.batch", "fsslab.version", "fsslab.jsonl"),
+    ("fsslab.errors", "fsslab.batch", "fsslab.version", "fsslab.jsonl", "fsslab.files"),
     ("fsslab.config",),
     ("fsslab.data", "fsslab.models"),
     ("fsslab.engine",),

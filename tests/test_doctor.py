@@ -15,8 +15,7 @@ from fsslab.config import load_config
 from fsslab.data import build_fold_index
 from fsslab.data.classes import get_benchmark
 from fsslab.engine.prerequisites import preflight
-from fsslab.models.backbones.networks import build_backbone
-from fsslab.models.backbones.weights import check_backbone_file
+from fsslab.models.backbones.networks import build_backbone, check_backbone_file
 
 
 def _incomplete_pascal(root: Path) -> Path:

@@ -12,6 +12,7 @@ from fsslab.cli import main as cli_main
 from fsslab.config import load_config
 from fsslab.engine import architecture
 from fsslab.engine.checkpoint import atomic_save
+from fsslab.files import sha256_file
 from fsslab.zoo import (
     BUDGET_BYTES,
     CHECKPOINT_DIR,
@@ -21,7 +22,6 @@ from fsslab.zoo import (
     pretrained_config,
     pretrained_info,
     read_manifest,
-    sha256_file,
     total_size,
     verify_pretrained,
 )

@@ -9,12 +9,12 @@ import shutil
 import pytest
 
 from fsslab.cli import main
+from fsslab.files import sha256_file
 from fsslab.zoo import (
     CHECKPOINT_DIR,
     ZooError,
     load_pretrained,
     read_manifest,
-    sha256_file,
     verify_pretrained,
 )
 

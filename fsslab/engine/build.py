@@ -31,13 +31,9 @@ from fsslab.engine.controls import with_supports
 from fsslab.engine.prerequisites import check_data
 from fsslab.engine.sampling import seed_everything
 from fsslab.errors import CheckpointError, ConfigError
-from fsslab.models import MODEL_REGISTRY, build_model, model_options
+from fsslab.models import BASE_LABEL_MODELS, MODEL_REGISTRY, build_model, model_options
 from fsslab.models.official import check_keys
 from fsslab.models.oracle import QueryLabelOracle
-
-# models whose training reads query_base_mask (the base-class annotation), and what they learn from it
-BASE_LABEL_MODELS = {"amformer": "its base learner's map is corrected by the base labels",
-                     "pspnet": "the base learner is trained on the base classes"}
 
 
 def dataset_options(cfg: RunConfig, split: str) -> tuple[Any, dict[str, Any]]:

@@ -11,7 +11,6 @@ an older fsslab, an official file) loads unchecked.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import random
 import tempfile
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from fsslab.errors import CheckpointError as _FsslabCheckpointError
+from fsslab.files import atomic_write_text, fsync_directory, sha256_file
 
 FORMAT_VERSION = 1
 
@@ -32,15 +32,6 @@ class CheckpointError(_FsslabCheckpointError):
 
 
 DIGEST_SUFFIX = ".sha256"
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def digest_path(path: str | Path) -> Path:
@@ -62,17 +53,7 @@ def recorded_digests(path: str | Path) -> list[str] | None:
 
 
 def _write_digests(path: Path, digests: list[str]) -> None:
-    sidecar = digest_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write("".join(f"{d}  {path.name}\n" for d in digests))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, sidecar)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(digest_path(path), "".join(f"{d}  {path.name}\n" for d in digests))
 
 
 def remove_checkpoint(path: str | Path) -> None:
@@ -97,7 +78,7 @@ def atomic_save(obj: Any, path: str | Path, digest: bool = False) -> Path:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        new_digest = sha256_of(tmp_name) if digest else None
+        new_digest = sha256_file(tmp_name) if digest else None
         if new_digest is not None:  # before the rename: both the old and the new file verify meanwhile
             old = (recorded_digests(path) or []) if path.is_file() else []
             _write_digests(path, [new_digest, *[d for d in old if d != new_digest]])
@@ -113,14 +94,7 @@ def atomic_save(obj: Any, path: str | Path, digest: bool = False) -> Path:
         except FileNotFoundError:
             pass
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some filesystems refuse fsync on directories; the rename already happened
-        pass
+    fsync_directory(path.parent)  # make the rename itself durable
     return path
 
 
@@ -134,7 +108,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     expected = recorded_digests(path)
-    if expected is not None and sha256_of(path) not in expected:
+    if expected is not None and sha256_file(path) not in expected:
         raise CheckpointError(
             f"checkpoint {path} does not match the sha256 recorded when it was written ({digest_path(path).name}): "
             "the file is corrupt or was changed since; use another checkpoint of the run (iter_*.pt, best.pt)"
@@ -261,5 +235,4 @@ __all__ = [
     "remove_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
-    "sha256_of",
 ]

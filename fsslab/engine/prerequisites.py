@@ -148,7 +148,8 @@ def checkpoint_budget(cfg: RunConfig) -> int:
 
 def _starting_files(cfg: RunConfig, pre: RunConfig | None) -> list[Problem]:
     """The ImageNet file, the stage-1 / pretraining checkpoint and any other file the model starts from."""
-    from fsslab.models.backbones.weights import IMAGENET_FILES, check_backbone_file
+    from fsslab.models.backbones.networks import check_backbone_file
+    from fsslab.models.backbones.weights import IMAGENET_FILES
 
     problems: list[Problem] = []
     if pre is not None and not prerequisite_finished(pre, str(cfg.model.prerequisite)):
@@ -215,7 +216,7 @@ def preflight(cfg: RunConfig, training: bool = True) -> list[Problem]:
     data root, lists and listed files, fold indices, base classes in the labels (models learning from them),
     the ImageNet file (key names and shapes; sha256 where published), the run it starts from, the device and
     the free disk for its checkpoints. Returns one Problem per missing piece (empty: ready)."""
-    from fsslab.engine.build import BASE_LABEL_MODELS
+    from fsslab.models import BASE_LABEL_MODELS
 
     problems: list[Problem] = []
     knobs = _synthetic_knobs(cfg)

@@ -19,6 +19,9 @@ MODEL_REGISTRY: dict[str, str] = {
     "pspnet": "fsslab.models.pspnet:PSPNet",
     "oracle": "fsslab.models.oracle:QueryLabelOracle",  # evaluation control: predicts the query's label
 }
+# models whose training reads query_base_mask (the base-class annotation), and what they learn from it
+BASE_LABEL_MODELS = {"amformer": "its base learner's map is corrected by the base labels",
+                     "pspnet": "the base learner is trained on the base classes"}
 
 
 def model_class(name: str) -> type:

@@ -19,6 +19,7 @@ from fsslab.config import RunConfig, config_from_dict, replace_section
 from fsslab.engine.build import architecture
 from fsslab.engine.checkpoint import CheckpointError
 from fsslab.errors import FsslabError
+from fsslab.files import atomic_write_text, sha256_file
 from fsslab.version import __version__
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "synthetic"
@@ -72,15 +73,6 @@ def fingerprint(tensor: torch.Tensor) -> tuple[Any, ...]:
     data = tensor.detach().cpu().contiguous()
     return tuple(data.shape), str(data.dtype), hashlib.sha1(data.reshape(-1).view(torch.uint8).numpy().tobytes()
                                                             if data.numel() else b"").hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -------------------------------------------------------------------------------------------- manifest
@@ -154,11 +146,8 @@ def read_manifest(checkpoint_dir: str | Path | None = None, required: bool = Fal
 
 def write_manifest(manifest: dict[str, Any], checkpoint_dir: Path) -> None:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=checkpoint_dir)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    os.chmod(tmp, 0o644)  # package data: readable by everyone (mkstemp creates 0600)
-    os.replace(tmp, checkpoint_dir / MANIFEST_NAME)
+    # package data: readable by everyone
+    atomic_write_text(checkpoint_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=False) + "\n", 0o644)
 
 
 def list_pretrained(checkpoint_dir: str | Path | None = None) -> list[str]:
@@ -340,5 +329,5 @@ def recheck_pretrained(name: str, eval_json: str | Path | None = None, data_root
 __all__ = [
     "BUDGET_BYTES", "CHECKPOINT_DIR", "ZooError", "check_eval",
     "list_pretrained", "load_pretrained", "pretrained_config", "pretrained_info",
-    "read_manifest", "recheck_pretrained", "sha256_file", "total_size", "verify_pretrained",
+    "read_manifest", "recheck_pretrained", "total_size", "verify_pretrained",
 ]

@@ -18,6 +18,7 @@ from fsslab.config import RunConfig, config_from_dict, flow_yaml, load_config
 from fsslab.engine.build import architecture
 from fsslab.engine.checkpoint import atomic_save, load_checkpoint
 from fsslab.errors import ConfigError
+from fsslab.files import sha256_file
 from fsslab.version import __version__
 from fsslab.zoo import (
     BUDGET_BYTES,
@@ -34,7 +35,6 @@ from fsslab.zoo import (
     load_verified,
     read_manifest,
     restore_packed,
-    sha256_file,
     total_size,
     write_manifest,
 )

@@ -10,6 +10,7 @@ from fixtures.toys import ToyEpisodes, ToyNet, toy_config
 from fsslab.engine import checkpoint as ckpt
 from fsslab.engine.train.stops import LossHealth
 from fsslab.engine.train.trainer import Trainer, TrainingStopped, seed_everything
+from fsslab.files import sha256_file
 
 torch.set_num_threads(1)
 
@@ -35,7 +36,7 @@ def test_a_flipped_byte_in_a_run_checkpoint_is_refused(tmp_path):
 
 def test_a_kill_between_the_two_renames_leaves_a_pair_that_verifies(tmp_path):
     path = ckpt.save_checkpoint({"model": {"w": torch.zeros(3)}}, tmp_path / "latest.pt")
-    old = ckpt.sha256_of(path)
+    old = sha256_file(path)
     # the state between "sidecar lists new and old" and the rename of the new file: the old file still verifies
     ckpt._write_digests(path, ["0" * 64, old])
     assert ckpt.load_checkpoint(path)["model"]["w"].sum() == 0

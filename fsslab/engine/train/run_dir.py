@@ -17,12 +17,12 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from fsslab.engine.checkpoint import CheckpointError
+from fsslab.files import atomic_write_text  # noqa: F401 - the run directory writes with it (trainer, runlog)
 
 try:
     import fcntl
@@ -67,21 +67,6 @@ def describe_files(files: list[Path]) -> str:
     if periodic:
         names.append(f"{len(periodic)} iter_*.pt" if len(periodic) > 1 else periodic[0].name)
     return ", ".join(names)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` so that ``path`` is either the old file or the complete new one (as atomic_save)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def remove_stale_temps(out_dir: str | Path) -> int:
@@ -213,7 +198,6 @@ __all__ = [
     "RUN_PATTERNS",
     "RunDirError",
     "RunLock",
-    "atomic_write_text",
     "clear_run",
     "describe_files",
     "holds_run",

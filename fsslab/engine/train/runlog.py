@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from fsslab.batch import IGNORE_INDEX
-from fsslab.engine.train.run_dir import atomic_write_text, notice
+from fsslab.engine.train.run_dir import notice
+from fsslab.files import atomic_write_text
 from fsslab.jsonl import parse_jsonl
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)

@@ -27,7 +27,7 @@ from fsslab.engine.sampling import episode_loader, seed_everything
 from fsslab.engine.selection import selection_plan
 from fsslab.engine.train import resume as resume_mod
 from fsslab.engine.train.optim import BuiltOptimizer, build_optimizers, poly_factor
-from fsslab.engine.train.run_dir import atomic_write_text, notice
+from fsslab.engine.train.run_dir import notice
 from fsslab.engine.train.runlog import RunLogger, episode_grid
 from fsslab.engine.train.step import check_objectives, descend, to_device
 from fsslab.engine.train.stops import (
@@ -42,6 +42,7 @@ from fsslab.engine.train.stops import (
     weights_finite,
 )
 from fsslab.errors import ConfigError, DatasetError
+from fsslab.files import atomic_write_text
 from fsslab.version import __version__
 
 

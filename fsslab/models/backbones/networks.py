@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsslab.errors import ConfigError
-from fsslab.models.backbones.weights import load_backbone_weights
+from fsslab.errors import CheckpointError, ConfigError
+from fsslab.files import sha256_file
+from fsslab.models.backbones.weights import LoadReport, load_backbone_weights
 
 BACKBONE_NAMES = ("resnet50", "resnet101", "resnet50_tv", "resnet101_tv", "vgg16", "resnet_tiny")
 DILATION_MODES = ("torchvision", "pspnet", "none")
@@ -352,4 +353,17 @@ def build_backbone(name: str, pretrained: str | Path | Mapping[str, Any] | None 
             pretrained = TORCHVISION_URLS[name]
         load_backbone_weights(backbone, pretrained)
     return backbone
+
+
+
+def check_backbone_file(path: str | Path, backbone: str, expected_sha256: str | None = None) -> LoadReport:
+    """Check that ``path`` loads into a fresh ``backbone`` (key names and shapes, as ``load_backbone_weights``
+    does at the start of a run) and, when given, that its sha256 is ``expected_sha256``; raises CheckpointError
+    (FileNotFoundError when it is not there)."""
+    if expected_sha256 is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha256:
+            raise CheckpointError(f"{path}: sha256 {actual} is not the published {expected_sha256}")
+    return load_backbone_weights(build_backbone(backbone), path)
+
 

@@ -128,29 +128,4 @@ IMAGENET_FILES: dict[str, tuple[str, str | None]] = {
 }
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """The sha256 of a file, read in chunks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_backbone_file(path: str | Path, backbone: str, expected_sha256: str | None = None) -> LoadReport:
-    """Check that ``path`` loads into a fresh ``backbone`` (key names and shapes, as ``load_backbone_weights``
-    does at the start of a run) and, when given, that its sha256 is ``expected_sha256``; raises CheckpointError
-    (FileNotFoundError when it is not there)."""
-    from fsslab.models.backbones.networks import build_backbone
-
-    if expected_sha256 is not None:
-        actual = file_sha256(path)
-        if actual != expected_sha256:
-            raise CheckpointError(f"{path}: sha256 {actual} is not the published {expected_sha256}")
-    return load_backbone_weights(build_backbone(backbone), path)
-
-
-__all__ = ["DEEP_STEM_FROM_SEQUENTIAL", "IMAGENET_FILES", "LoadReport", "check_backbone_file", "file_sha256",
-           "load_backbone_weights"]
+__all__ = ["DEEP_STEM_FROM_SEQUENTIAL", "IMAGENET_FILES", "LoadReport", "load_backbone_weights"]
