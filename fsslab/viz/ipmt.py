@@ -399,9 +399,9 @@ def plot_ipmt_overview(trace: Mapping[str, Any], batch_or_sample: Mapping[str, A
         image_axes(axes[0, 3], f"prediction (final) · IoU {iou:.0f}")
     else:
         blank_axes(axes[0, 3])
-    axes[1, 0].imshow(overlay_mask(denormalize(sample["support_imgs"][shot]), sample["support_masks"][shot],
-                                   FOREGROUND))
-    image_axes(axes[1, 0], f"support {shot + 1} + mask")
+    axes[1, 0].imshow(denormalize(sample["support_imgs"][shot]))
+    outline_mask(axes[1, 0], sample["support_masks"][shot])
+    image_axes(axes[1, 0], f"support {shot + 1}, mask outlined")
     if "support" in act:
         heat_over_image(axes[1, 1], sample["support_imgs"][shot], act["support"][layer], "support activation")
     else:
