@@ -94,6 +94,10 @@ def test_quick_ablation_end_to_end_and_resumable(tmp_path, toy_world, capsys):
     assert started(again, "training ") == 0 and started(again, "evaluating ") == 0
     assert {p: p.stat().st_mtime_ns for p in root.rglob(ablation.EVAL_FILE)} == stamps
     assert (root / "toy_table" / "table.md").read_text() == table
+    # the retrained variants load for pictures of the same episodes
+    trained = ablation.trained_variants(str(spec), root=root, seed=1, quick=True)
+    assert set(trained) == {"full", "more dropout"} and not any(m.training for m in trained.values())
+    assert ablation.trained_variants(str(spec), root=tmp_path / "elsewhere") == {}
 
 
 def test_t_quantile_and_interval_match_scipy():

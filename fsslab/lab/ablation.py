@@ -350,6 +350,21 @@ def evaluate_run(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str
     return payload
 
 
+def trained_variants(table: str | Path | AblationTable, root: str | Path = "runs/ablate", seed: int = 0,
+                     quick: bool = False) -> dict[str, Any]:
+    """{variant: its trained model (eval mode)} for every variant whose run of ``seed`` under ``root`` is finished
+    (the retrained ablations, to put the same episodes through each); empty when none is."""
+    from fsslab.engine.inference import load_run
+
+    table = load_table(table)
+    models = {}
+    for variant in table.variants:
+        cfg = run_config(table, variant, seed, root, quick)
+        if _finished(cfg):
+            models[variant.name] = load_run(cfg)
+    return models
+
+
 # ------------------------------------------------------------------------------------------------ the table
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
@@ -451,4 +466,4 @@ def run_ablation(table: str | Path | AblationTable, root: str | Path = "runs/abl
 
 __all__ = ["NOT_VERIFIED", "QUICK_OVERRIDES", "RULE", "TABLES", "AblationTable", "Variant", "difference_interval",
            "evaluate_run", "format_table", "load_table", "run_ablation", "run_config", "shipped_starts", "summarise",
-           "t_quantile", "train_run", "verdict"]
+           "t_quantile", "train_run", "trained_variants", "verdict"]
