@@ -118,10 +118,13 @@ TABLES: dict[str, AblationTable] = {
             Variant("full", "synthetic/ipmt_tiny", note="5 layers, intermediate prototype, prior, deep supervision"),
             *[Variant(f"{n} layer{'s' if n > 1 else ''}", "synthetic/ipmt_tiny", _params(num_layers=n),
                       note="fewer IPMT layers (the paper: more layers help)") for n in (1, 2, 3, 4)],
-            Variant("w/o query mining", "synthetic/ipmt_tiny", _params(no_query_mining=True),
+            # DDP (torchrun) needs find_unused_parameters: the query attention / the mask head get no gradient
+            Variant("w/o query mining", "synthetic/ipmt_tiny",
+                    [*_params(no_query_mining=True), "train.find_unused_parameters=true"],
                     note="prototype from the support only (no intermediate prototype)"),
             Variant("w/o prior", "synthetic/ipmt_tiny", _params(no_prior=True), note="prior channel zero"),
-            Variant("w/o deep supervision", "synthetic/ipmt_tiny", _params(no_deep_supervision=True),
+            Variant("w/o deep supervision", "synthetic/ipmt_tiny",
+                    [*_params(no_deep_supervision=True), "train.find_unused_parameters=true"],
                     note="no per-layer mask losses"),
         ]),
 }
