@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 # The default subset, for CI's time: notebook 00 (it generates the benchmark; its install cell installs the
 # wheel), 02 (shipped checkpoints, traces, the IPMT explorer widget) and the students' assignment notebooks: on
-# a busy 2-core machine they took about 4 minutes together, wheel build included. 05 (ipycanvas, fsslab.predict)
-# passed too but alone took 5 more minutes (its mask/box/scribble comparison evaluates 300 episodes), 01 and 04
+# a 2-core machine shared with other jobs the test took 3.5 minutes, wheel build included. 05 (ipycanvas,
+# fsslab.predict) passed too but added 6.5 minutes (its mask/box/scribble comparison evaluates 300 episodes), 01 and 04
 # train and evaluate for minutes, 03 is 02's counterpart for AMFormer: FSSLAB_WHEEL_NOTEBOOKS=all runs them all.
 WHEEL_NOTEBOOKS = ("00_data_prep.ipynb", "02_prototype_attention.ipynb", "assignments/[0-9]*.ipynb")
 
