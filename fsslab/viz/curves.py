@@ -213,7 +213,7 @@ def plot_results_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[
     widths = [0.3 + 0.075 * n for n in chars]
     label_width = 0.3 + 0.075 * label_chars
     total = label_width + sum(widths)
-    fig = Figure(figsize=(max(3.0, total + 0.4, 0.1 * len(title)), 0.8 + 0.3 * (len(rows) + 1)), layout="constrained")
+    fig = Figure(figsize=(max(3.0, total + 0.4, 0.1 * len(title)), 0.55 + 0.25 * (len(rows) + 1)), layout="constrained")
     ax = fig.subplots()
     ax.set_axis_off()
     ax.set_title(title)
