@@ -26,6 +26,7 @@ from fsslab.data.lists import FoldIndex, build_fold_index
 from fsslab.data.weak import WEAK_LABELS
 from fsslab.predict import PredictError, Support, predict
 from fsslab.viz._common import image_axes, new_figure
+from fsslab.viz.episodes import outline_mask
 from fsslab.viz.palette import BOX, FOREGROUND, PREDICTION, SCRIBBLE, overlay_mask
 from fsslab.viz.widgets import figure_png
 
@@ -75,19 +76,23 @@ def mask_iou(pred: np.ndarray, target: np.ndarray) -> float:
 
 def plot_support_predictions(support: Support, queries: Sequence[tuple[np.ndarray, np.ndarray]],
                              predictions: Mapping[str, Sequence[np.ndarray]], title: str = "") -> Figure:  # fmt: skip
-    """Top row: the support with its label, then each query with its true mask; one row per model below: its
-    prediction on each query, titled with the IoU against the true mask."""
+    """Top row: the support with its label, then each query with its true mask outlined; one row per model
+    below: its prediction on each query (filled, the true mask outlined), titled with the IoU against the true
+    mask."""
     names = list(predictions)
-    fig, axes = new_figure(1 + len(names), 1 + len(queries), cell=2.0, title=title or None)
+    title = (f"{title} · " if title else "") + "true masks outlined"
+    fig, axes = new_figure(1 + len(names), 1 + len(queries), cell=2.0, title=title)
     colour = LABEL_COLOURS.get(support.kind, FOREGROUND)
     axes[0, 0].imshow(overlay_mask(support.image / 255.0, support.label, colour=colour, alpha=0.55))
     image_axes(axes[0, 0], f"support ({support.kind})")
     for j, (image, mask) in enumerate(queries, start=1):
-        axes[0, j].imshow(overlay_mask(image / 255.0, mask))
-        image_axes(axes[0, j], f"query {j}: true mask")
+        axes[0, j].imshow(image)  # the true mask outlined, not filled: the objects' own colours stay visible
+        outline_mask(axes[0, j], mask)
+        image_axes(axes[0, j], f"query {j}")
         for i, name in enumerate(names, start=1):
             pred = predictions[name][j - 1]
             axes[i, j].imshow(overlay_mask(image / 255.0, pred, colour=PREDICTION))
+            outline_mask(axes[i, j], mask)
             image_axes(axes[i, j], f"{name}: IoU {100 * mask_iou(pred, mask):.0f}")
     for i, name in enumerate(names, start=1):
         axes[i, 0].set_axis_off()
