@@ -18,7 +18,7 @@ PACKAGE = ROOT / "fsslab"
 # what notebooks (and users) import: the package's public modules
 PUBLIC = {"fsslab", "fsslab.data", "fsslab.data.synthetic", "fsslab.models", "fsslab.models.amformer",
           "fsslab.models.ipmt", "fsslab.engine", "fsslab.engine.train", "fsslab.viz", "fsslab.zoo", "fsslab.lab",
-          "fsslab.lab.support", "fsslab.lab.assignments", "fsslab.config"}
+          "fsslab.lab.support", "fsslab.lab.assignments", "fsslab.lab.ablation", "fsslab.lab.claims", "fsslab.config"}
 # the layers, bottom first (README "Layout"): a module imports only from its own layer or the ones below
 LAYERS = [
     ("fsslab.errors", "fsslab.batch", "fsslab.version", "fsslab.jsonl", "fsslab.files"),
