@@ -304,20 +304,22 @@ def _fingerprint(cfg: RunConfig) -> str:
 
 
 def train_run(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train one run unless it is finished (then nothing happens); returns {trained, seconds}."""
+    """Train one run unless it is finished (then nothing happens); returns {trained, seconds} (the wall time of
+    the training, also recorded in the run's ``ablation_train_time.json``)."""
     from fsslab.engine.prerequisites import prepare_data
     from fsslab.engine.train.launch import run_training, train_prerequisites
     from fsslab.engine.train.run_dir import holds_run
 
-    if _finished(cfg):
-        return {"trained": False, "seconds": None}
+    timing = Path(cfg.train.out_dir) / "ablation_train_time.json"
+    if _finished(cfg):  # the wall time recorded when it was trained (None: trained by something else)
+        recorded = json.loads(timing.read_text()).get("seconds") if timing.is_file() else None
+        return {"trained": False, "seconds": recorded}
     prepare_data(cfg)
     train_prerequisites(cfg)  # the chain the config starts from, once (shared by every variant and seed)
     log(f"training {cfg.train.out_dir} ({cfg.train.iterations} iterations)")
     start = time.perf_counter()
     run_training(cfg, resume=holds_run(cfg.train.out_dir))
     seconds = time.perf_counter() - start
-    timing = Path(cfg.train.out_dir) / "ablation_train_time.json"
     timing.write_text(json.dumps({"seconds": seconds, "iterations": cfg.train.iterations,
                                   "threads": torch.get_num_threads()}))
     return {"trained": True, "seconds": seconds}
