@@ -24,7 +24,7 @@ from fsslab.engine.controls import MismatchedSupports, with_supports
 from fsslab.engine.episodes import FAILURE_MODES, EpisodeScore, episode_scores, failure_summary, hardest
 from fsslab.engine.evaluate import EvalResult, evaluate, evaluate_seed
 from fsslab.engine.inference import load_run, predict_fn, trace_runner
-from fsslab.engine.metrics import IoUAccumulator, intersection_union, logits_at_label_resolution
+from fsslab.engine.metrics import IoUAccumulator, intersection_union, logits_at_label_resolution, mask_iou
 from fsslab.engine.prerequisites import check_data, check_prerequisite, prepare_data
 from fsslab.engine.runner import ControlReport, run_controls, run_evaluation
 
@@ -53,6 +53,7 @@ __all__ = [
     "load_model_weights",
     "load_run",
     "logits_at_label_resolution",
+    "mask_iou",
     "predict_fn",
     "prepare_data",
     "run_controls",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +28,18 @@ def intersection_union(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.
         inter.append((p & t).flatten(1).sum(1))
         union.append((p | t).flatten(1).sum(1))
     return torch.stack(inter, 1), torch.stack(union, 1)
+
+
+def mask_iou(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """Foreground IoU of two 0/1/255 masks (tensors or arrays), pixels labelled 255 in either ignored; 1.0 when
+    both are empty. One episode's score for figures and widgets (the benchmark's mIoU sums over episodes:
+    ``IoUAccumulator``)."""
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    valid = (a != IGNORE_INDEX) & (b != IGNORE_INDEX)
+    a, b = (a == 1) & valid, (b == 1) & valid
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
+
 
 
 def logits_at_label_resolution(
@@ -209,5 +222,13 @@ class IoUAccumulator:
         }
 
 
-__all__ = ["IGNORE_INDEX", "BaseObjectCounter", "IoUAccumulator", "base_object_mask", "intersection_union",
-           "logits_at_label_resolution", "suppress_base_objects"]
+__all__ = [
+    "IGNORE_INDEX",
+    "BaseObjectCounter",
+    "IoUAccumulator",
+    "base_object_mask",
+    "intersection_union",
+    "logits_at_label_resolution",
+    "mask_iou",
+    "suppress_base_objects",
+]

@@ -24,6 +24,7 @@ from fsslab.data.classes import Benchmark, synthetic_benchmark
 from fsslab.data.io import read_pair
 from fsslab.data.lists import FoldIndex, build_fold_index
 from fsslab.data.weak import WEAK_LABELS
+from fsslab.engine.metrics import mask_iou
 from fsslab.predict import PredictError, Support, predict
 from fsslab.viz._common import image_axes, new_figure
 from fsslab.viz.episodes import outline_mask
@@ -64,14 +65,6 @@ class ClassImages:
         mask = (label == class_id).astype(np.uint8)
         mask[label == IGNORE_INDEX] = IGNORE_INDEX
         return image, mask
-
-
-def mask_iou(pred: np.ndarray, target: np.ndarray) -> float:
-    """Foreground IoU of a 0/1 prediction against a 0/1/255 mask (255 ignored); 1.0 when both are empty."""
-    valid = target != IGNORE_INDEX
-    p, t = (pred == 1) & valid, (target == 1) & valid
-    union = int((p | t).sum())
-    return 1.0 if union == 0 else int((p & t).sum()) / union
 
 
 def plot_support_predictions(support: Support, queries: Sequence[tuple[np.ndarray, np.ndarray]],

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from fsslab.batch import IGNORE_INDEX
+from fsslab.engine.metrics import mask_iou
 from fsslab.viz._common import (
     blank_axes,
     fg_probability,
@@ -100,15 +100,6 @@ def perturb_mask(mask: torch.Tensor, kind: str, strength: float, seed: int = 0) 
         cy, cx = candidates[int(torch.randint(len(candidates), (), generator=gen))]
         out[(ys_grid - cy) ** 2 + (xs_grid - cx) ** 2 <= hole_radius ** 2] = 0
     return out.long()
-
-
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Foreground IoU of two 0/1/255 masks, pixels labelled 255 in either ignored (1.0 when both are empty)."""
-    a, b = torch.as_tensor(a), torch.as_tensor(b)
-    valid = (a != IGNORE_INDEX) & (b != IGNORE_INDEX)
-    a, b = (a == 1) & valid, (b == 1) & valid
-    union = (a | b).sum()
-    return 1.0 if union == 0 else float((a & b).sum() / union)
 
 
 def mask_evolution(trace: Mapping[str, Any], index: int = 0) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from fsslab.cli import main
-from fsslab.config import ConfigError
+from fsslab.config import ConfigError, load_config
 from fsslab.data import DatasetError, EpisodeOptions, build_dataset, fss1000_split, read_binary_mask
 from fsslab.data.episodes.folder import (
     FSS1000_SPLIT_DIR,
@@ -129,17 +129,20 @@ def test_training_and_evaluation_episodes(folder_root):
 
 def test_fss1000_evaluation_with_the_shipped_split_scores_the_oracle_100(fss_root, tmp_path, capsys):
     """`fsslab eval ... data.dataset=fss1000` on every test class folder (HSNet's evaluation: every test image
-    once as the query, inputs stretched to a square, FB-IoU and mIoU over the 240 test classes)."""
+    once as the query, inputs stretched to a square, FB-IoU and mIoU over the 240 test classes). The config scores
+    as HSNet's test.py (eval.protocol=hsnet, at the input resolution: lossy, tests/data/test_official_scoring.py);
+    the oracle must score 100 through fsslab's exact inverse of the same input transform."""
+    assert load_config("fss1000/ipmt_r50_1shot").eval.protocol == "hsnet"
     out = tmp_path / "oracle.json"
     args = ["eval", "fss1000/ipmt_r50_1shot", "model.name=oracle", f"data.root={fss_root}", "eval.episodes=480",
-            "data.val_size=32", "data.workers=0", "eval.batch_size=16", "--json", str(out)]  # fmt: skip
+            "data.val_size=32", "data.workers=0", "eval.batch_size=16", "eval.protocol=fsslab", "--json", str(out)]
     assert main(args) == 0, capsys.readouterr().err
     with pytest.raises(DatasetError, match=f"data.root should probably be {fss_root}$"):  # one level too high
         build_dataset("fss1000", fss_root.parent, "test")
     result = json.loads(out.read_text())
     assert result["miou"] == pytest.approx(100) and result["fbiou"] == pytest.approx(100)
     assert len(result["class_iou"]) == 240 and min(map(int, result["class_iou"])) == 761
-    assert result["settings"]["dataset"] == "fss1000" and result["settings"]["eval_protocol"] == "hsnet"
+    assert result["settings"]["dataset"] == "fss1000" and result["settings"]["eval_protocol"] == "fsslab"
 
 
 def test_train_then_eval_a_tiny_model_on_your_own_classes(folder_root, tmp_path, capsys):

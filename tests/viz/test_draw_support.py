@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fsslab.config import load_config
-from fsslab.lab.support import ClassImages, LiveSupport, compare_support_labels, mask_iou
+from fsslab.engine import mask_iou
+from fsslab.lab.support import ClassImages, LiveSupport, compare_support_labels
 from fsslab.predict import PredictModel
 from fsslab.viz.draw import BOX_RGB, SCRIBBLE_RGB, SupportSketch, box_from_drag, rasterize_strokes
 from fsslab.viz.draw_widget import DrawSupport
