@@ -11,7 +11,7 @@ if base-class objects are found and novel targets are not. On the query images o
 * the IoU of "any base class" against the base-class objects of the queries, and
 * the base classes' mIoU over the queries (classes present in them; false positives count).
 
-README, "How the benchmark was calibrated", step 7.
+docs/calibration.md, step 7.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from fsslab.data.synthetic import PRESETS
 MODELS = ("baseline", "ipmt", "amformer")
 # The recipe of the shipped configs before the default became the several-classes benchmark (2026-11-30): 128 px,
 # PFENet lists for IPMT and the baseline, IPMT in torchvision's layout, shorter schedules. The variants measured
-# with it (steps 2-4 of the README's calibration story) pin it, so that they still reproduce.
+# with it (steps 2-4 of docs/calibration.md) pin it, so that they still reproduce.
 _128 = ["data.size=128", "data.val_size=160", "data.scale_min=0.8", "data.scale_max=1.25"]
 _V1: dict[str, list[str]] = {
     "backbone_pretrain_tiny": [*_128, "train.iterations=1000", "train.base_lr=0.001"],
@@ -80,7 +80,7 @@ VARIANTS["multi96_app08"] = ({"seed": 0, **PRESETS["multi"], **_APP}, {
     "ipmt_tiny": [*_S96, "model.params.dilation=pspnet", "train.iterations=1500", "data.protocol=pfenet"]})
 # ... and every model on BAM's training lists (training images holding a novel-class object removed): on `multi`
 # half of the PFENet-list training images hold a novel object labelled background, which teaches IPMT to
-# suppress exactly the classes it is tested on (README, step 5 of the calibration)
+# suppress exactly the classes it is tested on (docs/calibration.md, step 5)
 VARIANTS["multi96_app08_bam"] = (VARIANTS["multi96_app08"][0], {
     **VARIANTS["multi96_app08"][1],
     "ipmt_tiny": [*VARIANTS["multi96_app08"][1]["ipmt_tiny"], "data.protocol=bam"],

@@ -1,4 +1,4 @@
-"""The README's quality tables, printed from the `fsslab eval --json` files of `benchmarks/train_synthetic_zoo.sh`.
+"""The quality tables of the README and docs/quality.md, printed from the `fsslab eval --json` files of `benchmarks/train_synthetic_zoo.sh`.
 
     python benchmarks/quality_table.py [--evals runs/evals] [--timings runs/synthetic/timings.tsv]
 

@@ -32,7 +32,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def warn_if_emulated_bf16(amp: str, device: torch.device | str) -> None:
     """bf16 autocast on a CPU without native bf16 instructions (AVX512-BF16 or AMX) is emulated and far slower
-    than fp32 (IPMT at 473x473 on an AVX2 EPYC: 6x the official fp32 time, README "Speed"): say so once."""
+    than fp32 (IPMT at 473x473 on an AVX2 EPYC: 6x the official fp32 time, docs/speed.md): say so once."""
     if amp != "bf16" or torch.device(device).type != "cpu":
         return
     native = [getattr(torch.cpu, name, lambda: True)() for name in ("_is_avx512_bf16_supported",

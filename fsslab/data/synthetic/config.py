@@ -183,7 +183,7 @@ class SyntheticConfig:
 # colour says nothing about the class and from-scratch backbones do not tell shapes apart in CPU-length runs).
 CALIBRATED: dict[str, Any] = {"class_appearance": 0.4, "n_pretrain": 4000}
 # Several objects of *different* classes side by side in every image, of similar size: a model that segments
-# "the salient object" finds the target among others, so the support decides (README, "How the benchmark was
+# "the salient object" finds the target among others, so the support decides (docs/calibration.md, "How the benchmark was
 # calibrated", steps 4-5).
 _SEVERAL_CLASSES: dict[str, Any] = {"min_objects": 2, "max_objects": 3, "distinct_classes": True,
                                     "placement": "spread", "object_scale": (0.33, 0.5)}

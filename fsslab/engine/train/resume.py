@@ -2,7 +2,7 @@
 loadable one) and whether the config may change on resume. Loading that checkpoint into the Trainer is
 ``Trainer.load_state``.
 
-Resume rules (README "Training and evaluation"):
+Resume rules (docs/training.md, "Run directories and resuming"):
 - ``--resume`` continues from the newest checkpoint that loads (``latest.pt`` or an ``iter_*.pt``), skipping
   unreadable ones with a notice; ``--resume PATH`` uses that file.
 - A directory whose run was killed before its first checkpoint holds only a log: ``--resume`` starts that
