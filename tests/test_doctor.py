@@ -62,7 +62,9 @@ def test_doctor_finds_every_missing_piece_of_an_incomplete_pascal_layout(tmp_pat
         assert text in out, (text, out)
 
 
-def test_doctor_finds_a_missing_stage_1_and_unbuilt_fold_indices(tmp_path, voc_root, capsys):
+def test_doctor_finds_a_missing_stage_1_and_unbuilt_fold_indices(tmp_path, capsys):
+    # a layout of its own: the session's shared voc_root gets its fold indices built by other tests
+    voc_root = write_voc_dataset(tmp_path / "voc", n_train=12, n_val=12)
     code, out, seconds = _run("pascal/amformer_r50_fold0_1shot", {
         "data.root": voc_root, "train.device": "cpu", "train.out_dir": tmp_path / "run"}, capsys)  # fmt: skip
     assert code == 1 and seconds < 10, (seconds, out)
