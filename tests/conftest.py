@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.toys import toy_build_dataset
 from fixtures.voc import write_coco_dataset, write_voc_dataset
 
 
@@ -61,3 +62,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def toy_world(monkeypatch):
+    """Runs of config files whose model is ``toy`` (fixtures.toys.ToyNet) on ToyEpisodes, through the real CLI."""
+    import fsslab.engine.build
+    from fsslab import models
+
+    monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "fixtures.toys:ToyNet")
+    monkeypatch.setattr(fsslab.engine.build, "build_dataset", toy_build_dataset)

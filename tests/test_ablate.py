@@ -7,35 +7,12 @@ import json
 import math
 
 import pytest
-from fixtures.toys import ToyEpisodes
 
-import fsslab.engine.build
 from fsslab import models
 from fsslab.cli import main
 from fsslab.config import load_config
 from fsslab.lab import ablation
 from fsslab.lab.ablation import TABLES, difference_interval, load_table, run_config, t_quantile, verdict
-
-
-class _Benchmark:
-    n_classes = 3
-
-    @staticmethod
-    def novel_classes(fold):
-        return [1, 2, 3]
-
-
-def _fake_build_dataset(name, root, split, fold, shot, *, options=None, **kwargs):
-    episodes, seed = (options.episodes, options.seed) if options is not None else (12, 0)
-    dataset = ToyEpisodes(12 if split == "train" else episodes, shot, evaluation=split != "train", seed=seed)
-    dataset.benchmark = _Benchmark()
-    return dataset
-
-
-@pytest.fixture
-def toy_world(monkeypatch):
-    monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "fixtures.toys:ToyNet")
-    monkeypatch.setattr(fsslab.engine.build, "build_dataset", _fake_build_dataset)
 
 
 def _toy_table(tmp_path):

@@ -6,10 +6,7 @@ import json
 
 import pytest
 import torch
-from fixtures.toys import ToyEpisodes
 
-import fsslab.engine.build
-from fsslab import models
 from fsslab.cli import main
 from fsslab.jsonl import read_jsonl
 
@@ -72,28 +69,6 @@ def test_config_list_and_show(capsys):
     assert "synthetic/amformer_tiny" in capsys.readouterr().out.split()
     assert main(["config", "synthetic/baseline_tiny", "data.shot=5"]) == 0
     assert "shot: 5" in capsys.readouterr().out
-
-
-class _Benchmark:
-    n_classes = 3
-
-    @staticmethod
-    def novel_classes(fold):
-        return [1, 2, 3]
-
-
-def _fake_build_dataset(name, root, split, fold, shot, *, options=None, **kwargs):
-    # the runner passes the episodes' options (EpisodeOptions) as build_dataset's `options`
-    episodes, seed = (options.episodes, options.seed) if options is not None else (12, 0)
-    dataset = ToyEpisodes(12 if split == "train" else episodes, shot, evaluation=split != "train", seed=seed)
-    dataset.benchmark = _Benchmark()
-    return dataset
-
-
-@pytest.fixture
-def toy_world(monkeypatch):
-    monkeypatch.setitem(models.MODEL_REGISTRY, "toy", "fixtures.toys:ToyNet")
-    monkeypatch.setattr(fsslab.engine.build, "build_dataset", _fake_build_dataset)
 
 
 def test_prerequisite_is_trained_first_once(tmp_path, toy_world, capsys):
