@@ -11,7 +11,8 @@ import torch
 from fsslab.cli import main as cli_main
 from fsslab.config import load_config
 from fsslab.engine import architecture
-from fsslab.engine.checkpoint import atomic_save
+from fsslab.engine.build import init_from_checkpoint
+from fsslab.engine.checkpoint import atomic_save, load_checkpoint
 from fsslab.files import sha256_file
 from fsslab.zoo import (
     BUDGET_BYTES,
@@ -24,8 +25,9 @@ from fsslab.zoo import (
     read_manifest,
     total_size,
     verify_pretrained,
+    verify_weights,
 )
-from fsslab.zoo.pack import pack_checkpoint
+from fsslab.zoo.pack import pack_checkpoint, pack_weights
 
 TINY_KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128,
               "max_objects": 4}  # up to 4 objects: every fold-0 class gets enough images in a tiny set
@@ -254,3 +256,46 @@ def test_recheck_records_the_new_check_and_the_eval_json(packed, tmp_path):
     assert rechecked["check"]["miou"] == pytest.approx(entry["check"]["miou"])  # same weights, same evaluation
     assert rechecked["metrics"]["miou"] == 12.5 and read_manifest(copy)["entries"]["ipmt_test"] == rechecked
     assert verify_pretrained("ipmt_test", checkpoint_dir=copy)["ok"]
+
+
+def test_shipped_weights_start_a_run_and_are_shared_by_its_models(tiny_runs, tmp_path, capsys):
+    """`fsslab zoo pack-weights` ships a backbone; a config starts from it through "{zoo}/shared/..."; a model
+    trained from it is packed with --base that file and stores none of the tensors it kept."""
+    out = tmp_path / "zoo"
+    assert cli_main(["zoo", "pack-weights", str(tiny_runs["base"]), "--name", "backbone_test", "--dir", str(out),
+                     "--command", "fsslab train synthetic/pspnet_base_tiny"]) == 0
+    record = read_manifest(out)["shared"]["shared/backbone_test.pt"]
+    assert record["command"] == "fsslab train synthetic/pspnet_base_tiny" and record["iteration"] == 7
+    assert record["sha256"] == sha256_file(out / "shared" / "backbone_test.pt")
+    # a second pack does not replace the shipped file silently
+    with pytest.raises(ZooError, match="exists"):
+        pack_weights(tiny_runs["base"], "backbone_test", "x", out_dir=out)
+
+    # a run starts from it: load_checkpoint decodes the packed file into a float32 state dict
+    model = architecture(tiny_runs["cfg"])
+    assert init_from_checkpoint(model, out / "shared" / "backbone_test.pt") == tiny_runs["n_shared"]
+    decoded = load_checkpoint(out / "shared" / "backbone_test.pt")["model"]
+    base = torch.load(tiny_runs["base"] / "latest.pt", weights_only=True)["model"]
+    key = next(k for k in decoded if k.endswith("conv1.weight"))
+    assert decoded[key].dtype == torch.float32 and torch.allclose(decoded[key], base[key], atol=base[key].abs().max() / 100)
+
+    # the model trained from it (here: unchanged backbone) shares every backbone tensor with the file
+    run = _fake_run(tmp_path / "from_shipped", tiny_runs["cfg"], model.state_dict())
+    entry = pack_checkpoint(run, "ipmt_from_shipped", out_dir=out, base=out / "shared" / "backbone_test.pt",
+                            check=CHECK)
+    # (equal values are shared whatever their name: freshly initialised norms and biases too)
+    assert entry["shared_file"] == "shared/backbone_test.pt" and entry["shared_tensors"] >= tiny_runs["n_shared"]
+    restored = load_pretrained("ipmt_from_shipped", out)
+    # the backbone read from the shipped file is bit for bit the one the run trained with (the rest is fp16)
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in model.state_dict().items() if k in decoded)
+    # verify checks the shared weights first, then the models
+    assert cli_main(["zoo", "verify", "--dir", str(out)]) == 0
+    assert "shared/backbone_test.pt: sha256 matches" in capsys.readouterr().out
+    (out / "shared" / "backbone_test.pt").write_bytes(b"corrupt")
+    with pytest.raises(ZooError, match="backbone_test.pt"):
+        verify_weights(out)
+
+
+def test_the_zoo_placeholder_names_the_shipped_directory():
+    cfg = load_config("synthetic/ipmt_tiny", ["model.init_checkpoint={zoo}/shared/x.pt"])
+    assert cfg.model.init_checkpoint == str(CHECKPOINT_DIR / "shared" / "x.pt")

@@ -1,4 +1,4 @@
-"""``fsslab zoo pack|list|verify|recheck``: the shipped checkpoints from the command line (logic in fsslab.zoo)."""
+"""``fsslab zoo pack|pack-weights|list|verify|recheck``: the shipped checkpoints from the command line (logic in fsslab.zoo)."""
 
 from __future__ import annotations
 
@@ -47,11 +47,24 @@ def _cmd_zoo_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo_pack_weights(args: argparse.Namespace) -> int:
+    from fsslab.zoo.pack import pack_weights
+
+    record = pack_weights(args.run, args.name, args.command_line, prefix=args.prefix, storage=args.storage,
+                          out_dir=args.dir, replace=args.replace)
+    print(f"shared/{args.name}.pt: {record['tensors']} '{args.prefix}*' tensors, {record['size'] / 1e6:.2f} MB "
+          f"({record['storage']}), from {record['source']} (iteration {record['iteration']})")
+    return 0
+
+
 def _cmd_zoo_verify(args: argparse.Namespace) -> int:
-    from fsslab.zoo import list_pretrained, read_manifest, verify_pretrained
+    from fsslab.zoo import list_pretrained, read_manifest, verify_pretrained, verify_weights
 
     if args.dir is not None:
         read_manifest(args.dir, required=True)
+    if not args.names:  # the shared weights (the shipped backbone) first: every model reads one
+        for file, state in verify_weights(args.dir).items():
+            print(f"{file}: sha256 matches the manifest, loads safely -> {state}")
     names = args.names or list_pretrained(args.dir)
     failed = 0
     for name in names:
@@ -74,7 +87,7 @@ def _cmd_zoo_recheck(args: argparse.Namespace) -> int:
 
 
 def add_zoo_parser(commands: Any) -> None:
-    """``fsslab zoo pack|list|verify|recheck``, a sub-command of ``commands`` (the ``fsslab`` parser's)."""
+    """``fsslab zoo pack|pack-weights|list|verify|recheck``, a sub-command of ``commands`` (the ``fsslab`` parser's)."""
     zoo = commands.add_parser(
         "zoo",
         help="shipped checkpoints: pack a run, list, verify",
@@ -107,6 +120,22 @@ def add_zoo_parser(commands: Any) -> None:
     pack.add_argument("--data-root", dest="data_root", default=None, help="data root (default: the run's)")
     pack.add_argument("--dir", default=None, help="checkpoint directory (default: fsslab/checkpoints/synthetic)")
     pack.set_defaults(func=_cmd_zoo_pack)
+    weights = zoo_commands.add_parser(
+        "pack-weights",
+        help="ship a run's backbone as shared/<name>.pt, the file the students' chain starts from",
+        description="Write shared/<name>.pt (the run's --prefix tensors, int8 by default) and its manifest record "
+        "(the command that trained it, the run's config and iteration). Configs start from it with "
+        "model.init_checkpoint: \"{zoo}/shared/<name>.pt\"; models packed with --base it store only what they "
+        "changed.")
+    weights.add_argument("run", help="run directory (latest.pt is used) or checkpoint file")
+    weights.add_argument("--name", required=True, help="file name under shared/ (e.g. backbone_wide)")
+    weights.add_argument("--command", dest="command_line", required=True,
+                         help="the exact `fsslab train ...` command that reproduces the run")
+    weights.add_argument("--prefix", default="backbone.", help="the state-dict prefix to ship (default backbone.)")
+    weights.add_argument("--storage", choices=["fp16", "int8", "fp32"], default="int8")
+    weights.add_argument("--replace", action="store_true", help="replace an existing shared/<name>.pt")
+    weights.add_argument("--dir", default=None, help="checkpoint directory (default: fsslab/checkpoints/synthetic)")
+    weights.set_defaults(func=_cmd_zoo_pack_weights)
     listing = zoo_commands.add_parser("list", help="list the shipped checkpoints and their metrics")
     listing.add_argument("--dir", default=None, help="checkpoint directory (default: the shipped one)")
     listing.set_defaults(func=_cmd_zoo_list)

@@ -39,6 +39,8 @@ from fsslab.config.values import coerce, flow_yaml, parse_value
 from fsslab.errors import ConfigError  # defined there so that every layer can raise it; re-exported here
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# the shipped checkpoints (fsslab.zoo reads them); a config names a shipped file as "{zoo}/shared/backbone_wide.pt"
+SHIPPED_CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "synthetic"
 _CHOICES = CHOICES  # the name it had when it was defined here
 
 
@@ -124,8 +126,10 @@ def _fill_placeholders(value: Any, names: dict[str, Any]) -> Any:
 
 
 def resolve_placeholders(cfg: RunConfig) -> RunConfig:
-    """Fill ``{fold}``, ``{shot}``, ``{dataset}``, ``{name}`` in paths and model params (after overrides)."""
-    names = {"fold": cfg.data.fold, "shot": cfg.data.shot, "dataset": cfg.data.dataset, "name": cfg.name}
+    """Fill ``{fold}``, ``{shot}``, ``{dataset}``, ``{name}`` and ``{zoo}`` (the shipped checkpoints' directory) in
+    paths and model params (after overrides)."""
+    names = {"fold": cfg.data.fold, "shot": cfg.data.shot, "dataset": cfg.data.dataset, "name": cfg.name,
+             "zoo": str(SHIPPED_CHECKPOINT_DIR)}
     cfg.data.root = _fill_placeholders(cfg.data.root, names)
     cfg.train.out_dir = _fill_placeholders(cfg.train.out_dir, names)
     cfg.model.init_checkpoint = _fill_placeholders(cfg.model.init_checkpoint, names)
@@ -221,6 +225,7 @@ def shipped_configs() -> list[str]:
 
 __all__ = [
     "CONFIG_DIR",
+    "SHIPPED_CHECKPOINT_DIR",
     "SUPPORT_MODES",
     "ConfigError",
     "DataConfig",

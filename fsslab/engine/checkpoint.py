@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fsslab.engine.packed import decode_weights, is_packed_weights
 from fsslab.errors import CheckpointError as _FsslabCheckpointError
 from fsslab.files import atomic_write_text, fsync_directory, sha256_file
 
@@ -99,7 +100,11 @@ def atomic_save(obj: Any, path: str | Path, digest: bool = False) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load an fsslab checkpoint with ``weights_only=True`` (no code execution from the file)."""
+    """Load an fsslab checkpoint with ``weights_only=True`` (no code execution from the file).
+
+    A packed weights file of the zoo (``fsslab/checkpoints/synthetic/shared/*.pt``, e.g. the shipped backbone)
+    loads as ``{"model": its state dict decoded to float32, "packed": its other fields}``: a run starts from it
+    with ``model.init_checkpoint`` as from a run's checkpoint."""
     path = Path(path)
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.pt"))
@@ -120,6 +125,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} could not be read safely ({first_line(exc)}); "
             "it may be truncated or not a torch file"
         ) from None
+    if is_packed_weights(data):  # a zoo weights file (the shipped backbone): a run may start from it
+        try:
+            return {"model": decode_weights(data["tensors"]), "format": FORMAT_VERSION,
+                    "packed": {k: v for k, v in data.items() if k != "tensors"}}
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: a packed weights file with a malformed tensor ({exc})") from None
     if not isinstance(data, dict) or "model" not in data:
         raise CheckpointError(
             f"checkpoint {path} is not an fsslab checkpoint (no 'model' entry); "

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,20 +12,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from fsslab.config import RunConfig, config_from_dict, replace_section
+from fsslab.config import SHIPPED_CHECKPOINT_DIR, RunConfig, config_from_dict, replace_section
 from fsslab.engine.build import architecture
 from fsslab.engine.checkpoint import CheckpointError
+from fsslab.engine.packed import FORMAT, decode_tensor
 from fsslab.errors import FsslabError
 from fsslab.files import atomic_write_text, sha256_file
 from fsslab.version import __version__
 
-CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "synthetic"
+CHECKPOINT_DIR = SHIPPED_CHECKPOINT_DIR
 MANIFEST_NAME = "manifest.json"
 # everything under the checkpoint directory: the 10 MB of the zoo issue, plus 0.5 MB for the six models the
 # few-shot issue (#11) asks to ship (1- and 5-shot baseline, IPMT and AMFormer: 10.1 MB in int8)
 BUDGET_BYTES = 10_500_000
-FORMAT = 1
-STORAGES = ("fp32", "fp16", "int8")
 DEFAULT_CHECK = {"seeds": [0], "episodes": 100}
 DEFAULT_TOLERANCE = 1e-6  # percentage points; the check eval runs on CPU with one thread (deterministic)
 
@@ -40,37 +38,6 @@ class UnknownCheckpointName(ZooError, KeyError):
 
     def __str__(self) -> str:  # KeyError's own str() would quote the message
         return str(self.args[0]) if self.args else ""
-
-
-# --------------------------------------------------------------------------------------------- storage
-def encode_tensor(tensor: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
-    """One tensor in the packed format; non-float tensors are always stored exactly."""
-    if not tensor.is_floating_point() or storage == "fp32":
-        return {"value": tensor.clone()}
-    if storage == "int8" and tensor.dim() >= 2 and tensor.numel() >= 1024:
-        # symmetric per-output-channel quantisation: the scale follows each filter's own range
-        flat = tensor.float().flatten(1)  # [C_out, rest]
-        scale = flat.abs().amax(1).clamp_min(1e-12) / 127.0  # [C_out]
-        q = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        return {"value": q.view_as(tensor), "scale": scale}
-    return {"value": tensor.to(torch.float16) if storage in ("fp16", "int8") else tensor.clone()}
-
-
-def decode_tensor(item: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    value = item["value"]
-    if "scale" in item:  # int8: [C_out, ...] * scale[C_out]
-        value = (value.float().flatten(1) * item["scale"][:, None]).view(value.shape)
-    return value.to(dtype)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def fingerprint(tensor: torch.Tensor) -> tuple[Any, ...]:
-    data = tensor.detach().cpu().contiguous()
-    return tuple(data.shape), str(data.dtype), hashlib.sha1(data.reshape(-1).view(torch.uint8).numpy().tobytes()
-                                                            if data.numel() else b"").hexdigest()
 
 
 # -------------------------------------------------------------------------------------------- manifest
@@ -303,6 +270,16 @@ def verify_pretrained(name: str, data_root: str | Path | None = None,
             "ok": worst <= expected.get("tolerance", DEFAULT_TOLERANCE)}
 
 
+def verify_weights(checkpoint_dir: str | Path | None = None) -> dict[str, str]:
+    """Check every shared weights file (the shipped backbone and the stage-1 weights) against the manifest's
+    sha256 and load it safely; returns {file: "ok"} or raises ZooError naming the file."""
+    root = Path(checkpoint_dir or CHECKPOINT_DIR)
+    manifest = read_manifest(root, required=checkpoint_dir is not None)
+    for file, record in manifest["shared"].items():
+        load_verified(inside(root, file, f"shared file {file!r}"), record.get("sha256"))
+    return {file: "ok" for file in manifest["shared"]}
+
+
 def recheck_pretrained(name: str, eval_json: str | Path | None = None, data_root: str | Path | None = None,
                        checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """Re-measure a shipped checkpoint after the *evaluation* changed (the weights do not): repeat its check
@@ -327,5 +304,5 @@ def recheck_pretrained(name: str, eval_json: str | Path | None = None, data_root
 __all__ = [
     "BUDGET_BYTES", "CHECKPOINT_DIR", "ZooError", "check_eval",
     "list_pretrained", "load_pretrained", "pretrained_config", "pretrained_info",
-    "read_manifest", "recheck_pretrained", "total_size", "verify_pretrained",
+    "read_manifest", "recheck_pretrained", "total_size", "verify_pretrained", "verify_weights",
 ]

@@ -17,6 +17,7 @@ from fsslab import zoo
 from fsslab.config import RunConfig, config_from_dict, flow_yaml, load_config
 from fsslab.engine.build import architecture
 from fsslab.engine.checkpoint import atomic_save, load_checkpoint
+from fsslab.engine.packed import FORMAT, STORAGES, decode_weights, dtype_name, encode_tensor, fingerprint
 from fsslab.errors import ConfigError
 from fsslab.files import sha256_file
 from fsslab.version import __version__
@@ -24,14 +25,9 @@ from fsslab.zoo import (
     BUDGET_BYTES,
     DEFAULT_CHECK,
     DEFAULT_TOLERANCE,
-    FORMAT,
-    STORAGES,
     ZooError,
     check_eval,
-    dtype_name,
-    encode_tensor,
     eval_summary,
-    fingerprint,
     load_verified,
     read_manifest,
     restore_packed,
@@ -88,6 +84,11 @@ def _resolve_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
     return path
 
 
+def _check_name(name: str, what: str) -> None:
+    if not name or any(c in name for c in "/\\ ") or name.startswith("."):
+        raise ConfigError(f"{what} {name!r}: use letters, digits, '_', '-' and '.' only")
+
+
 def _same_encoding(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
@@ -104,6 +105,8 @@ def _pack_shared(base: str | Path | None, state: dict[str, torch.Tensor], out: P
         return {}, None
     shared_refs: dict[str, str] = {}
     base_path = _resolve_checkpoint(base)
+    if _shipped_weights_file(base_path, out) is not None:
+        return _refs_to_shipped(base_path, state, out, manifest)
     base_ckpt = load_checkpoint(base_path)
     base_state = base_ckpt["model"]
     out_dir_name = Path(str((base_ckpt.get("config") or {}).get("train", {}).get("out_dir", ""))).name
@@ -140,6 +143,67 @@ def _pack_shared(base: str | Path | None, state: dict[str, torch.Tensor], out: P
     manifest["shared"][shared_file] = {"sha256": sha256_file(shared_path), "size": shared_path.stat().st_size,
                                        "source": str(base_path), "storage": storage}
     return shared_refs, shared_file
+
+
+def _shipped_weights_file(path: Path, out: Path) -> str | None:
+    """``shared/<name>.pt`` when ``path`` is a weights file of the zoo ``out`` (a shipped backbone), else None."""
+    try:
+        relative = path.resolve().relative_to(out.resolve())
+    except ValueError:
+        return None
+    return relative.as_posix() if relative.parts[0] == "shared" else None
+
+
+def _refs_to_shipped(base_path: Path, state: dict[str, torch.Tensor], out: Path, manifest: dict[str, Any]
+                     ) -> tuple[dict[str, str], str]:
+    """A model trained from a shipped weights file (``model.init_checkpoint: {zoo}/shared/...``) reads the
+    tensors it kept unchanged from that file; the file itself is never rewritten here."""
+    shared_file = _shipped_weights_file(base_path, out)
+    assert shared_file is not None
+    record = manifest["shared"].get(shared_file)
+    if record is None:
+        raise ZooError(f"{base_path}: not listed under 'shared' in {out}/manifest.json")
+    shipped = load_verified(base_path, record.get("sha256"))
+    by_value = {fingerprint(v): k for k, v in decode_weights(shipped["tensors"]).items()}
+    refs = {key: by_value[fingerprint(t)] for key, t in state.items() if fingerprint(t) in by_value}
+    return refs, shared_file
+
+
+def pack_weights(run_dir_or_ckpt: str | Path, name: str, command: str, prefix: str = "backbone.",
+                 storage: str = "int8", out_dir: str | Path | None = None, replace: bool = False) -> dict[str, Any]:
+    """Ship the ``prefix*`` tensors of a run (a pretrained backbone) as ``shared/<name>.pt``, a packed weights
+    file that runs start from (``model.init_checkpoint: "{zoo}/shared/<name>.pt"``) and that the models packed
+    with ``--base`` it read their unchanged tensors from. Its manifest record carries the command that trained
+    it, the run's config and iteration. An existing file is replaced only with ``replace`` (every model trained
+    from it must then be retrained)."""
+    if storage not in STORAGES:
+        raise ConfigError(f"storage {storage!r}: choose one of {STORAGES}")
+    _check_name(name, "weights name")
+    out = Path(out_dir or zoo.CHECKPOINT_DIR)
+    source = _resolve_checkpoint(run_dir_or_ckpt)
+    ckpt = load_checkpoint(source)
+    cfg = _run_config(ckpt, source)
+    tensors = {k: encode_tensor(v, storage) for k, v in ckpt["model"].items() if k.startswith(prefix)}
+    if not tensors:
+        raise ZooError(f"{source}: no '{prefix}*' tensor to ship")
+    manifest = read_manifest(out)
+    shared_file = f"shared/{name}.pt"
+    path = out / shared_file
+    readers = sorted(n for n, e in manifest["entries"].items() if e.get("shared_file") == shared_file)
+    if path.exists() and not replace:
+        raise ZooError(f"{path} exists (read by {readers or 'no entry'}); pass --replace to ship another one, then "
+                       "retrain and repack every model trained from it")
+    atomic_save({"format": FORMAT, "storage": storage, "source": str(source), "tensors": tensors}, path)
+    os.chmod(path, 0o644)
+    manifest["shared"][shared_file] = {
+        "sha256": sha256_file(path), "size": path.stat().st_size, "source": str(source), "storage": storage,
+        "kind": "weights", "prefix": prefix, "tensors": len(tensors), "config": shipped_name(cfg),
+        "command": command, "iteration": int(ckpt.get("iteration", -1)),
+        "trained_with_fsslab": ckpt.get("fsslab_version"), "fsslab_version": __version__,
+    }
+    manifest["budget_bytes"] = BUDGET_BYTES
+    write_manifest(manifest, out)
+    return manifest["shared"][shared_file]
 
 
 def _manifest_entry(name: str, path: Path, packed: dict[str, Any], cfg: RunConfig, ckpt: dict[str, Any],
@@ -191,8 +255,7 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
     """
     if storage not in STORAGES:
         raise ConfigError(f"storage {storage!r}: choose one of {STORAGES}")
-    if not name or any(c in name for c in "/\\ ") or name.startswith("."):
-        raise ConfigError(f"checkpoint name {name!r}: use letters, digits, '_', '-' and '.' only")
+    _check_name(name, "checkpoint name")
     out = Path(out_dir or zoo.CHECKPOINT_DIR)  # read now: the one definition, which a caller may point elsewhere
     source = _resolve_checkpoint(run_dir_or_ckpt)
     ckpt = load_checkpoint(source)
@@ -246,4 +309,4 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
     return entry
 
 
-__all__ = ["derive_overrides", "pack_checkpoint", "shipped_name"]
+__all__ = ["derive_overrides", "pack_checkpoint", "pack_weights", "shipped_name"]
