@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsslab.data.transforms import MEAN_255, _resize_all, pad_to
+from fsslab.data.transforms import MEAN_255, pad_to, resize_all
 from fsslab.errors import ConfigError
 
 
@@ -72,7 +72,7 @@ class EvalProtocol:
         image = image.astype(np.float32, copy=False)
         padding = np.zeros(image.shape[:2], np.uint8)
         if (new_h, new_w) != image.shape[:2]:
-            image, labels, padding = _resize_all(image, labels, padding, new_w, new_h)
+            image, labels, padding = resize_all(image, labels, padding, new_w, new_h)
         fill = (0.0, 0.0, 0.0) if pad_image == "zero" else MEAN_255
         image, labels, padding = pad_to(image, labels, padding, size, size, centred=False, fill=fill)
         return image, labels, padding.astype(bool), (new_h, new_w)

@@ -195,7 +195,9 @@ def align_to_image(label: np.ndarray, label_header: ImageHeader, image_header: I
     )
 
 
-def _read_bytes(path: str | Path, what: str) -> bytes:
+def read_checked_bytes(path: str | Path, what: str) -> bytes:
+    """The bytes of an image file, refused (one line naming ``what`` and the file) when it is missing, a
+    directory, empty or visibly truncated."""
     path = Path(path)
     if path.is_dir():
         raise DatasetError(f"{what} {path} is a directory, not a file")
@@ -204,6 +206,9 @@ def _read_bytes(path: str | Path, what: str) -> bytes:
     data = path.read_bytes()
     if not data:
         raise DatasetError(f"{what} is empty (0 bytes): {path}")
+    problem = _looks_truncated(data)
+    if problem:
+        raise DatasetError(f"corrupt {what} {path}: {problem}")
     return data
 
 
@@ -290,10 +295,7 @@ def read_image(path: str | Path, what: str = "image") -> np.ndarray:
 def read_image_header(path: str | Path, what: str = "image") -> tuple[np.ndarray, ImageHeader]:
     """:func:`read_image` and the file's :class:`ImageHeader` (for aligning its mask: :func:`align_to_image`)."""
     path = Path(path)
-    data = _read_bytes(path, what)
-    problem = _looks_truncated(data)
-    if problem:
-        raise DatasetError(f"corrupt {what} {path}: {problem}")
+    data = read_checked_bytes(path, what)
     header = read_header(path, what)
     bgr = _decode_colour(data, path, what)
     if bgr.shape[:2] != header.stored_shape:
@@ -306,10 +308,7 @@ def read_stored_pixels(path: str | Path, what: str = "mask") -> tuple[np.ndarray
     """[H,W] or [H,W,C] array of an image file as stored (palette indices of palette images, no orientation
     applied) and its header; LA is read as L, other modes than 1/L/P/I/I;16/RGB/RGBA are converted to RGB(A)."""
     path = Path(path)
-    data = _read_bytes(path, what)
-    problem = _looks_truncated(data)
-    if problem:
-        raise DatasetError(f"corrupt {what} {path}: {problem}")
+    read_checked_bytes(path, what)
     header = read_header(path, what)
     try:
         with Image.open(path) as pil:
@@ -419,10 +418,7 @@ def read_label(path: str | Path, n_classes: int | None = None, image: ImageHeade
     rejected rather than guessed. With `n_classes`, values outside {0..C, 255} raise, naming them.
     With ``image`` (its header), the label is aligned to the image's EXIF orientation (:func:`align_to_image`).
     """
-    data = _read_bytes(path, "label")
-    problem = _looks_truncated(data)
-    if problem:
-        raise DatasetError(f"corrupt label {path}: {problem}")
+    read_checked_bytes(path, "label")
     header = read_header(path, "label")
     try:
         with Image.open(path) as pil:

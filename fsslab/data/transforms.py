@@ -26,7 +26,9 @@ def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def _resize_all(image, labels, padding, width: int, height: int):
+def resize_all(image: np.ndarray, labels: list[np.ndarray], padding: np.ndarray, width: int, height: int
+               ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """The image (bilinear) and its label maps and padding mask (nearest: labels stay labels) at width x height."""
     image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     labels = [cv2.resize(lab, (width, height), interpolation=cv2.INTER_NEAREST) for lab in labels]
     padding = cv2.resize(padding, (width, height), interpolation=cv2.INTER_NEAREST)
@@ -39,7 +41,7 @@ def random_scale(image, labels, padding, rng: np.random.Generator, scale=(0.9, 1
     height, width = image.shape[:2]
     # cv2.resize with fx/fy rounds the output size like this
     new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
-    return _resize_all(image, labels, padding, new_w, new_h)
+    return resize_all(image, labels, padding, new_w, new_h)
 
 
 def random_rotate(image, labels, padding, rng: np.random.Generator, angle=(-10.0, 10.0), p=0.5,
@@ -120,7 +122,7 @@ def random_crop(image, labels, padding, rng: np.random.Generator, size, keep_rat
         result.retries += 1
     if require_foreground and total > 0 and kept == 0:
         result.fallback = True
-        return (*_resize_all(image, labels, padding, crop_w, crop_h), result)
+        return (*resize_all(image, labels, padding, crop_w, crop_h), result)
     cropped = [lab[window] for lab in labels]
     return image[window], cropped, padding[window], result
 
@@ -170,7 +172,7 @@ class TrainAugment:
         image, labels, padding = random_hflip(image, labels, padding, rng, self.flip_p)
         if self.final == "resize":
             crop_h, crop_w = _size_hw(self.size)
-            image, labels, padding = _resize_all(image, labels, padding, crop_w, crop_h)
+            image, labels, padding = resize_all(image, labels, padding, crop_w, crop_h)
             return image, labels, padding.astype(bool), CropResult()
         image, labels, padding, result = random_crop(
             image, labels, padding, rng, self.size, self.keep_ratio, self.max_retries, require_foreground

@@ -16,11 +16,11 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from fsslab.data.synthetic.shapes import Jitter, Part, _circle, _poly, canonical_unit_area
+from fsslab.data.synthetic.shapes import Jitter, Part, canonical_unit_area, circle_outline, polygon_outline
 
 
 def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-    return _poly(x0, y0, x1, y0, x1, y1, x0, y1)
+    return polygon_outline(x0, y0, x1, y0, x1, y1, x0, y1)
 
 
 def _gear(j: Jitter) -> list[Part]:
@@ -28,37 +28,37 @@ def _gear(j: Jitter) -> list[Part]:
     t = np.linspace(0, 2 * np.pi, teeth * 16, endpoint=False)
     radius = 0.78 + depth * (np.cos(teeth * t) > 0.1)  # square-profile teeth
     outline = np.stack([radius * np.cos(t), radius * np.sin(t)], 1)
-    return [("fill", outline, 0.0, 1), ("fill", _circle(0.3 + 0.04 * j()), 0.0, 0)]
+    return [("fill", outline, 0.0, 1), ("fill", circle_outline(0.3 + 0.04 * j()), 0.0, 0)]
 
 
 def _dumbbell(j: Jitter) -> list[Part]:
     r = 0.42 + 0.05 * j()
-    return [("fill", _circle(r, cx=-1 + r), 0.0, 1), ("fill", _circle(r, cx=1 - r), 0.0, 1),
+    return [("fill", circle_outline(r, cx=-1 + r), 0.0, 1), ("fill", circle_outline(r, cx=1 - r), 0.0, 1),
             ("fill", _rect(-0.6, -0.12, 0.6, 0.12), 0.0, 1)]
 
 
 def _bowtie(j: Jitter) -> list[Part]:
     waist = 0.1 + 0.03 * j()
-    return [("fill", _poly(-1, -0.75, -waist, -0.08, waist, -0.08, 1, -0.75, 1, 0.75, waist, 0.08, -waist, 0.08,
+    return [("fill", polygon_outline(-1, -0.75, -waist, -0.08, waist, -0.08, 1, -0.75, 1, 0.75, waist, 0.08, -waist, 0.08,
                            -1, 0.75), 0.0, 1)]
 
 
 def _fish(j: Jitter) -> list[Part]:
-    body = _circle(1.0) * np.array([0.62, 0.4 + 0.04 * j()]) + np.array([-0.25, 0.0])
-    tail = _poly(0.25, 0.0, 0.95, -0.55 - 0.08 * j(), 0.95, 0.55)
-    return [("fill", body, 0.0, 1), ("fill", tail, 0.0, 1), ("fill", _circle(0.09, cx=-0.55, cy=-0.1), 0.0, 0)]
+    body = circle_outline(1.0) * np.array([0.62, 0.4 + 0.04 * j()]) + np.array([-0.25, 0.0])
+    tail = polygon_outline(0.25, 0.0, 0.95, -0.55 - 0.08 * j(), 0.95, 0.55)
+    return [("fill", body, 0.0, 1), ("fill", tail, 0.0, 1), ("fill", circle_outline(0.09, cx=-0.55, cy=-0.1), 0.0, 0)]
 
 
 def _key(j: Jitter) -> list[Part]:
     head = 0.38 + 0.04 * j()
-    return [("fill", _circle(head, cx=-1 + head), 0.0, 1), ("fill", _circle(head * 0.45, cx=-1 + head), 0.0, 0),
+    return [("fill", circle_outline(head, cx=-1 + head), 0.0, 1), ("fill", circle_outline(head * 0.45, cx=-1 + head), 0.0, 0),
             ("fill", _rect(-0.3, -0.1, 1.0, 0.1), 0.0, 1), ("fill", _rect(0.55, 0.1, 0.7, 0.42), 0.0, 1),
             ("fill", _rect(0.82, 0.1, 1.0, 0.34), 0.0, 1)]
 
 
 def _lightning(j: Jitter) -> list[Part]:
     k = 0.12 * j()
-    return [("fill", _poly(-0.15, -1, 0.55, -1, 0.1 + k, -0.15, 0.5, -0.15, -0.35, 1, -0.05 + k, 0.12, -0.5, 0.12),
+    return [("fill", polygon_outline(-0.15, -1, 0.55, -1, 0.1 + k, -0.15, 0.5, -0.15, -0.35, 1, -0.05 + k, 0.12, -0.5, 0.12),
              0.0, 1)]
 
 
@@ -67,7 +67,7 @@ def _bone(j: Jitter) -> list[Part]:
     parts: list[Part] = [("fill", _rect(-0.75, -0.16, 0.75, 0.16), 0.0, 1)]
     for cx in (-0.78, 0.78):
         for cy in (-0.2, 0.2):
-            parts.append(("fill", _circle(r, cx=cx, cy=cy), 0.0, 1))
+            parts.append(("fill", circle_outline(r, cx=cx, cy=cy), 0.0, 1))
     return parts
 
 
@@ -75,12 +75,12 @@ def _pacman(j: Jitter) -> list[Part]:
     mouth = np.deg2rad(35 + 8 * j())
     t = np.linspace(mouth, 2 * np.pi - mouth, 48)
     return [("fill", np.vstack([[0.0, 0.0], np.stack([np.cos(t), np.sin(t)], 1)]), 0.0, 1),
-            ("fill", _circle(0.1, cx=0.05, cy=-0.5), 0.0, 0)]
+            ("fill", circle_outline(0.1, cx=0.05, cy=-0.5), 0.0, 0)]
 
 
 def _crown(j: Jitter) -> list[Part]:
     h = 0.85 + 0.1 * j()
-    return [("fill", _poly(-1, 0.6, -1, -h, -0.5, -0.05, 0, -h - 0.1, 0.5, -0.05, 1, -h, 1, 0.6), 0.0, 1)]
+    return [("fill", polygon_outline(-1, 0.6, -1, -h, -0.5, -0.05, 0, -h - 0.1, 0.5, -0.05, 1, -h, 1, 0.6), 0.0, 1)]
 
 
 def _ladder(j: Jitter) -> list[Part]:
@@ -94,7 +94,7 @@ def _ladder(j: Jitter) -> list[Part]:
 def _anchor(j: Jitter) -> list[Part]:
     t = np.linspace(np.deg2rad(20), np.deg2rad(160), 30)
     arc = np.stack([0.75 * np.cos(t), 0.2 + 0.6 * np.sin(t)], 1)
-    return [("fill", _circle(0.2, cy=-0.78), 0.0, 1), ("fill", _circle(0.09, cy=-0.78), 0.0, 0),
+    return [("fill", circle_outline(0.2, cy=-0.78), 0.0, 1), ("fill", circle_outline(0.09, cy=-0.78), 0.0, 0),
             ("fill", _rect(-0.09, -0.6, 0.09, 0.8), 0.0, 1), ("fill", _rect(-0.4, -0.42, 0.4, -0.28), 0.0, 1),
             ("stroke", arc, 0.18 + 0.03 * j(), 1)]
 
@@ -103,7 +103,7 @@ def _tree(j: Jitter) -> list[Part]:
     spread = 0.8 + 0.08 * j()
     parts: list[Part] = [("fill", _rect(-0.13, 0.55, 0.13, 1.0), 0.0, 1)]
     for top, bottom, half in ((-1.0, -0.35, 0.5), (-0.65, 0.1, 0.68), (-0.3, 0.6, spread)):
-        parts.append(("fill", _poly(0.0, top, half, bottom, -half, bottom), 0.0, 1))
+        parts.append(("fill", polygon_outline(0.0, top, half, bottom, -half, bottom), 0.0, 1))
     return parts
 
 
@@ -112,12 +112,12 @@ def _trident(j: Jitter) -> list[Part]:
     parts: list[Part] = [("fill", _rect(-w, -0.35, w, 1), 0.0, 1), ("fill", _rect(-0.7, -0.35, 0.7, -0.35 + 2 * w),
                                                                     0.0, 1)]
     for x in (-0.7, 0.0, 0.7):
-        parts.append(("fill", _poly(x - w, -0.35, x - w, -0.8, x, -1, x + w, -0.8, x + w, -0.35), 0.0, 1))
+        parts.append(("fill", polygon_outline(x - w, -0.35, x - w, -0.8, x, -1, x + w, -0.8, x + w, -0.35), 0.0, 1))
     return parts
 
 
 def _butterfly(j: Jitter) -> list[Part]:
-    upper, lower = _circle(1.0) * np.array([0.45, 0.32]), _circle(1.0) * np.array([0.32, 0.25 + 0.04 * j()])
+    upper, lower = circle_outline(1.0) * np.array([0.45, 0.32]), circle_outline(1.0) * np.array([0.32, 0.25 + 0.04 * j()])
     parts: list[Part] = []
     for side in (-1.0, 1.0):
         parts.append(("fill", _rotate(upper, side * 0.5) + np.array([side * 0.48, -0.32]), 0.0, 1))
@@ -129,20 +129,20 @@ def _butterfly(j: Jitter) -> list[Part]:
 def _mushroom(j: Jitter) -> list[Part]:
     t = np.linspace(np.pi, 2 * np.pi, 32)
     cap = np.stack([np.cos(t), -0.2 + (0.75 + 0.08 * j()) * np.sin(t)], 1)
-    return [("fill", cap, 0.0, 1), ("fill", _poly(-0.25, -0.22, 0.25, -0.22, 0.3, 1, -0.3, 1), 0.0, 1)]
+    return [("fill", cap, 0.0, 1), ("fill", polygon_outline(-0.25, -0.22, 0.25, -0.22, 0.3, 1, -0.3, 1), 0.0, 1)]
 
 
 def _wrench(j: Jitter) -> list[Part]:
     jaw = 0.42 + 0.04 * j()
-    return [("fill", _rect(-1, -0.13, 0.45, 0.13), 0.0, 1), ("fill", _circle(jaw, cx=0.58), 0.0, 1),
-            ("fill", _rect(0.55, -0.15, 1.1, 0.15), 0.0, 0), ("fill", _circle(0.12, cx=-0.8), 0.0, 0)]
+    return [("fill", _rect(-1, -0.13, 0.45, 0.13), 0.0, 1), ("fill", circle_outline(jaw, cx=0.58), 0.0, 1),
+            ("fill", _rect(0.55, -0.15, 1.1, 0.15), 0.0, 0), ("fill", circle_outline(0.12, cx=-0.8), 0.0, 0)]
 
 
 def _hashtag(j: Jitter) -> list[Part]:
     w, k = 0.13 + 0.02 * j(), 0.2
     parts: list[Part] = []
     for x in (-0.35, 0.35):
-        parts.append(("fill", _poly(x - w + k, -1, x + w + k, -1, x + w - k, 1, x - w - k, 1), 0.0, 1))
+        parts.append(("fill", polygon_outline(x - w + k, -1, x + w + k, -1, x + w - k, 1, x - w - k, 1), 0.0, 1))
     for y in (-0.35, 0.35):
         parts.append(("fill", _rect(-1, y - w, 1, y + w), 0.0, 1))
     return parts
@@ -150,21 +150,21 @@ def _hashtag(j: Jitter) -> list[Part]:
 
 def _letter_a(j: Jitter) -> list[Part]:
     foot = 0.25 + 0.04 * j()
-    return [("fill", _poly(-0.15, -1, 0.15, -1, 0.85, 1, 0.85 - foot, 1, 0.5, 0.35, -0.5, 0.35, -0.85 + foot, 1,
+    return [("fill", polygon_outline(-0.15, -1, 0.15, -1, 0.85, 1, 0.85 - foot, 1, 0.5, 0.35, -0.5, 0.35, -0.85 + foot, 1,
                            -0.85, 1), 0.0, 1),
-            ("fill", _poly(0, -0.45, 0.25, 0.05, -0.25, 0.05), 0.0, 0)]
+            ("fill", polygon_outline(0, -0.45, 0.25, 0.05, -0.25, 0.05), 0.0, 0)]
 
 
 def _bottle(j: Jitter) -> list[Part]:
     neck = 0.16 + 0.03 * j()
-    return [("fill", _poly(-0.5, 1, 0.5, 1, 0.5, -0.1, neck, -0.5, neck, -1, -neck, -1, -neck, -0.5, -0.5, -0.1),
+    return [("fill", polygon_outline(-0.5, 1, 0.5, 1, 0.5, -0.1, neck, -0.5, neck, -1, -neck, -1, -neck, -0.5, -0.5, -0.1),
              0.0, 1), ("fill", _rect(-0.28, 0.15, 0.28, 0.6), 0.0, 0)]
 
 
 def _sun(j: Jitter) -> list[Part]:
-    parts: list[Part] = [("fill", _circle(0.48 + 0.04 * j()), 0.0, 1)]
+    parts: list[Part] = [("fill", circle_outline(0.48 + 0.04 * j()), 0.0, 1)]
     for a in np.arange(8) * np.pi / 4:
-        ray = _poly(0.6, -0.1, 1.0, 0.0, 0.6, 0.1)
+        ray = polygon_outline(0.6, -0.1, 1.0, 0.0, 0.6, 0.1)
         parts.append(("fill", _rotate(ray, a), 0.0, 1))
     return parts
 

@@ -18,7 +18,8 @@ _SUBPIXEL_BITS = 4  # cv2 fixed-point drawing: 1/16 px precision keeps small sha
 _SUBPIXEL = float(1 << _SUBPIXEL_BITS)
 
 
-def _circle(radius: float, cx: float = 0.0, cy: float = 0.0, n: int = 48) -> np.ndarray:
+def circle_outline(radius: float, cx: float = 0.0, cy: float = 0.0, n: int = 48) -> np.ndarray:
+    """[n, 2] points of a circle (shape parts are closed outlines in unit coordinates)."""
     t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
     return np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], axis=1)
 
@@ -28,7 +29,8 @@ def _regular(n: int, radius: float = 1.0, phase: float = -np.pi / 2) -> np.ndarr
     return np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
 
 
-def _poly(*xy: float) -> np.ndarray:
+def polygon_outline(*xy: float) -> np.ndarray:
+    """[n, 2] points from the flat coordinates x0, y0, x1, y1, ..."""
     return np.asarray(xy, dtype=np.float64).reshape(-1, 2)
 
 
@@ -38,7 +40,7 @@ Jitter = Callable[[], float]
 
 
 def _disc(j: Jitter) -> list[Part]:
-    return [("fill", _circle(1.0), 0.0, 1)]
+    return [("fill", circle_outline(1.0), 0.0, 1)]
 
 
 def _triangle(j: Jitter) -> list[Part]:
@@ -51,7 +53,7 @@ def _cross(j: Jitter) -> list[Part]:
     return [
         (
             "fill",
-            _poly(-w, -1, w, -1, w, -w, 1, -w, 1, w, w, w, w, 1, -w, 1, -w, w, -1, w, -1, -w, -w, -w),
+            polygon_outline(-w, -1, w, -1, w, -w, 1, -w, 1, w, w, w, w, 1, -w, 1, -w, w, -1, w, -1, -w, -w, -w),
             0.0,
             1,
         )
@@ -73,11 +75,11 @@ def _zigzag(j: Jitter) -> list[Part]:
 
 
 def _ring(j: Jitter) -> list[Part]:
-    return [("fill", _circle(1.0), 0.0, 1), ("fill", _circle(0.55 + 0.08 * j()), 0.0, 0)]
+    return [("fill", circle_outline(1.0), 0.0, 1), ("fill", circle_outline(0.55 + 0.08 * j()), 0.0, 0)]
 
 
 def _square(j: Jitter) -> list[Part]:
-    return [("fill", _poly(-0.85, -0.85, 0.85, -0.85, 0.85, 0.85, -0.85, 0.85), 0.0, 1)]
+    return [("fill", polygon_outline(-0.85, -0.85, 0.85, -0.85, 0.85, 0.85, -0.85, 0.85), 0.0, 1)]
 
 
 def _star(j: Jitter) -> list[Part]:
@@ -90,7 +92,7 @@ def _arrow(j: Jitter) -> list[Part]:
     return [
         (
             "fill",
-            _poly(-1, -shaft, neck, -shaft, neck, -head, 1, 0, neck, head, neck, shaft, -1, shaft),
+            polygon_outline(-1, -shaft, neck, -shaft, neck, -head, 1, 0, neck, head, neck, shaft, -1, shaft),
             0.0,
             1,
         )
@@ -105,7 +107,7 @@ def _spiral(j: Jitter) -> list[Part]:
 
 
 def _ellipse(j: Jitter) -> list[Part]:
-    return [("fill", _circle(1.0) * np.array([1.0, 0.48 + 0.08 * j()]), 0.0, 1)]
+    return [("fill", circle_outline(1.0) * np.array([1.0, 0.48 + 0.08 * j()]), 0.0, 1)]
 
 
 def _hexagon(j: Jitter) -> list[Part]:
@@ -113,49 +115,49 @@ def _hexagon(j: Jitter) -> list[Part]:
 
 
 def _crescent(j: Jitter) -> list[Part]:
-    return [("fill", _circle(1.0), 0.0, 1), ("fill", _circle(0.85, cx=0.5 + 0.1 * j(), cy=-0.1), 0.0, 0)]
+    return [("fill", circle_outline(1.0), 0.0, 1), ("fill", circle_outline(0.85, cx=0.5 + 0.1 * j(), cy=-0.1), 0.0, 0)]
 
 
 def _l_shape(j: Jitter) -> list[Part]:
     w = -0.35 + 0.1 * j()
-    return [("fill", _poly(-0.8, -1, w, -1, w, 0.45, 0.8, 0.45, 0.8, 1, -0.8, 1), 0.0, 1)]
+    return [("fill", polygon_outline(-0.8, -1, w, -1, w, 0.45, 0.8, 0.45, 0.8, 1, -0.8, 1), 0.0, 1)]
 
 
 def _chevron(j: Jitter) -> list[Part]:
     t = 0.5 + 0.1 * j()
-    return [("fill", _poly(-0.9, -1, -0.9 + t, -1, 0.7, 0, -0.9 + t, 1, -0.9, 1, 0.7 - t, 0), 0.0, 1)]
+    return [("fill", polygon_outline(-0.9, -1, -0.9 + t, -1, 0.7, 0, -0.9 + t, 1, -0.9, 1, 0.7 - t, 0), 0.0, 1)]
 
 
 def _cloud(j: Jitter) -> list[Part]:
     n = 5 + int(j() > 0.3)
     angles = np.arange(n) * 2.0 * np.pi / n + 0.3 * j()
-    parts: list[Part] = [("fill", _circle(0.5), 0.0, 1)]
+    parts: list[Part] = [("fill", circle_outline(0.5), 0.0, 1)]
     for a in angles:
-        parts.append(("fill", _circle(0.38 + 0.06 * j(), cx=0.58 * np.cos(a), cy=0.5 * np.sin(a)), 0.0, 1))
+        parts.append(("fill", circle_outline(0.38 + 0.06 * j(), cx=0.58 * np.cos(a), cy=0.5 * np.sin(a)), 0.0, 1))
     return parts
 
 
 def _diamond(j: Jitter) -> list[Part]:
     half_width = 0.55 + 0.08 * j()
-    return [("fill", _poly(0, -1, half_width, 0, 0, 1, -half_width, 0), 0.0, 1)]
+    return [("fill", polygon_outline(0, -1, half_width, 0, 0, 1, -half_width, 0), 0.0, 1)]
 
 
 def _t_shape(j: Jitter) -> list[Part]:
     w, bar = 0.25 + 0.06 * j(), -0.45 + 0.08 * j()
-    return [("fill", _poly(-1, -1, 1, -1, 1, bar, w, bar, w, 1, -w, 1, -w, bar, -1, bar), 0.0, 1)]
+    return [("fill", polygon_outline(-1, -1, 1, -1, 1, bar, w, bar, w, 1, -w, 1, -w, bar, -1, bar), 0.0, 1)]
 
 
 def _keyhole(j: Jitter) -> list[Part]:
     bottom = 0.45 + 0.08 * j()
     return [
-        ("fill", _circle(0.5, cy=-0.45), 0.0, 1),
-        ("fill", _poly(-0.18, -0.4, 0.18, -0.4, bottom, 1, -bottom, 1), 0.0, 1),
+        ("fill", circle_outline(0.5, cy=-0.45), 0.0, 1),
+        ("fill", polygon_outline(-0.18, -0.4, 0.18, -0.4, bottom, 1, -bottom, 1), 0.0, 1),
     ]
 
 
 def _trapezoid(j: Jitter) -> list[Part]:
     top = 0.45 + 0.1 * j()
-    return [("fill", _poly(-top, -0.6, top, -0.6, 1, 0.6, -1, 0.6), 0.0, 1)]
+    return [("fill", polygon_outline(-top, -0.6, top, -0.6, 1, 0.6, -1, 0.6), 0.0, 1)]
 
 
 # Benchmark class order: fold i holds classes 5i+1..5i+5; each fold mixes round, angular, composite and
