@@ -151,6 +151,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from fsslab.engine.checkpoint import load_checkpoint
     from fsslab.engine.prerequisites import prepare_data
     from fsslab.engine.runner import run_controls, run_evaluation
+    from fsslab.models.oracle import CONTROL_MODELS
 
     _check_json_target(args.json)  # before anything is evaluated
     cfg = _load(args)
@@ -184,10 +185,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         # shot: the shipped weights fix the architecture they were trained with (AMFormer's shot re-weighting)
         params = {k: v for k, v in cfg.model.params.items() if k != "shot"}
         model = load_pretrained(args.pretrained, model_params=params)
-    elif cfg.model.name == "oracle":
+    elif cfg.model.name in CONTROL_MODELS:
         model = build_run_model(cfg)
         if args.checkpoint and info.is_main:
-            print(f"note: model.name=oracle is a control: --checkpoint {args.checkpoint} is ignored", file=sys.stderr)
+            print(f"note: model.name={cfg.model.name} is a control: --checkpoint {args.checkpoint} is ignored",
+                  file=sys.stderr)
     else:
         model = build_run_model(cfg, full_checkpoint=bool(args.checkpoint))
         if args.checkpoint:

@@ -25,6 +25,7 @@ from fsslab.config.safe_yaml import load_yaml
 from fsslab.config.schema import (
     CHOICES,
     FREE_DICTS,
+    RENDERED_TRAIN_DATA,
     SECTIONS,
     SUPPORT_MODES,
     DataConfig,
@@ -225,6 +226,7 @@ def shipped_configs() -> list[str]:
 
 __all__ = [
     "CONFIG_DIR",
+    "RENDERED_TRAIN_DATA",
     "SHIPPED_CHECKPOINT_DIR",
     "SUPPORT_MODES",
     "ConfigError",

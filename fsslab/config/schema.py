@@ -34,6 +34,7 @@ class DataConfig:
     # training set: "episodes" (episodic, data.protocol's list) or "base" (BAM BaseData, for the stage-1
     # PSPNet: every image of the list, novel classes as background, no area filter; fsslab.data.base_data) or
     # "procedural" (the wide shape vocabulary rendered on the fly, data.params its knobs; fsslab.data.synthetic.wide)
+    # or "procedural_episodes" (few-shot episodes over that vocabulary, rendered on the fly: WideEpisodes)
     train_data: str = "episodes"
     train_split: str = "train"  # "pretrain": the synthetic benchmark's backbone corpus (n_pretrain images)
     scale_min: float = 0.9
@@ -131,8 +132,8 @@ class EvalConfig:
     # the drop from "matched" measures how much the model relies on its supports
     supports: str = "matched"
     # also run the controls beside the result (fsslab.engine.runner.run_controls): the oracle (must score
-    # ~100), mismatched supports (the drop is how much the model reads its supports) and the K-shot gain
-    # (the same model given 1 and 5 shots)
+    # ~100), mismatched supports (the drop is how much the model reads its supports), the K-shot gain
+    # (the same model given 1 and 5 shots) and the all-foreground reference (the floor a model must beat)
     controls: bool = False
 
 
@@ -169,13 +170,15 @@ class RunConfig:
 # Values checked beyond their type.
 # eval.supports: the normal episodes, or the control of fsslab.engine.controls (which imports this tuple)
 SUPPORT_MODES = ("matched", "mismatched")
+# training sets rendered in the data loader (fsslab.data.synthetic.wide): nothing on disk to check
+RENDERED_TRAIN_DATA = ("procedural", "procedural_episodes")
 CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("data", "dataset"): ("pascal", "coco", "synthetic", "fss1000", "folder"),
     ("data", "protocol"): ("pfenet", "bam"),
     ("data", "support_label"): ("mask", "box", "scribble"),
     ("data", "coco_split"): ("interleaved", "contiguous"),
     ("data", "train_split"): ("train", "pretrain"),
-    ("data", "train_data"): ("episodes", "base", "procedural"),
+    ("data", "train_data"): ("episodes", "base", *RENDERED_TRAIN_DATA),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "grad_sync"): ("auto", "ddp", "manual"),
     ("train", "device"): ("auto", "cpu", "cuda"),

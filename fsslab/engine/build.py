@@ -33,7 +33,7 @@ from fsslab.engine.sampling import seed_everything
 from fsslab.errors import CheckpointError, ConfigError
 from fsslab.models import BASE_LABEL_MODELS, MODEL_REGISTRY, build_model, model_options
 from fsslab.models.official import check_keys
-from fsslab.models.oracle import QueryLabelOracle
+from fsslab.models.oracle import CONTROL_MODELS
 
 
 def dataset_options(cfg: RunConfig, split: str) -> tuple[Any, dict[str, Any]]:
@@ -103,6 +103,10 @@ def check_base_labels(cfg: RunConfig) -> None:
 
 def build_train_set(cfg: RunConfig) -> Any:
 
+    if cfg.data.train_data == "procedural_episodes":  # episodes over the wide vocabulary, rendered on the fly
+        from fsslab.data.synthetic.wide import WideEpisodes
+
+        return WideEpisodes(size=cfg.data.size, shot=cfg.data.shot, **cfg.data.params)
     if cfg.data.train_data == "procedural":  # the wide shape vocabulary, rendered on the fly: nothing on disk
         from fsslab.data.synthetic.wide import WideShapes
 
@@ -179,8 +183,8 @@ def build_run_model(cfg: RunConfig, full_checkpoint: bool = False) -> nn.Module:
     nor required: a run's weights evaluate without the runs it started from.
     """
 
-    if cfg.model.name == "oracle":  # the evaluation control: no params, no starting checkpoint
-        return QueryLabelOracle()
+    if cfg.model.name in CONTROL_MODELS:  # the evaluation controls: no params, no starting checkpoint
+        return CONTROL_MODELS[cfg.model.name]()
     seed_everything(cfg.train.seed)
     model = architecture(cfg) if full_checkpoint else build_model(model_spec(cfg))
     if cfg.model.init_checkpoint and not full_checkpoint:

@@ -99,6 +99,9 @@ class EvalResult:
                          "a correct evaluation path scores it ~100" + (
                              " (eval.protocol=ipmt: less, as IPMT's test.py scores the same prediction)"
                              if self.settings.get("eval_protocol") == "ipmt" else ""))  # fmt: skip
+        if self.settings.get("control") == "all_foreground":
+            lines.append("CONTROL, not a result: every query pixel predicted as the class (model.name=all_foreground); "
+                         "a model must beat it clearly")
         if self.settings.get("eval_protocol"):
             lines.append(f"evaluation protocol: {self.settings['eval_protocol']} (eval.protocol)")
         if self.settings.get("supports") == "mismatched":

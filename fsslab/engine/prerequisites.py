@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from fsslab.config import RunConfig, flow_yaml, load_config
+from fsslab.config import RENDERED_TRAIN_DATA, RunConfig, flow_yaml, load_config
 from fsslab.data.layout import Problem, check_layout
 from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
 from fsslab.engine import distributed
@@ -226,7 +226,7 @@ def preflight(cfg: RunConfig, training: bool = True) -> list[Problem]:
                                 blocking=False))  # fmt: skip
     else:
         splits = [cfg.eval.split]
-        if training and cfg.data.train_data != "procedural":
+        if training and cfg.data.train_data not in RENDERED_TRAIN_DATA:
             splits.insert(0, cfg.data.train_split)
         problems += check_layout(cfg.data.dataset, cfg.data.root, cfg.data.fold, splits=tuple(splits),
                                  protocol=cfg.data.protocol, coco_split=cfg.data.coco_split,

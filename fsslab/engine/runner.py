@@ -1,5 +1,5 @@
 """Evaluation runs from a RunConfig: ``run_evaluation`` (the seeds of ``cfg.eval``) and ``run_controls`` (the
-result beside its controls: oracle, mismatched supports, K-shot)."""
+result beside its controls: oracle, mismatched supports, K-shot, all-foreground)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fsslab.config import RunConfig, replace_section
 from fsslab.data.episodes.stats import sum_stats
 from fsslab.engine.build import eval_dataset_factory
 from fsslab.engine.evaluate import EvalResult, evaluate
-from fsslab.models.oracle import QueryLabelOracle, is_control
+from fsslab.models.oracle import AllForeground, QueryLabelOracle, control_name, is_control
 
 
 def run_evaluation(
@@ -51,7 +51,7 @@ def run_evaluation(
         "val_size": cfg.data.val_size,
         "amp": cfg.eval.amp,
         "model": cfg.model.name,
-        "control": "oracle" if is_control(model) else None,
+        "control": control_name(model) if is_control(model) else None,
         "class_names": {c: benchmark.class_name(c) for c in novel}
         if hasattr(benchmark, "class_name")
         else {},
@@ -85,6 +85,12 @@ class ControlReport:
     mismatched: EvalResult  # every query with the supports of another class
     one_shot: EvalResult  # the same model with 1 support
     five_shot: EvalResult  # ... and with 5
+    all_foreground: EvalResult | None = None  # every query pixel the class: the floor a model must beat clearly
+
+    @property
+    def margin(self) -> float | None:
+        """result − all-foreground mIoU: what the model adds over segmenting everything."""
+        return None if self.all_foreground is None else self.result.miou_mean - self.all_foreground.miou_mean
 
     @property
     def drop(self) -> float:
@@ -110,6 +116,9 @@ class ControlReport:
             row("1 shot", self.one_shot),
             row("5 shots", self.five_shot, f"gain {self.shot_gain:+.2f} (5-shot − 1-shot)"),
         ]
+        if self.all_foreground is not None:
+            lines.append(row("all-foreground (control)", self.all_foreground,
+                             f"the whole query as the class; result − it: {self.margin:+.2f}"))
         r = self.result
         if r.miou_without_base_mean is not None:
             lines.append(f"{'base objects removed':<26} {r.miou_without_base_mean:>7.2f}   {'':5} {'':>7}  "
@@ -123,6 +132,8 @@ class ControlReport:
 
         return {"oracle": brief(self.oracle), "mismatched": brief(self.mismatched), "one_shot": brief(self.one_shot),
                 "five_shot": brief(self.five_shot), "drop": self.drop, "shot_gain": self.shot_gain,
+                "all_foreground": None if self.all_foreground is None else brief(self.all_foreground),
+                "margin_over_all_foreground": self.margin,
                 "base_share": self.result.base_share_mean,
                 "miou_without_base": self.result.miou_without_base_mean}  # fmt: skip
 
@@ -134,7 +145,8 @@ def run_controls(
     progress: bool = True,
     device: torch.device | None = None,
 ) -> ControlReport:
-    """``result`` (evaluated here when None) with its controls on the same data, seeds and protocol."""
+    """``result`` (evaluated here when None) with its controls on the same data, seeds and protocol: the oracle,
+    mismatched supports, 1 and 5 shots, and the all-foreground reference."""
     def with_eval(**changes: Any) -> RunConfig:
         return replace_section(cfg, "eval", **changes)
 
@@ -150,5 +162,7 @@ def run_controls(
         mismatched=run(with_eval(supports="mismatched"), model),
         one_shot=result if shot == 1 and cfg.eval.supports == "matched" else run(with_eval(supports="matched"), model, 1),
         five_shot=result if shot == 5 and cfg.eval.supports == "matched" else run(with_eval(supports="matched"), model, 5),
+        all_foreground=run(replace_section(cfg, "model", name="all_foreground"),
+                           AllForeground().to(device or torch.device("cpu"))),
     )
 

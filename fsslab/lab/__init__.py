@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fsslab.config import RunConfig, load_config, replace_section, resolve_config_path
+from fsslab.config import SHIPPED_CHECKPOINT_DIR, RunConfig, load_config, replace_section, resolve_config_path
 from fsslab.data.synthetic import PRESETS
 
 # The synthetic configs' benchmark, the "default" preset with seed 0 (their data.synthetic, as YAML reads it:
@@ -93,8 +93,9 @@ def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: i
                                "data.shot": shot, "model.prerequisite": None}
     shipped = load_config(f"synthetic/{name}", changes={"data.shot": shot, "data.fold": fold})
     changes["train.out_dir"] = str(runs / Path(shipped.train.out_dir).name)
-    # the runs a model starts from (synthetic ImageNet, stage 1) live in the same runs directory
-    if shipped.model.init_checkpoint:
+    # the runs a model starts from (stage 1) live in the same runs directory; a shipped file (the backbone,
+    # "{zoo}/shared/...") is read where it is, in both modes
+    if shipped.model.init_checkpoint and not is_shipped_file(shipped.model.init_checkpoint):
         changes["model.init_checkpoint"] = str(runs / Path(shipped.model.init_checkpoint).parent.name / "latest.pt")
     if shipped.model.params.get("pretrained"):
         stage1 = runs / Path(str(shipped.model.params["pretrained"])).parent.name / "latest.pt"
@@ -104,6 +105,11 @@ def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: i
         if shipped.data.train_data == "base":  # BAM BaseData (stage 1) has no episodes: nothing to exclude
             del changes["data.params.on_small_class"]
     return load_config(f"synthetic/{name}", list(overrides), changes=changes)  # the overrides win
+
+
+def is_shipped_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file of the shipped zoo (the pretrained backbone every students' run starts from)."""
+    return Path(path).resolve().is_relative_to(SHIPPED_CHECKPOINT_DIR.resolve())
 
 
 def run_name(name: str, shot: int = 1, fold: int = 0) -> str:
@@ -186,5 +192,5 @@ def eval_row(result: Any) -> dict[str, Any]:
 
 
 __all__ = ["FULL_SYNTHETIC", "QUICK_CHANGES", "QUICK_EPISODES", "QUICK_ITERATIONS", "QUICK_SYNTHETIC",
-           "ensure_prerequisites", "eval_row", "is_quick", "notebook_config", "repo_root", "run_name",
+           "ensure_prerequisites", "eval_row", "is_quick", "is_shipped_file", "notebook_config", "repo_root", "run_name",
            "synthetic_root", "train_or_resume", "trained_or_fresh"]

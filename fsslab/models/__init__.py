@@ -18,6 +18,7 @@ MODEL_REGISTRY: dict[str, str] = {
     "baseline": "fsslab.models.baseline:PrototypeBaseline",
     "pspnet": "fsslab.models.pspnet:PSPNet",
     "oracle": "fsslab.models.oracle:QueryLabelOracle",  # evaluation control: predicts the query's label
+    "all_foreground": "fsslab.models.oracle:AllForeground",  # evaluation control: the whole query is the class
 }
 # models whose training reads query_base_mask (the base-class annotation), and what they learn from it
 BASE_LABEL_MODELS = {"amformer": "its base learner's map is corrected by the base labels",

@@ -29,7 +29,9 @@ class PrototypeBaseline(FewShotModel):
     so the prediction is foreground exactly where the cosine exceeds the threshold.
 
     ``learn_threshold=True`` makes ``scale`` and ``threshold`` parameters trained with cross-entropy
-    on ``query_mask`` (ignore 255); ``freeze_backbone=False`` fine-tunes the backbone too. With a
+    on ``query_mask`` (ignore 255); ``freeze_backbone=False`` fine-tunes the backbone too (with
+    ``norm="batch"`` and ``optimizer="adamw"``, it trains one from scratch: the episodic backbone pretraining,
+    ``synthetic/backbone_pretrain_episodic``). With a
     frozen backbone and a fixed threshold the model is training-free: ``optimizer_specs`` returns no
     optimiser and ``loss`` raises a RuntimeError saying so (evaluate it directly instead).
     """
@@ -37,8 +39,12 @@ class PrototypeBaseline(FewShotModel):
     def __init__(self, backbone: str = "resnet50", pretrained: str | None = None, dilation: str = "pspnet",
                  norm: str = "frozen", feature_layers: tuple[str, ...] = ("layer2", "layer3"),
                  threshold: float = 0.5, scale: float = 10.0, learn_threshold: bool = False,
-                 freeze_backbone: bool = True, ignore_index: int = IGNORE_INDEX, channels_last: bool = True) -> None:
+                 freeze_backbone: bool = True, ignore_index: int = IGNORE_INDEX, channels_last: bool = True,
+                 optimizer: str = "sgd") -> None:
         super().__init__()
+        if optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"optimizer must be 'sgd' or 'adamw' (a backbone trained from scratch), got {optimizer!r}")
+        self.optimizer = optimizer
         # channels_last input: oneDNN's convolutions on CPU are faster in that layout (same function; measured
         # -32% at the tiny setting, -13% at ResNet-50 473x473, benchmarks/README.md)
         self.channels_last = channels_last
@@ -107,7 +113,8 @@ class PrototypeBaseline(FewShotModel):
         return {"total": ce, "ce": ce}
 
     def optimizer_specs(self, base_lr: float, weight_decay: float) -> list[OptimizerSpec]:
-        """One SGD over the trainable parameters (none when training-free); no decay on scale/threshold."""
+        """One SGD (or AdamW) over the trainable parameters (none when training-free); no decay on
+        scale/threshold."""
         groups = []
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         if backbone:
@@ -117,6 +124,8 @@ class PrototypeBaseline(FewShotModel):
             groups.append({"params": calibration, "lr": base_lr, "weight_decay": 0.0})
         if not groups:
             return []
+        if self.optimizer == "adamw":
+            return [OptimizerSpec("main", "adamw", groups)]
         return [OptimizerSpec("main", "sgd", groups, options={"momentum": 0.9})]
 
 

@@ -1,4 +1,5 @@
-"""The oracle control: a "model" that predicts the query's own label, to check the evaluation path.
+"""The control "models": the oracle, which predicts the query's own label, to check the evaluation path, and
+the all-foreground reference, which predicts the whole query as the class (the floor a model must beat).
 
 It takes the query's original label (``query_mask_ori``), resizes its one-hot map to where the image content
 sits in the model's input (``query_valid_size``; bilinear with antialiasing, so the soft map keeps the
@@ -57,6 +58,30 @@ class QueryLabelOracle(FewShotModel):
         raise RuntimeError("the oracle is an evaluation control: it has nothing to train")
 
 
+class AllForeground(FewShotModel):
+    """logits [B,2,H,W] = (0, 1) everywhere: every query pixel is the class. The reference a model must beat
+    clearly: on queries where the target covers a fair share of the image it scores 15-20 mIoU without looking
+    at anything (``eval.controls=true`` reports it beside every result). No parameters; not trainable."""
+
+    is_control = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("anchor", torch.zeros(()), persistent=False)
+
+    def forward(self, batch: Batch, trace: bool = False) -> FSSOutput:
+        b, _, h, w = batch["query_img"].shape
+        logits = torch.zeros(b, 2, h, w, device=self.anchor.device)
+        logits[:, 1] = 1.0
+        return FSSOutput(logits=logits, trace={} if trace else None)
+
+    def loss(self, output: FSSOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        raise RuntimeError("the all-foreground reference is an evaluation control: it has nothing to train")
+
+    def optimizer_specs(self, base_lr: float, weight_decay: float) -> list:
+        raise RuntimeError("the all-foreground reference is an evaluation control: it has nothing to train")
+
+
 def _one_hot(mask: torch.Tensor) -> torch.Tensor:
     """[B,H,W] in {0,1,255} → [B,2,H,W] float: 1 on the true channel, 0.5/0.5 on ignored pixels."""
     foreground = (mask == 1).float()
@@ -65,8 +90,18 @@ def _one_hot(mask: torch.Tensor) -> torch.Tensor:
 
 
 def is_control(model: nn.Module) -> bool:
-    """True for control models (the oracle), whose numbers are printed as controls, never as results."""
+    """True for control models (the oracle, all-foreground), whose numbers are printed as controls, never as results."""
     return bool(getattr(getattr(model, "module", model), "is_control", False))
 
 
-__all__ = ["TRACE_KEYS", "QueryLabelOracle", "is_control"]
+# model.name -> the control (``fsslab eval CONFIG model.name=oracle`` or ``model.name=all_foreground``)
+CONTROL_MODELS: dict[str, type[FewShotModel]] = {"oracle": QueryLabelOracle, "all_foreground": AllForeground}
+
+
+def control_name(model: nn.Module) -> str | None:
+    """"oracle" / "all_foreground" for a control model, None for a model."""
+    inner = getattr(model, "module", model)
+    return next((name for name, cls in CONTROL_MODELS.items() if isinstance(inner, cls)), None)
+
+
+__all__ = ["CONTROL_MODELS", "TRACE_KEYS", "AllForeground", "QueryLabelOracle", "control_name", "is_control"]

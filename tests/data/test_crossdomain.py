@@ -26,7 +26,7 @@ from fsslab.data.synthetic.crossdomain import (
 )
 from fsslab.data.synthetic.procedural import procedural_parts
 from fsslab.data.synthetic.shapes import SHAPE_FAMILIES
-from fsslab.data.synthetic.wide import WIDE_KINDS, WideShapes, render_wide, wide_class
+from fsslab.data.synthetic.wide import WIDE_KINDS, WideEpisodes, WideShapes, render_wide, wide_class
 
 SMALL = {"min_size": 128, "max_size": 128}
 
@@ -171,3 +171,44 @@ def test_wide_pretraining_config_trains_a_dense_head_at_feature_resolution():
     model.eval()
     with torch.no_grad():
         assert model(batch).logits.shape[-2:] == (96, 96)
+
+
+def test_wide_episodes_find_the_target_again_under_another_look():
+    data = WideEpisodes(size=64, shot=2, n_classes=4000, images=50, seed=0)
+    first = data[7]
+    assert torch.equal(first["query_img"], data[7]["query_img"])  # a pure function of (seed, index)
+    assert first["support_imgs"].shape == (2, 3, 64, 64) and first["support_masks"].shape == (2, 64, 64)
+    for i in range(12):
+        item = data[i]
+        target = int(item["class_id"])
+        assert 1 <= target <= 4000
+        # the target is visible in the query and in every support; masks are binary (no ignore band)
+        assert item["query_mask"].sum() >= WideEpisodes.MIN_VISIBLE
+        assert all(m.sum() >= WideEpisodes.MIN_VISIBLE for m in item["support_masks"])
+        assert set(item["query_mask"].unique().tolist()) <= {0, 1}
+    # the query holds other shapes besides the target (1-3 distractors): pixels neither target nor background
+    image, mask = data._scene(3, 0, 17, (2, 2))
+    assert mask.sum() >= WideEpisodes.MIN_VISIBLE and (image.std(axis=2) > 0).mean() > mask.mean()
+    with pytest.raises(ValueError, match="others"):
+        WideEpisodes(n_classes=3, others=(1, 3))
+
+
+def test_episodic_pretraining_config_trains_the_whole_backbone_of_the_baseline():
+    from fsslab.config import load_config
+    from fsslab.engine.build import build_train_set
+    from fsslab.models import build_model
+
+    cfg = load_config("synthetic/backbone_pretrain_episodic", ["data.params.images=8"])
+    data = build_train_set(cfg)
+    assert isinstance(data, WideEpisodes) and data.size == cfg.data.size and data.shot == cfg.data.shot
+    model = build_model({"name": cfg.model.name, **cfg.model.params})
+    batch = {k: torch.stack([data[i][k] for i in range(2)]) for k in
+             ("query_img", "query_mask", "support_imgs", "support_masks")}
+    model.train()
+    loss = model.loss(model(batch), batch)["total"]
+    loss.backward()
+    grads = [p.grad for p in model.backbone.parameters()]
+    assert torch.isfinite(loss) and all(g is not None for g in grads)  # every backbone weight learns
+    (spec,) = model.optimizer_specs(1e-3, 1e-4)
+    assert spec.kind == "adamw" and sum(len(g["params"]) for g in spec.param_groups) == \
+        len(list(model.parameters()))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from fixtures.toys import ToyEpisodes, ToyGD, ToyNet, toy_config
 
-from fsslab.config import config_from_dict, load_config
+from fsslab.config import config_from_dict, load_config, replace_section
 from fsslab.configs.generate import AMNET_TEST_SEEDS
 from fsslab.data import PASCAL, read_label
 from fsslab.data.base_data import BaseClassDataset
@@ -94,6 +94,22 @@ def test_controls_of_a_support_blind_model(monkeypatch):
     assert report.oracle.miou_mean == pytest.approx(100.0)
     assert report.drop == pytest.approx(0.0)  # the supports do not matter to it
     assert "oracle (control)" in report.table() and set(report.to_dict()) >= {"drop", "shot_gain"}
+    # the all-foreground reference runs on the same episodes and is labelled a control, never a result
+    ref = report.all_foreground
+    assert ref.settings["control"] == "all_foreground" and ref.settings["model"] == "all_foreground"
+    assert 0 < ref.miou_mean < 100 and report.margin == pytest.approx(report.result.miou_mean - ref.miou_mean)
+    assert "all-foreground (control)" in report.table() and "CONTROL, not a result" in ref.table()
+    assert report.to_dict()["all_foreground"]["miou"] == pytest.approx(ref.miou_mean)
+
+
+def test_all_foreground_is_a_model_name_for_fsslab_eval():
+    from fsslab.engine.build import build_run_model
+
+    model = build_run_model(replace_section(toy_config("unused", validate=False), "model", name="all_foreground"))
+    out = model({"query_img": torch.zeros(2, 3, 8, 8)})
+    assert out.logits.shape == (2, 2, 8, 8) and bool((out.logits.argmax(1) == 1).all())
+    with pytest.raises(RuntimeError, match="nothing to train"):
+        model.loss(out, {})
 
 
 class _Bench:

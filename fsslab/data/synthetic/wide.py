@@ -225,13 +225,23 @@ def render_wide(seed: int, index: int, size: int, n_classes: int, objects: tuple
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Scene ``index``: ([size, size, 3] uint8 RGB, [size, size] int64 labels 0 background, 1..n_classes)."""
     rng = np.random.default_rng([seed, index])
-    shape = (size, size)
-    image = background(shape, rng, float(rng.uniform(0.0, 0.6)))
-    label = np.zeros(shape, np.int64)
+    image = background((size, size), rng, float(rng.uniform(0.0, 0.6)))
     n = int(rng.integers(objects[0], objects[1] + 1))
     classes = rng.choice(n_classes, n, replace=False) + 1 if n_classes < 10 * n else \
         np.unique(rng.integers(1, n_classes + 1, n))
-    for class_id in rng.permutation(classes):
+    return render_scene(rng, image, rng.permutation(classes), scale, deformation)
+
+
+def render_scene(rng: np.random.Generator, image: np.ndarray, classes: np.ndarray | list[int],
+                 scale: tuple[float, float] = (0.22, 0.55), deformation: float = 0.08
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Paint one instance of each class id of ``classes`` over ``image`` (a background), in that order (later
+    ones occlude earlier ones): each at a random place, size, pose, mirror, deformation and surface.
+    Returns (the finished [S,S,3] uint8 image, [S,S] int64 labels)."""
+    size = image.shape[0]
+    shape = (size, size)
+    label = np.zeros(shape, np.int64)
+    for class_id in classes:
         side = np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1])))
         pose = Pose(cx=rng.uniform(0.1, 0.9) * size, cy=rng.uniform(0.1, 0.9) * size,
                     scale=side * size / np.sqrt(wide_unit_area(int(class_id))), angle=rng.uniform(-np.pi, np.pi),
@@ -274,5 +284,64 @@ class WideShapes(Dataset):
                 "query_mask": (labels > 0).long()}
 
 
-__all__ = ["MAX_WIDE_CLASSES", "WIDE_KINDS", "WideShapes", "render_wide", "wide_class",
-           "wide_parts", "wide_unit_area"]
+class WideEpisodes(Dataset):
+    """Few-shot episodes over the wide vocabulary, rendered on the fly (``data.train_data:
+    procedural_episodes``): the episodic pretraining of a backbone whose masked-average prototypes must find
+    the same shape class again under another pose, deformation, colour and texture, among other shapes.
+
+    Episode ``i`` (a pure function of (seed, i)): a target class; ``shot`` support scenes, each the target
+    with 0-2 other classes; a query scene with the target among 1-3 other classes, all placed at random (they
+    overlap and occlude). Item: ``{"query_img": [3,S,S], "query_mask": [S,S] long 1 on the target's visible
+    pixels, 0 elsewhere, "support_imgs": [K,3,S,S], "support_masks": [K,S,S], "class_id": long}`` (the keys of
+    ``fsslab.batch.Batch``). A scene whose target is hidden (under MIN_VISIBLE pixels) is drawn again."""
+
+    MIN_VISIBLE = 24  # pixels of the target that a scene must show: ~0.3% of a 96 px image
+
+    def __init__(self, size: int = 96, shot: int = 1, n_classes: int = 4000, images: int = 1_000_000,
+                 seed: int = 0, others: tuple[int, int] = (1, 3), support_others: tuple[int, int] = (0, 2),
+                 scale: tuple[float, float] = (0.22, 0.55), deformation: float = 0.08) -> None:
+        if not 2 <= n_classes <= MAX_WIDE_CLASSES:
+            raise ValueError(f"n_classes must be in 2..{MAX_WIDE_CLASSES}, got {n_classes}")
+        for name, (lo, hi) in (("others", others), ("support_others", support_others)):
+            if not 0 <= lo <= hi or hi >= n_classes:
+                raise ValueError(f"{name} must be (lo, hi) with 0 <= lo <= hi < n_classes, got {(lo, hi)}")
+        if shot < 1:
+            raise ValueError(f"shot must be at least 1, got {shot}")
+        self.size, self.shot, self.n_classes, self.images, self.seed = int(size), int(shot), int(n_classes), \
+            int(images), int(seed)
+        self.others = (int(others[0]), int(others[1]))
+        self.support_others = (int(support_others[0]), int(support_others[1]))
+        self.scale, self.deformation = (float(scale[0]), float(scale[1])), float(deformation)
+
+    def __len__(self) -> int:
+        return self.images
+
+    def _scene(self, index: int, role: int, target: int, others: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """One scene holding ``target`` visibly: (normalised-ready uint8 image, [S,S] bool target mask)."""
+        for attempt in range(20):
+            rng = np.random.default_rng([self.seed, index, role, attempt])
+            n_others = int(rng.integers(others[0], others[1] + 1))
+            pool = rng.choice(self.n_classes - 1, n_others, replace=False) + 1  # ids 1..n_classes-1 ...
+            distractors = np.where(pool >= target, pool + 1, pool)  # ... shifted past the target: never the target
+            classes = rng.permutation(np.concatenate([[target], distractors]))
+            image = background((self.size, self.size), rng, float(rng.uniform(0.0, 0.6)))
+            image, label = render_scene(rng, image, classes, self.scale, self.deformation)
+            if (label == target).sum() >= self.MIN_VISIBLE:
+                break
+        return image, label == target
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        target = int(np.random.default_rng([self.seed, int(index)]).integers(1, self.n_classes + 1))
+        query, query_mask = self._scene(int(index), 0, target, self.others)
+        supports = [self._scene(int(index), 1 + k, target, self.support_others) for k in range(self.shot)]
+        return {
+            "query_img": normalize(query.astype(np.float32)),
+            "query_mask": torch.from_numpy(query_mask.astype(np.int64)),
+            "support_imgs": torch.stack([normalize(image.astype(np.float32)) for image, _ in supports]),
+            "support_masks": torch.stack([torch.from_numpy(mask.astype(np.int64)) for _, mask in supports]),
+            "class_id": torch.tensor(target),
+        }
+
+
+__all__ = ["MAX_WIDE_CLASSES", "WIDE_KINDS", "WideEpisodes", "WideShapes", "render_scene", "render_wide",
+           "wide_class", "wide_parts", "wide_unit_area"]
