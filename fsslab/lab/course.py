@@ -11,8 +11,9 @@ sources also work with nbgrader's ``generate_assignment``)::
 ``release`` replaces each region of a code cell by ``# YOUR CODE HERE`` + ``raise NotImplementedError()`` (same
 indentation), each region of a markdown cell by ``YOUR ANSWER HERE``, drops cells tagged ``instructor-only``,
 clears every output and embeds the rubric. Beside each source notebook ``NAME.ipynb`` sits its rubric
-``NAME.yaml``: the exercises (which check of fsslab.lab.assignments grades which function, and their points)
-and the written questions (points and what earns them, graded by hand).
+``NAME.yaml``: the exercises (which check of fsslab.lab.assignments grades which function, and their points;
+``inputs``: the notebook's variables the check also takes, e.g. the student's own runs) and the written
+questions (points and what earns them, graded by hand).
 
 ``grade`` runs a submission from a fresh kernel (its saved outputs are ignored), then runs the rubric's checks on
 the functions the notebook defined (the submission's own check cells do not count, so editing them changes
@@ -57,6 +58,11 @@ class Exercise:
     function: str  # the student's function it runs
     points: float
     rubric: str = ""
+    inputs: list[str] = field(default_factory=list)  # the notebook's variables the check also takes (own runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        # without inputs, as rubrics had it before they existed (the embedded rubrics of earlier releases)
+        return {k: v for k, v in vars(self).items() if k != "inputs" or v}
 
 
 @dataclass
@@ -83,7 +89,7 @@ class Rubric:
 
     def to_dict(self) -> dict[str, Any]:
         return {"assignment": self.assignment, "title": self.title,
-                "exercises": [vars(e) for e in self.exercises], "questions": [vars(q) for q in self.questions]}
+                "exercises": [e.to_dict() for e in self.exercises], "questions": [vars(q) for q in self.questions]}
 
 
 def parse_rubric(data: Any, assignment: str, where: str) -> Rubric:
@@ -98,8 +104,12 @@ def parse_rubric(data: Any, assignment: str, where: str) -> Rubric:
         if item["check"] not in CHECKS:
             raise CourseError(f"{where}: exercise {item['id']}: unknown check {item['check']!r} "
                               f"(fsslab.lab.assignments has {', '.join(CHECKS)})")
+        inputs = item.get("inputs") or []
+        if not isinstance(inputs, list) or not all(isinstance(n, str) and n.isidentifier() for n in inputs):
+            raise CourseError(f"{where}: exercise {item['id']}: inputs must be a list of variable names, got {inputs!r}")
         exercises.append(Exercise(str(item["id"]), str(item.get("title", item["id"])), item["check"],
-                                  str(item["function"]), float(item["points"]), str(item.get("rubric", ""))))
+                                  str(item["function"]), float(item["points"]), str(item.get("rubric", "")),
+                                  list(inputs)))
     for k, item in enumerate(data.get("questions") or []):
         if not isinstance(item, dict) or "id" not in item or "points" not in item:
             raise CourseError(f"{where}: question {k + 1} needs an id and points")
@@ -344,7 +354,8 @@ def _grader_cells(rubric: Rubric) -> list[dict[str, Any]]:
             "import fsslab.lab.assignments as _fsslab_checks\n"
             "_fsslab_checks = _fsslab_importlib.reload(_fsslab_checks)  # the shipped checks, however the notebook "
             "changed them")
-    cells = [head] + [f"_fsslab_checks.show(_fsslab_checks.run_check({e.check!r}, globals().get({e.function!r})))"
+    cells = [head] + [f"_fsslab_checks.show(_fsslab_checks.run_check({e.check!r}, globals().get({e.function!r})"
+                      + "".join(f", globals().get({name!r})" for name in e.inputs) + "))"
                       for e in rubric.exercises]
     return [{"cell_type": "code", "execution_count": None, "id": f"fsslab-grader-{k}",
              "metadata": {"tags": [_GRADER_TAG]}, "outputs": [], "source": source}

@@ -219,7 +219,8 @@ def test_every_stored_mistake_has_a_hint_and_the_iou_cases_are_the_notebooks_epi
     with np.load(A.DATA_FILE, allow_pickle=False) as data:
         mistakes = {k.rsplit("/", 1)[1] for k in data.files if "/mistake/" in k}
         checks = {k.split("/")[0] for k in data.files}
-    assert mistakes <= set(A.HINTS) and checks == set(A.CHECKS)
+    assert mistakes <= set(A.HINTS) and checks == set(A.CHECKS) - {"predicted_ablation"}  # live only
+    assert set(A.LIVE) <= set(A.CHECKS) and all(A._stored(c) or c in A.LIVE for c in A.CHECKS)
     preds, targets, classes = A.iou_example()
     stored = A._stored("classwise_miou")[0].inputs
     assert all(torch.equal(a, b) for a, b in zip(stored[0], preds)) and stored[2] == classes
@@ -233,6 +234,24 @@ def test_constructed_example_separates_the_two_metrics():
     assert good_classwise(preds, targets, classes, ignore=False) != pytest.approx(classwise)  # 255 matters
 
 
+def test_the_references_pass_their_own_checks():
+    """Every stored case is passed by the function that computed it (exercise 4: fsslab's own, which the checks
+    refuse as such, so through a wrapper); the cases of exercises 1-3 are unchanged by exercise 4's."""
+    from fsslab.lab.ablation import difference_interval, verdict
+
+    ref = _references()
+    answers = {"masked_average_pool": ref.masked_average_pool, "prior_mask": ref.prior_mask,
+               "classwise_miou": ref.classwise_miou, "episode_iou": ref.episode_iou,
+               "prototype_update": ref.prototype_update,
+               "welch_difference": lambda f, a: difference_interval(f, a),
+               "verdict": lambda i, c="full_better", m=5.0: verdict(i, c, m),
+               "mismatched_drop": ref.mismatched_drop}
+    runs = {"full": {0: {"miou": 50.0, "mismatched_miou": 20.0}}}
+    for check, fn in answers.items():
+        result = A.run_check(check, fn, *([runs] if check == "mismatched_drop" else []))
+        assert result.ok, result.text()
+
+
 def test_the_package_holds_no_reference_implementation():
     """The references live in notebooks/assignments/source/references.py, outside the wheel."""
     names = {n.name for n in ast.walk(ast.parse(REFERENCES.read_text())) if isinstance(n, ast.FunctionDef)}
@@ -243,3 +262,146 @@ def test_the_package_holds_no_reference_implementation():
         defined = {n.name.lstrip("_") for n in ast.walk(ast.parse(path.read_text()))
                    if isinstance(n, ast.FunctionDef)}
         assert defined & reference_functions == set(), path
+
+
+# ------------------------------------------------------------------ exercise 4: the paper's claims
+
+def good_welch(full, ablated, z=None, pooled_df=False, ddof=1, sign=1):
+    """The 95% Welch interval with numpy and scipy's t quantile (not fsslab's code), and its known mistakes."""
+    stats = pytest.importorskip("scipy.stats")
+    x, y = np.asarray(full, dtype=float), np.asarray(ablated, dtype=float)
+    if len(x) < 2 or len(y) < 2:
+        return None
+    v1, v2 = x.var(ddof=ddof) / len(x), y.var(ddof=ddof) / len(y)
+    d, se = sign * (x.mean() - y.mean()), math.sqrt(v1 + v2)
+    if se == 0:
+        return d, d, d
+    df = len(x) + len(y) - 2 if pooled_df else (v1 + v2) ** 2 / (v1 ** 2 / (len(x) - 1) + v2 ** 2 / (len(y) - 1))
+    half = (z or stats.t.ppf(0.975, df)) * se
+    return float(d), float(d - half), float(d + half)
+
+
+def good_verdict(interval, claim="full_better", margin=5.0, mean_only=False, swap=False):
+    if interval is None:
+        return "no interval (n < 2)"
+    d, lo, hi = interval
+    lo, hi = (d, d) if mean_only else (hi, lo) if swap and claim == "small_loss" else (lo, hi)
+    if claim == "full_better":
+        return "holds" if lo > 0 else "reversed" if hi < 0 else "not shown at this scale"
+    return "holds" if hi < margin else "does not hold" if lo > margin else "not shown at this scale"
+
+
+RUNS = {"full": {0: {"miou": 49.5, "mismatched_miou": 17.25, "fbiou": 68.0},
+                 1: {"miou": 48.75, "mismatched_miou": 16.5, "fbiou": 67.5}},
+        "w/o ensemble": {0: {"miou": 44.0, "mismatched_miou": 20.5, "fbiou": 64.0}}}
+
+
+@pytest.mark.parametrize("check, fn", [("welch_difference", good_welch), ("verdict", good_verdict)])
+def test_exercise_4_checks_accept_a_correct_answer(check, fn, capsys):
+    result = A.run_check(check, fn)
+    assert result.ok and result.total >= 5, result.text()
+    getattr(A, f"check_{check}")(fn)
+    assert capsys.readouterr().out == f"✔ {check}: all {result.total} cases pass\n"
+
+
+def test_the_welch_check_agrees_with_the_interval_fsslab_ablate_computes():
+    from fsslab.lab.ablation import difference_interval
+
+    for case in A._stored("welch_difference"):
+        ours, fsslab = good_welch(*case.inputs), difference_interval(*case.inputs)
+        assert (ours is None) == (fsslab is None) and (ours is None or np.allclose(ours, fsslab, atol=1e-6))
+
+
+@pytest.mark.parametrize("check, wrong, message, mistake", [
+    ("welch_difference", lambda f, a: good_welch(f, a, z=1.96), "not 1.96", "welch_z"),
+    ("welch_difference", lambda f, a: good_welch(f, a, pooled_df=True), "n1 + n2 - 2", "welch_pooled_df"),
+    ("welch_difference", lambda f, a: good_welch(f, a, ddof=0), "divides by n - 1", "welch_ddof0"),
+    ("welch_difference", lambda f, a: good_welch(f, a, sign=-1), "mean(full) - mean(ablated)", "welch_sign"),
+    ("verdict", lambda i, c="full_better", m=5.0: good_verdict(i, c, m, mean_only=True), "interval's ends",
+     "verdict_mean_only"),
+    ("verdict", lambda i, c="full_better", m=5.0: good_verdict(i, c, m, swap=True), "hi < margin",
+     "verdict_small_loss_lo"),
+    ("mismatched_drop", lambda r: r["mismatched_miou"] - r["miou"], "matched - mismatched", "drop_sign"),
+    ("mismatched_drop", lambda r: 100 * (r["miou"] - r["mismatched_miou"]) / r["miou"], "not a ratio",
+     "drop_relative"),
+])
+def test_exercise_4_checks_name_common_mistakes(check, wrong, message, mistake):
+    result = A.run_check(check, wrong, *([RUNS] if check == "mismatched_drop" else []))
+    assert not result.ok and result.error is None
+    named = [c for c in result.cases if c.mistake == mistake]
+    assert named and message in named[0].message, result.text()
+
+
+@pytest.mark.parametrize("check, wrong, message", [
+    ("welch_difference", lambda f, a: good_welch(f, a) or (0.0, 0.0, 0.0), "expected None: with fewer than 2"),
+    ("welch_difference", lambda f, a: list(good_welch(f, a) or [])[:2] or None, "3 floats, got list"),
+    ("welch_difference", lambda f, a: (float("nan"),) * 3 if len(f) == len(a) == 2 else good_welch(f, a),
+     "got NaN — both sides without spread"),
+    ("welch_difference", lambda f, a: (statistics_mean(f) - statistics_mean(a)) / 0 if len(f) == 2 else
+     good_welch(f, a), "raised ZeroDivisionError"),
+    ("verdict", lambda i, c="full_better", m=5.0: good_verdict(i, c, m).capitalize(), "write it exactly as fsslab"),
+    ("verdict", lambda i, c="full_better", m=5.0: 1, "expected a str, got int"),
+])
+def test_exercise_4_checks_explain_other_wrong_answers(check, wrong, message):
+    assert message in _messages(A.run_check(check, wrong))
+
+
+def statistics_mean(values):
+    return sum(values) / len(values)
+
+
+def test_the_checks_refuse_fsslabs_own_functions():
+    from fsslab.lab.ablation import difference_interval, verdict
+
+    for check, fn in (("welch_difference", difference_interval), ("verdict", verdict)):
+        result = A.run_check(check, fn)
+        assert result.passed == 0 and "fsslab's own fsslab.lab.ablation." in result.error, result.text()
+
+
+@pytest.mark.parametrize("answer, passed, message", [
+    ("w/o ensemble", True, ""), ("w/o query mining", True, ""), ("box supports", True, ""),
+    ("full", False, "'full' is the full model"), ("W/O d", False, "did you mean 'w/o D'?"),
+    ("w/o ensembel", False, "did you mean 'w/o ensemble'?"), ("bigger backbone", False, "'w/o D'"),
+    (3, False, "expected a variant name (a str), got int"),
+])
+def test_the_prediction_check_wants_a_variant_name_not_a_right_guess(answer, passed, message):
+    result = A.run_check("predicted_ablation", lambda: answer)
+    assert result.total == 1 and result.ok is passed and message in _messages(result), result.text()
+
+
+def test_the_drop_check_runs_on_the_students_own_runs(capsys):
+    def drop(result):
+        return result["miou"] - result["mismatched_miou"]
+
+    result = A.run_check("mismatched_drop", drop, RUNS)
+    assert result.ok and result.total == 3 and result.cases[-1].case == "your own runs (3 evaluations)"
+    assert "no runs of yours" in _messages(A.run_check("mismatched_drop", drop))  # the training cell did not run
+    assert "runs is not {variant: {seed:" in _messages(A.run_check("mismatched_drop", drop, {"full": [1, 2]}))
+    # an answer that looks the stored results up passes those, not the student's own runs
+    table = {(r["miou"], r["mismatched_miou"]): r["miou"] - r["mismatched_miou"] for r in
+             (c.inputs[0] for c in A._stored("mismatched_drop"))}
+    cheat = A.run_check("mismatched_drop", lambda r: table.get((r["miou"], r["mismatched_miou"]), 0.0), RUNS)
+    assert cheat.passed == 2 and "full, seed 0: got 0.0000, expected 32.2500" in _messages(cheat)
+    A.check_mismatched_drop(drop, RUNS)
+    assert capsys.readouterr().out == "✔ mismatched_drop: all 3 cases pass\n"
+
+
+def test_an_unknown_check_or_input_is_reported_not_passed():
+    unknown = A.run_check("welch", lambda f, a: None)
+    assert not unknown.ok and unknown.error.startswith("unknown check 'welch'")
+    extra = A.run_check("predicted_ablation", lambda: "w/o D", {"full": {}})  # the prediction takes no runs
+    assert not extra.ok and extra.cases[-1].message.startswith("could not run: TypeError")
+
+
+def test_unfinished_exercise_4_answers_give_one_line(capsys):
+    def stub(*args):
+        # YOUR CODE HERE
+        raise NotImplementedError()
+
+    A.check_predicted_ablation(stub)
+    A.check_welch_difference(stub)
+    A.check_mismatched_drop(stub, {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"✘ {c}: not implemented yet: replace `raise NotImplementedError()` with your code (0 of {n} "
+                     "cases pass)" for c, n in (("predicted_ablation", 1), ("welch_difference", 5),
+                                                ("mismatched_drop", 3))]

@@ -27,6 +27,9 @@ SOLUTION_LINES = {
                                      "Class-wise mIoU pools pixels inside a class"],
     "03_prototype_update.ipynb": ["attention = (logits + bias[:, None, :]).softmax(dim=-1)",
                                   "the softmax is uniform again"],
+    "04_paper_claims.ipynb": ['return "w/o ensemble"', "half = t_quantile(0.975, df) * se",
+                              'return "holds" if lo > 0 else', 'return result["miou"] - result["mismatched_miou"]',
+                              "Every synthetic image holds objects of several", "With 2 seeds the Welch interval"],
 }
 
 
@@ -43,8 +46,9 @@ def _source_text(cells: list[dict]) -> str:
 
 # ------------------------------------------------------------------ release
 
-def test_there_are_three_assignments_each_with_a_rubric():
-    assert NAMES == ["01_masked_pooling_prior.ipynb", "02_miou_vs_episode_iou.ipynb", "03_prototype_update.ipynb"]
+def test_there_are_four_assignments_each_with_a_rubric():
+    assert NAMES == ["01_masked_pooling_prior.ipynb", "02_miou_vs_episode_iou.ipynb", "03_prototype_update.ipynb",
+                     "04_paper_claims.ipynb"]
     for name in NAMES:
         rubric = C.load_rubric(SOURCE / name.replace(".ipynb", ".yaml"))
         assert rubric.exercises and rubric.questions and all(e.points > 0 and e.rubric for e in rubric.exercises)
@@ -53,7 +57,7 @@ def test_there_are_three_assignments_each_with_a_rubric():
 def test_release_strips_the_solutions(tmp_path, capsys):
     assert main(["course", "release", str(SOURCE), str(tmp_path / "release")]) == 0
     out = capsys.readouterr().out
-    assert out.count("released ") == 3 and "rubrics, references and other files of SRC_DIR were not copied" in out
+    assert out.count("released ") == 4 and "rubrics, references and other files of SRC_DIR were not copied" in out
     assert sorted(p.name for p in (tmp_path / "release").iterdir()) == NAMES  # no rubric, no references.py
     for name in NAMES:
         source = _source_text(_cells(SOURCE / name))
@@ -119,8 +123,21 @@ def test_release_refuses_to_overwrite_sources_or_foreign_files(tmp_path):
         C.release(src, tmp_path / "out")
 
 
+def test_a_check_that_takes_the_notebooks_variables_gets_them_from_the_grader():
+    rubric = C.load_rubric(SOURCE / "04_paper_claims.yaml")
+    (drop,) = [e for e in rubric.exercises if e.check == "mismatched_drop"]
+    assert drop.inputs == ["runs"] and "inputs" in drop.to_dict()
+    assert all("inputs" not in e.to_dict() for e in rubric.exercises if e is not drop)  # as before inputs existed
+    cells = [c["source"] for c in C._grader_cells(rubric)]
+    assert ("_fsslab_checks.show(_fsslab_checks.run_check('mismatched_drop', globals().get('mismatched_drop'), "
+            "globals().get('runs')))") in cells
+    assert "_fsslab_checks.run_check('verdict', globals().get('verdict')))" in "\n".join(cells)
+
+
 @pytest.mark.parametrize("data, message", [
     ({"exercises": [{"id": "a", "check": "nope", "function": "f", "points": 1}]}, "unknown check 'nope'"),
+    ({"exercises": [{"id": "a", "check": "verdict", "function": "f", "points": 1, "inputs": "runs"}]},
+     "inputs must be a list of variable names"),
     ({"exercises": [{"id": "a", "function": "f"}]}, "lacks check, points"),
     ({"exercises": []}, "no exercises"),
     ({"exercises": [{"id": "a", "check": "episode_iou", "function": "f", "points": 1}],
@@ -135,7 +152,8 @@ def test_rubric_errors_are_one_message(data, message):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_grading_the_solutions_gives_full_points(name):
+def test_grading_the_solutions_gives_full_points(name, monkeypatch):
+    monkeypatch.setenv("FSSLAB_QUICK", "1")  # the kernel's: 04 trains its runs the quick way (seconds)
     grade = C.grade(SOURCE / name)
     assert grade.rubric_from.endswith(name.replace(".ipynb", ".yaml"))
     assert grade.points == grade.max_points > 0 and grade.errors == [], grade.text()
@@ -152,6 +170,18 @@ def test_grading_an_unsolved_notebook_gives_zero_and_one_line_per_check(tmp_path
     assert out.count("✘ masked_average_pool: not implemented yet") == 1
     assert out.count("✘ prior_mask: not implemented yet") == 1
     assert "Traceback" not in out and "cells that raised" not in out
+
+
+@pytest.mark.slow
+def test_grading_the_unsolved_paper_claims_notebook_trains_nothing_and_gives_zero(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FSSLAB_QUICK", "1")
+    shutil.copy(ASSIGNMENTS / NAMES[3], tmp_path)
+    assert main(["course", "grade", str(tmp_path / NAMES[3]), "--json"]) == 0
+    grade = json.loads(capsys.readouterr().out)
+    assert (grade["points"], grade["max_points"], grade["manual_points"], grade["cell_errors"]) == (0, 9, 5, [])
+    feedback = {e["id"]: e["feedback"][0] for e in grade["exercises"]}
+    assert all("not implemented yet" in line for line in feedback.values()), feedback
+    assert not (tmp_path / "runs").exists()  # no prediction, no training
 
 
 def _plant(tmp_path: Path, name: str, old: str, new: str) -> Path:

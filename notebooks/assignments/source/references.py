@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +99,115 @@ def prototype_update(prototype, query_feat, query_mask, w_q, w_k, w_v, scale=Tru
         logits = logits + torch.where(keep, 0.0, MASK_BIAS)[:, None, :]
     update = logits.softmax(dim=softmax_dim) @ (query_feat @ w_v)  # [B,1,C]
     return prototype + update if residual else update
+
+
+# exercise 4: the references are fsslab's own (fsslab.lab.ablation.difference_interval and verdict, what `fsslab
+# ablate` computes its tables with); only the mistakes are written here
+
+def welch_mistake(full, ablated, mistake):
+    """fsslab's 95% Welch interval of mean(full) - mean(ablated) as it comes out with one known mistake."""
+    from fsslab.lab.ablation import difference_interval, t_quantile
+
+    if mistake == "welch_sign":  # mean(ablated) - mean(full)
+        d, lo, hi = difference_interval(full, ablated)
+        return -d, -hi, -lo
+    n1, n2 = len(full), len(ablated)
+    spread = statistics.pvariance if mistake == "welch_ddof0" else statistics.variance
+    v1, v2 = spread(full) / n1, spread(ablated) / n2
+    d, se = statistics.fmean(full) - statistics.fmean(ablated), math.sqrt(v1 + v2)
+    if se == 0:  # no spread: every variant of the formula gives (d, d, d)
+        return d, d, d
+    if mistake == "welch_z":
+        quantile = 1.96
+    elif mistake == "welch_pooled_df":
+        quantile = t_quantile(0.975, n1 + n2 - 2)
+    else:  # welch_ddof0: Welch's degrees of freedom, from the variances divided by n
+        quantile = t_quantile(0.975, (v1 + v2) ** 2 / (v1 ** 2 / (n1 - 1) + v2 ** 2 / (n2 - 1)))
+    return d, d - quantile * se, d + quantile * se
+
+
+def verdict_mistake(interval, claim, margin, mistake):
+    """fsslab's verdict as it comes out with one known mistake (None: no interval, as fsslab says)."""
+    from fsslab.lab.ablation import verdict
+
+    if interval is None:
+        return verdict(None)
+    d, lo, hi = interval
+    if mistake == "verdict_mean_only":  # the mean difference decides alone
+        lo = hi = d
+    elif mistake == "verdict_small_loss_lo" and claim == "small_loss":  # the interval's ends swapped
+        lo, hi = hi, lo
+    return verdict((d, lo, hi), claim, margin)
+
+
+def mismatched_drop(run, mistake=None):
+    matched, mismatched = run["miou"], run["mismatched_miou"]
+    if mistake == "drop_sign":
+        return mismatched - matched
+    if mistake == "drop_relative":
+        return 100 * (matched - mismatched) / matched
+    return matched - mismatched  # fsslab.engine.ControlReport.drop
+
+
+def _telling(expected, mistakes):
+    """The mistakes whose output differs from the expected one and from every other mistake's (a mistake that
+    gives the right answer, or the same wrong one as another, cannot be named)."""
+    def same(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.dtype.kind in "US" or b.dtype.kind in "US":
+            return a.shape == b.shape and bool(np.all(a == b))
+        return a.shape == b.shape and np.allclose(a, b, atol=1e-4, rtol=0)
+
+    return {k: v for k, v in mistakes.items()
+            if not same(v, expected) and not any(same(v, w) for j, w in mistakes.items() if j != k)}
+
+
+def exercise_4_cases() -> dict[str, list[dict]]:
+    from fsslab.lab.ablation import difference_interval, verdict
+
+    out: dict[str, list[dict]] = {}
+    scores = [  # mIoU per training seed: (full, ablated)
+        ("three seeds each", [51.11, 49.62, 50.37], [48.93, 50.12, 46.05]),
+        ("three against five seeds, unequal spread", [52.4, 47.9, 50.6], [49.8, 49.5, 50.1, 49.6, 49.9]),
+        ("the ablated model is better", [45.2, 46.1, 44.3], [50.2, 50.9, 49.5]),
+        ("no spread on either side", [50.0, 50.0], [47.5, 47.5]),
+        ("one seed on one side: no interval", [50.2], [48.1, 49.0]),
+    ]
+    mistakes = ("welch_z", "welch_pooled_df", "welch_ddof0", "welch_sign")
+    out["welch_difference"] = []
+    for name, full, ablated in scores:
+        expected = difference_interval(full, ablated)
+        wrong = {} if expected is None else {m: welch_mistake(full, ablated, m) for m in mistakes}
+        out["welch_difference"].append({"name": name, "inputs": [full, ablated], "expected": expected or (),
+                                        "atol": 1e-4, "mistakes": _telling(expected or (), wrong)})
+
+    intervals = [  # (interval of full - ablated, claim, margin)
+        ((3.2, 1.1, 5.3), "full_better", 5.0), ((-2.5, -4.0, -1.0), "full_better", 5.0),
+        ((1.5, -0.7, 3.7), "full_better", 5.0), ((-0.8, -2.9, 1.3), "full_better", 5.0),
+        ((1.9, 0.4, 3.4), "small_loss", 5.0), ((7.5, 6.1, 8.9), "small_loss", 5.0),
+        ((5.6, 3.0, 8.2), "small_loss", 5.0), ((1.6, 0.9, 2.3), "small_loss", 2.0),
+        (None, "full_better", 5.0),
+    ]
+    mistakes = ("verdict_mean_only", "verdict_small_loss_lo")
+    out["verdict"] = []
+    for interval, claim, margin in intervals:
+        expected = verdict(interval, claim, margin)
+        name = (f"{claim}, interval [{interval[1]:+.1f}, {interval[2]:+.1f}]" + (f", margin {margin:g}" if
+                claim == "small_loss" else "") if interval else "no interval (one seed)")
+        wrong = {m: verdict_mistake(interval, claim, margin, m) for m in mistakes}
+        out["verdict"].append({"name": name, "inputs": [interval or (), claim, margin], "expected": expected,
+                               "atol": 0.0, "mistakes": _telling(expected, wrong)})
+
+    runs = [  # an evaluation result as the notebook's training cell returns it (mIoU in %)
+        ("a model that reads its supports", {"miou": 49.22, "mismatched_miou": 10.15, "fbiou": 68.41}),
+        ("a model that ignores its supports", {"miou": 31.4, "mismatched_miou": 30.9, "fbiou": 60.2}),
+    ]
+    out["mismatched_drop"] = [
+        {"name": name, "inputs": [list(run), list(run.values())], "expected": mismatched_drop(run), "atol": 1e-6,
+         "mistakes": _telling(mismatched_drop(run), {m: mismatched_drop(run, m) for m in ("drop_sign",
+                                                                                          "drop_relative")})}
+        for name, run in runs]
+    return out
 
 
 # ----------------------------------------------------------------------------- the check cases
@@ -209,6 +319,7 @@ def cases() -> dict[str, list[dict]]:
              "mistakes": {"update_no_residual": update(*single_args, residual=False),
                        "update_inverted_mask": update(*single_args, mask_mode="inverted")}},
     ]
+    out.update(exercise_4_cases())
     return out
 
 
