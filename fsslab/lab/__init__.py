@@ -24,6 +24,7 @@ FULL_SYNTHETIC: dict[str, Any] = {"seed": 0, **{k: list(v) if isinstance(v, tupl
 # pretraining images.
 QUICK_SYNTHETIC: dict[str, Any] = {**FULL_SYNTHETIC, "n_train": 300, "n_val": 150, "n_pretrain": 150}
 QUICK_ITERATIONS = 2
+QUICK_CROSSDOMAIN_IMAGES = 100
 QUICK_EPISODES = 8
 
 # What quick mode changes in a shipped synthetic config (notebook_config).
@@ -102,7 +103,7 @@ def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: i
         changes["model.params.pretrained"] = str(stage1)
     if quick:
         changes.update(QUICK_CHANGES)
-        if shipped.data.train_data == "base":  # BAM BaseData (stage 1) has no episodes: nothing to exclude
+        if shipped.data.train_data != "episodes":  # stage 1's BaseData, a rendered pretraining: no episode list
             del changes["data.params.on_small_class"]
     return load_config(f"synthetic/{name}", list(overrides), changes=changes)  # the overrides win
 
@@ -110,6 +111,21 @@ def notebook_config(name: str, shot: int = 1, quick: bool | None = None, fold: i
 def is_shipped_file(path: str | Path) -> bool:
     """Whether ``path`` is a file of the shipped zoo (the pretrained backbone every students' run starts from)."""
     return Path(path).resolve().is_relative_to(SHIPPED_CHECKPOINT_DIR.resolve())
+
+
+def crossdomain_root(quick: bool | None = None, progress: bool = True) -> Path:
+    """The cross-domain preset (``fsslab data synth --preset crossdomain``: 20 shape families no training sees,
+    overlapping objects, random surfaces, another background), generated when missing: ``data/crossdomain``
+    (1,000 images, what the README measures) or, in quick mode, ``data/crossdomain_quick`` (100 images)."""
+    from fsslab.data.synthetic import SyntheticConfig, write_synthetic_if_missing
+
+    quick = is_quick() if quick is None else quick
+    path = repo_root() / "data" / ("crossdomain_quick" if quick else "crossdomain")
+    config = SyntheticConfig.from_dict({"preset": "crossdomain", **({"n_val": QUICK_CROSSDOMAIN_IMAGES} if quick else {})})
+    if progress and not (path / "meta.json").is_file():
+        print(f"generating the cross-domain preset ({config.n_val} images) into {path}; done once", flush=True)
+    write_synthetic_if_missing(path, config, progress=progress)
+    return path
 
 
 def run_name(name: str, shot: int = 1, fold: int = 0) -> str:
@@ -192,5 +208,5 @@ def eval_row(result: Any) -> dict[str, Any]:
 
 
 __all__ = ["FULL_SYNTHETIC", "QUICK_CHANGES", "QUICK_EPISODES", "QUICK_ITERATIONS", "QUICK_SYNTHETIC",
-           "ensure_prerequisites", "eval_row", "is_quick", "is_shipped_file", "notebook_config", "repo_root", "run_name",
+           "crossdomain_root", "ensure_prerequisites", "eval_row", "is_quick", "is_shipped_file", "notebook_config", "repo_root", "run_name",
            "synthetic_root", "train_or_resume", "trained_or_fresh"]

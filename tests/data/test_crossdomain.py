@@ -187,7 +187,7 @@ def test_wide_episodes_find_the_target_again_under_another_look():
         assert all(m.sum() >= WideEpisodes.MIN_VISIBLE for m in item["support_masks"])
         assert set(item["query_mask"].unique().tolist()) <= {0, 1}
     # the query holds other shapes besides the target (1-3 distractors): pixels neither target nor background
-    image, mask = data._scene(3, 0, 17, (2, 2))
+    image, mask = data._scene(3, 0, 17, (2, 2), on_top=False)
     assert mask.sum() >= WideEpisodes.MIN_VISIBLE and (image.std(axis=2) > 0).mean() > mask.mean()
     with pytest.raises(ValueError, match="others"):
         WideEpisodes(n_classes=3, others=(1, 3))

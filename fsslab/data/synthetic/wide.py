@@ -229,18 +229,19 @@ def render_wide(seed: int, index: int, size: int, n_classes: int, objects: tuple
     n = int(rng.integers(objects[0], objects[1] + 1))
     classes = rng.choice(n_classes, n, replace=False) + 1 if n_classes < 10 * n else \
         np.unique(rng.integers(1, n_classes + 1, n))
-    return render_scene(rng, image, rng.permutation(classes), scale, deformation)
+    return render_scene(rng, image, rng.permutation(classes), scale, deformation)[:2]
 
 
 def render_scene(rng: np.random.Generator, image: np.ndarray, classes: np.ndarray | list[int],
                  scale: tuple[float, float] = (0.22, 0.55), deformation: float = 0.08
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
     """Paint one instance of each class id of ``classes`` over ``image`` (a background), in that order (later
     ones occlude earlier ones): each at a random place, size, pose, mirror, deformation and surface.
-    Returns (the finished [S,S,3] uint8 image, [S,S] int64 labels)."""
+    Returns (the finished [S,S,3] uint8 image, [S,S] int64 labels, {class id: its pixels before occlusion})."""
     size = image.shape[0]
     shape = (size, size)
     label = np.zeros(shape, np.int64)
+    drawn: dict[int, int] = {}
     for class_id in classes:
         side = np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1])))
         pose = Pose(cx=rng.uniform(0.1, 0.9) * size, cy=rng.uniform(0.1, 0.9) * size,
@@ -252,7 +253,8 @@ def render_scene(rng: np.random.Generator, image: np.ndarray, classes: np.ndarra
         mask = rasterize(parts, pose, shape, deformation * float(rng.uniform(0.3, 1.0)), rng).astype(bool)
         image[mask] = random_surface(shape, rng)[mask]
         label[mask] = class_id
-    return finish(image, rng, float(rng.uniform(0.0, 0.5))), label
+        drawn[int(class_id)] = int(mask.sum())
+    return finish(image, rng, float(rng.uniform(0.0, 0.5))), label, drawn
 
 
 class WideShapes(Dataset):
@@ -290,12 +292,15 @@ class WideEpisodes(Dataset):
     the same shape class again under another pose, deformation, colour and texture, among other shapes.
 
     Episode ``i`` (a pure function of (seed, i)): a target class; ``shot`` support scenes, each the target
-    with 0-2 other classes; a query scene with the target among 1-3 other classes, all placed at random (they
-    overlap and occlude). Item: ``{"query_img": [3,S,S], "query_mask": [S,S] long 1 on the target's visible
-    pixels, 0 elsewhere, "support_imgs": [K,3,S,S], "support_masks": [K,S,S], "class_id": long}`` (the keys of
-    ``fsslab.batch.Batch``). A scene whose target is hidden (under MIN_VISIBLE pixels) is drawn again."""
+    drawn whole over 0-2 other classes (a support shows its object, as an annotator's example does); a query
+    scene with the target among 1-3 other classes in random order, placed at random (they overlap and occlude).
+    Item: ``{"query_img": [3,S,S], "query_mask": [S,S] long 1 on the target's visible pixels, 0 elsewhere,
+    "support_imgs": [K,3,S,S], "support_masks": [K,S,S], "class_id": long}`` (the keys of ``fsslab.batch.Batch``).
+    A query whose target shows less than MIN_VISIBLE_SHARE of itself (or under MIN_VISIBLE pixels) is drawn again:
+    a sliver carries no shape to find."""
 
     MIN_VISIBLE = 24  # pixels of the target that a scene must show: ~0.3% of a 96 px image
+    MIN_VISIBLE_SHARE = 0.5  # of the target's own pixels, in the query
 
     def __init__(self, size: int = 96, shot: int = 1, n_classes: int = 4000, images: int = 1_000_000,
                  seed: int = 0, others: tuple[int, int] = (1, 3), support_others: tuple[int, int] = (0, 2),
@@ -316,24 +321,27 @@ class WideEpisodes(Dataset):
     def __len__(self) -> int:
         return self.images
 
-    def _scene(self, index: int, role: int, target: int, others: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """One scene holding ``target`` visibly: (normalised-ready uint8 image, [S,S] bool target mask)."""
+    def _scene(self, index: int, role: int, target: int, others: tuple[int, int], on_top: bool
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """One scene holding ``target`` visibly (drawn last when ``on_top``): (uint8 image, [S,S] bool mask)."""
         for attempt in range(20):
             rng = np.random.default_rng([self.seed, index, role, attempt])
             n_others = int(rng.integers(others[0], others[1] + 1))
             pool = rng.choice(self.n_classes - 1, n_others, replace=False) + 1  # ids 1..n_classes-1 ...
             distractors = np.where(pool >= target, pool + 1, pool)  # ... shifted past the target: never the target
-            classes = rng.permutation(np.concatenate([[target], distractors]))
+            classes = np.concatenate([distractors, [target]]) if on_top else \
+                rng.permutation(np.concatenate([[target], distractors]))
             image = background((self.size, self.size), rng, float(rng.uniform(0.0, 0.6)))
-            image, label = render_scene(rng, image, classes, self.scale, self.deformation)
-            if (label == target).sum() >= self.MIN_VISIBLE:
+            image, label, drawn = render_scene(rng, image, classes, self.scale, self.deformation)
+            visible = int((label == target).sum())
+            if visible >= max(self.MIN_VISIBLE, self.MIN_VISIBLE_SHARE * drawn[target]):
                 break
         return image, label == target
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         target = int(np.random.default_rng([self.seed, int(index)]).integers(1, self.n_classes + 1))
-        query, query_mask = self._scene(int(index), 0, target, self.others)
-        supports = [self._scene(int(index), 1 + k, target, self.support_others) for k in range(self.shot)]
+        query, query_mask = self._scene(int(index), 0, target, self.others, on_top=False)
+        supports = [self._scene(int(index), 1 + k, target, self.support_others, on_top=True) for k in range(self.shot)]
         return {
             "query_img": normalize(query.astype(np.float32)),
             "query_mask": torch.from_numpy(query_mask.astype(np.int64)),
