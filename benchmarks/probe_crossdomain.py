@@ -79,7 +79,7 @@ def episodes(labels: list[np.ndarray], classes: list[int], n: int, seed: int) ->
     return out
 
 
-def build_probe_model(checkpoint: str | None, pretrained: str | None):
+def build_probe_model(checkpoint: str | None, pretrained: str | None, layers: str | None = None):
     from fsslab.config import load_config
     from fsslab.engine.build import build_run_model
 
@@ -88,7 +88,8 @@ def build_probe_model(checkpoint: str | None, pretrained: str | None):
 
         return load_pretrained(pretrained).eval()
     cfg = load_config("synthetic/baseline_tiny", [f"model.init_checkpoint={checkpoint or 'null'}",
-                                                   "model.prerequisite=null"])
+                                                   "model.prerequisite=null"]
+                      + ([f"model.params.feature_layers=[{layers}]"] if layers else []))
     return build_run_model(cfg).eval()
 
 
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="data/crossdomain", help="the cross-domain benchmark "
                         "(fsslab data synth --root data/crossdomain --preset crossdomain)")
     parser.add_argument("--episodes", type=int, default=500)
+    parser.add_argument("--layers", default=None, help="backbone stages to compare, e.g. 'layer3, layer4' (default: "
+                        "the baseline's layer2, layer3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=112, help="square probe size (the eval's val_size)")
     parser.add_argument("--classes", default="all", help="'all' 20 classes or 'fold0' (classes 1-5)")
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if sum(map(bool, (args.checkpoint, args.pretrained, args.untrained))) != 1:
         parser.error("give one of: CHECKPOINT, --pretrained NAME, --untrained")
     torch.manual_seed(0)
-    model = build_probe_model(args.checkpoint, args.pretrained)
+    model = build_probe_model(args.checkpoint, args.pretrained, args.layers)
     classes = list(range(1, 21)) if args.classes == "all" else list(range(1, 6))
     out = probe(model, Path(args.root), args.episodes, args.seed, args.size, classes)
     what = args.checkpoint or (f"pretrained:{args.pretrained}" if args.pretrained else "untrained")

@@ -27,7 +27,7 @@ from fsslab.zoo import (
     verify_pretrained,
     verify_weights,
 )
-from fsslab.zoo.pack import pack_checkpoint, pack_weights
+from fsslab.zoo.pack import pack_checkpoint, pack_weights, prune_shared
 
 TINY_KNOBS = {"seed": 3, "n_train": 12, "n_val": 60, "min_size": 112, "max_size": 128,
               "max_objects": 4}  # up to 4 objects: every fold-0 class gets enough images in a tiny set
@@ -291,6 +291,13 @@ def test_shipped_weights_start_a_run_and_are_shared_by_its_models(tiny_runs, tmp
     # verify checks the shared weights first, then the models
     assert cli_main(["zoo", "verify", "--dir", str(out)]) == 0
     assert "shared/backbone_test.pt: sha256 matches" in capsys.readouterr().out
+    # prune keeps the shipped weights (runs start from them) and drops a shared file no entry reads
+    manifest = read_manifest(out)
+    manifest["shared"]["shared/orphan.pt"] = dict(manifest["shared"]["shared/backbone_test.pt"], kind=None)
+    (out / "shared" / "orphan.pt").write_bytes((out / "shared" / "backbone_test.pt").read_bytes())
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert prune_shared(out) == ["shared/orphan.pt"] and not (out / "shared" / "orphan.pt").exists()
+    assert "shared/backbone_test.pt" in read_manifest(out)["shared"]
     (out / "shared" / "backbone_test.pt").write_bytes(b"corrupt")
     with pytest.raises(ZooError, match="backbone_test.pt"):
         verify_weights(out)

@@ -1,4 +1,4 @@
-"""``fsslab zoo pack|pack-weights|list|verify|recheck``: the shipped checkpoints from the command line (logic in fsslab.zoo)."""
+"""``fsslab zoo pack|pack-weights|prune|list|verify|recheck``: the shipped checkpoints from the command line (logic in fsslab.zoo)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,14 @@ def _cmd_zoo_pack_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo_prune(args: argparse.Namespace) -> int:
+    from fsslab.zoo.pack import prune_shared
+
+    removed = prune_shared(args.dir)
+    print(f"deleted {', '.join(removed)}" if removed else "every shared file is read by an entry: nothing deleted")
+    return 0
+
+
 def _cmd_zoo_verify(args: argparse.Namespace) -> int:
     from fsslab.zoo import list_pretrained, read_manifest, verify_pretrained, verify_weights
 
@@ -87,7 +95,7 @@ def _cmd_zoo_recheck(args: argparse.Namespace) -> int:
 
 
 def add_zoo_parser(commands: Any) -> None:
-    """``fsslab zoo pack|pack-weights|list|verify|recheck``, a sub-command of ``commands`` (the ``fsslab`` parser's)."""
+    """``fsslab zoo pack|pack-weights|prune|list|verify|recheck``, a sub-command of ``commands`` (the ``fsslab`` parser's)."""
     zoo = commands.add_parser(
         "zoo",
         help="shipped checkpoints: pack a run, list, verify",
@@ -136,6 +144,9 @@ def add_zoo_parser(commands: Any) -> None:
     weights.add_argument("--replace", action="store_true", help="replace an existing shared/<name>.pt")
     weights.add_argument("--dir", default=None, help="checkpoint directory (default: fsslab/checkpoints/synthetic)")
     weights.set_defaults(func=_cmd_zoo_pack_weights)
+    prune = zoo_commands.add_parser("prune", help="delete shared files that no entry reads (shipped weights stay)")
+    prune.add_argument("--dir", default=None, help="checkpoint directory (default: fsslab/checkpoints/synthetic)")
+    prune.set_defaults(func=_cmd_zoo_prune)
     listing = zoo_commands.add_parser("list", help="list the shipped checkpoints and their metrics")
     listing.add_argument("--dir", default=None, help="checkpoint directory (default: the shipped one)")
     listing.set_defaults(func=_cmd_zoo_list)

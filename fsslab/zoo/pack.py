@@ -206,6 +206,20 @@ def pack_weights(run_dir_or_ckpt: str | Path, name: str, command: str, prefix: s
     return manifest["shared"][shared_file]
 
 
+def prune_shared(out_dir: str | Path | None = None) -> list[str]:
+    """Delete the shared files that no entry reads any more (a retrained base's old file), except shipped
+    weights files (``kind: weights``: runs start from them); returns what was deleted."""
+    out = Path(out_dir or zoo.CHECKPOINT_DIR)
+    manifest = read_manifest(out)
+    read = {e.get("shared_file") for e in manifest["entries"].values()}
+    unused = [f for f, record in manifest["shared"].items() if f not in read and record.get("kind") != "weights"]
+    for file in unused:
+        (out / file).unlink(missing_ok=True)
+        del manifest["shared"][file]
+    write_manifest(manifest, out)
+    return unused
+
+
 def _manifest_entry(name: str, path: Path, packed: dict[str, Any], cfg: RunConfig, ckpt: dict[str, Any],
                     source: Path, command: str | None, eval_json: str | Path | None,
                     measured: dict[str, Any]) -> dict[str, Any]:
@@ -309,4 +323,4 @@ def pack_checkpoint(run_dir_or_ckpt: str | Path, name: str, eval_json: str | Pat
     return entry
 
 
-__all__ = ["derive_overrides", "pack_checkpoint", "pack_weights", "shipped_name"]
+__all__ = ["derive_overrides", "pack_checkpoint", "pack_weights", "prune_shared", "shipped_name"]
