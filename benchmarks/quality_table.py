@@ -33,11 +33,14 @@ def main_table(evals: Path) -> list[str]:
     header = ("| model | 1-shot | oracle | mismatched supports (drop) | 1-shot model given 5 shots (gain) "
               "| trained 5-shot (− 1-shot) | box supports (− masks) |")
     lines = [header, "|---|---|---|---|---|---|---|"]
+    reference = ((_load(evals, "baseline_1shot") or {}).get("controls") or {}).get("all_foreground")
+    if reference:
+        lines.append(f"| all-foreground reference (control) | {_pm(reference)} | | | | | |")
     for key, name in MODELS.items():
         one, five, box = (_load(evals, f"{key}_{t}") for t in ("1shot", "5shot", "1shot_box"))
         controls = (one or {}).get("controls") or {}
         oracle = f"{controls['oracle']['miou']:.2f}" if controls else "–"
-        mismatched = (f"{controls['mismatched']['miou']:.2f} (−{controls['drop']:.2f})" if controls else "–")
+        mismatched = (f"{controls['mismatched']['miou']:.2f} ({_signed(-controls['drop'])})" if controls else "–")
         given5 = (f"{controls['five_shot']['miou']:.2f} ({_signed(controls['shot_gain'])})" if controls else "–")
         trained5 = "–" if five is None or one is None else f"{_pm(five)} ({_signed(five['miou'] - one['miou'])})"
         boxed = "–" if box is None or one is None else f"{_pm(box)} ({_signed(box['miou'] - one['miou'])})"
@@ -50,10 +53,33 @@ def fold_table(evals: Path, fold: int) -> list[str]:
     for key, name in MODELS.items():
         one = _load(evals, f"{key}_fold{fold}_1shot")
         controls = (one or {}).get("controls") or {}
-        extra = (f"{controls['oracle']['miou']:.2f} | {controls['mismatched']['miou']:.2f} (−{controls['drop']:.2f})"
+        extra = (f"{controls['oracle']['miou']:.2f} | {controls['mismatched']['miou']:.2f} ({_signed(-controls['drop'])})"
                  if controls else "– | –")
         lines.append(f"| {name} | {_pm(one)} | {_pm(one, 'fbiou')} | {extra} |")
     return lines
+
+
+def crossdomain_table(evals: Path) -> list[str]:
+    """The cross-domain preset (the `crossdomain` step): each 1-shot model with every control, the all-foreground
+    reference first."""
+    lines = ["| cross-domain, fold 0, 1-shot | mIoU | oracle | mismatched (drop) | given 5 shots (gain) | − all-foreground |",
+             "|---|---|---|---|---|---|"]
+    reference = None
+    rows = []
+    for key, name in MODELS.items():
+        one = _load(evals, f"{key}_crossdomain_1shot")
+        controls = (one or {}).get("controls") or {}
+        if not controls:
+            rows.append(f"| {name} | {_pm(one)} | – | – | – | – |")
+            continue
+        reference = reference or controls.get("all_foreground")
+        margin = controls.get("margin_over_all_foreground")
+        rows.append(f"| {name} | {_pm(one)} | {controls['oracle']['miou']:.2f} | {controls['mismatched']['miou']:.2f} "
+                    f"({_signed(-controls['drop'])}) | {controls['five_shot']['miou']:.2f} "
+                    f"({_signed(controls['shot_gain'])}) | {'–' if margin is None else _signed(margin)} |")
+    if reference:
+        lines.append(f"| all-foreground reference (control) | {_pm(reference)} | | | | |")
+    return lines + rows
 
 
 def base_table(evals: Path) -> list[str]:
@@ -89,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evals", type=Path, default=Path("runs/evals"))
     parser.add_argument("--timings", type=Path, default=Path("runs/synthetic/timings.tsv"))
     args = parser.parse_args(argv)
-    print("\n".join([*main_table(args.evals), "", *fold_table(args.evals, 1), "", *base_table(args.evals), "", *timing_table(args.timings)]))
+    print("\n".join([*main_table(args.evals), "", *crossdomain_table(args.evals), "", *fold_table(args.evals, 1), "",
+                     *base_table(args.evals), "", *timing_table(args.timings)]))
     return 0
 
 

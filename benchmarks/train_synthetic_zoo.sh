@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The whole synthetic chain behind the shipped zoo and the README's quality table, with the shipped configs
-# and nothing else: data, synthetic ImageNet, stage 1, the 1-shot models, the 5-shot models (fine-tuned from
-# the 1-shot ones), the evaluations with their controls, and fold 1 for the ordering check.
+# and nothing else: data, stage 1, the 1-shot models, the 5-shot models (fine-tuned from the 1-shot ones), the
+# evaluations with their controls, the cross-domain preset (data/crossdomain, never trained on) with every
+# control, and fold 1 for the ordering check. The chain starts from the shipped backbone (the zoo's
+# shared/backbone_episodic.pt, as ImageNet weights are downloaded); the optional step `backbone` retrains it
+# (then `fsslab zoo pack-weights`, docs/backbone.md).
 # Every step is a plain `fsslab` command (trainings with --with-prerequisites: a run whose starting checkpoint, in
 # runs/synthetic unless overridden, is missing trains it first); its wall time goes to $R/timings.tsv. A step whose result exists is
 # skipped, so the script resumes after an interruption (a stopped training resumes with `--resume`).
 #   bash benchmarks/train_synthetic_zoo.sh            # R=runs/synthetic E=runs/evals
 #   STEPS="fold0 fiveshot evals fold1" bash benchmarks/train_synthetic_zoo.sh
+#   STEPS=backbone bash benchmarks/train_synthetic_zoo.sh     # the shipped backbone's recipe (about 25 CPU minutes)
 set -euo pipefail
 R=${R:-runs/synthetic}
 E=${E:-runs/evals}
-STEPS=${STEPS:-"fold0 evals fiveshot evals5 fold1"}
+STEPS=${STEPS:-"fold0 evals fiveshot evals5 crossdomain fold1"}
 mkdir -p "$R" "$E"
 
 step() {  # step NAME DONE_FILE COMMAND...: run and time COMMAND unless DONE_FILE exists
@@ -38,9 +42,13 @@ evaluate() {  # evaluate CONFIG RUN_NAME TAG OVERRIDES...
 }
 
 for s in $STEPS; do case $s in
-fold0)
+backbone)  # the shipped backbone's recipe: the 100-class pretraining, then the episodic one on top
     step data_synth data/synthetic/meta.json fsslab data synth --root data/synthetic --workers 2
     train backbone_pretrain_tiny backbone_pretrain_tiny_fold0
+    train backbone_pretrain_episodic backbone_pretrain_episodic_fold0 \
+        "model.init_checkpoint=$R/backbone_pretrain_tiny_fold0/latest.pt" ;;
+fold0)
+    step data_synth data/synthetic/meta.json fsslab data synth --root data/synthetic --workers 2
     train pspnet_base_tiny pspnet_base_tiny_fold0
     train ipmt_tiny ipmt_tiny_fold0_1shot
     train amformer_tiny amformer_tiny_fold0_1shot
@@ -60,12 +68,18 @@ evals5)
     for m in baseline ipmt amformer; do
         evaluate ${m}_tiny ${m}_tiny_fold0_5shot ${m}_5shot data.shot=5
     done ;;
-fold1)  # the ordering on a second fold; the synthetic ImageNet of fold 0 (it learns all 20 classes anyway)
-    P="model.init_checkpoint=$R/backbone_pretrain_tiny_fold0/latest.pt"
-    train pspnet_base_tiny pspnet_base_tiny_fold1 data.fold=1 "$P"
-    train ipmt_tiny ipmt_tiny_fold1_1shot data.fold=1 "$P"
+crossdomain)  # the 1-shot runs on the cross-domain preset, with every control (all-foreground included)
+    step data_crossdomain data/crossdomain/meta.json fsslab data synth --root data/crossdomain --preset crossdomain \
+        --workers 2
+    for m in baseline ipmt amformer; do
+        evaluate ${m}_tiny ${m}_tiny_fold0_1shot ${m}_crossdomain_1shot data.root=data/crossdomain \
+            'data.synthetic={preset: crossdomain}' eval.controls=true
+    done ;;
+fold1)  # the ordering on a second fold; every model from the same shipped backbone
+    train pspnet_base_tiny pspnet_base_tiny_fold1 data.fold=1
+    train ipmt_tiny ipmt_tiny_fold1_1shot data.fold=1
     train amformer_tiny amformer_tiny_fold1_1shot data.fold=1 "model.params.pretrained=$R/pspnet_base_tiny_fold1/latest.pt"
-    train baseline_tiny baseline_tiny_fold1_1shot data.fold=1 "$P"
+    train baseline_tiny baseline_tiny_fold1_1shot data.fold=1
     for m in baseline ipmt amformer; do
         evaluate ${m}_tiny ${m}_tiny_fold1_1shot ${m}_fold1_1shot data.fold=1 eval.controls=true
     done ;;

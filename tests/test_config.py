@@ -42,7 +42,9 @@ def test_override_values_are_typed():
 def test_placeholders_follow_overrides():
     cfg = load_config("synthetic/ipmt_tiny", ["data.fold=3", "data.shot=5"])
     assert cfg.train.out_dir == "runs/synthetic/ipmt_tiny_fold3_5shot"
-    assert cfg.model.init_checkpoint == "runs/synthetic/backbone_pretrain_tiny_fold3/latest.pt"
+    assert cfg.model.init_checkpoint.endswith("checkpoints/synthetic/shared/backbone_episodic.pt")  # {zoo}: any fold
+    assert load_config("synthetic/amformer_tiny", ["data.fold=3"]).model.params["pretrained"] == \
+        "runs/synthetic/pspnet_base_tiny_fold3/latest.pt"
 
 
 @pytest.mark.parametrize(

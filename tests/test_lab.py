@@ -10,7 +10,7 @@ import torch
 import fsslab.lab
 import fsslab.zoo
 import fsslab.zoo.pack
-from fsslab.config import load_config
+from fsslab.config import SHIPPED_CHECKPOINT_DIR, load_config
 from fsslab.engine import predict_fn
 from fsslab.engine.checkpoint import atomic_save
 from fsslab.lab import (
@@ -46,9 +46,11 @@ def test_quick_and_full_configs(root):
     full = notebook_config("ipmt_tiny", 1, quick=False, data_root=root)
     assert full.train.iterations == 1500 and full.eval.episodes == 300 and full.eval.seeds == [0, 1, 2]
     assert Path(full.train.out_dir) == top / "runs" / "synthetic" / "ipmt_tiny_fold0_1shot"
-    assert full.model.init_checkpoint == str(top / "runs/synthetic/backbone_pretrain_tiny_fold0/latest.pt")
+    # the shipped backbone is read where it is, in both modes (downloaded-equivalent: nothing to train first)
+    shipped = str(SHIPPED_CHECKPOINT_DIR / "shared" / "backbone_episodic.pt")
+    assert full.model.init_checkpoint == shipped and Path(shipped).is_file()
     stage1 = notebook_config("pspnet_base_tiny", quick=True, data_root=root)
-    assert stage1.model.init_checkpoint == str(top / "runs/notebooks_quick/backbone_pretrain_tiny_fold0/latest.pt")
+    assert stage1.model.init_checkpoint == shipped
     # stage 1 trains on BAM's BaseData, which has no episodes and refuses episode options; the others exclude
     # the quick benchmark's small classes from their episodes
     assert stage1.data.train_data == "base" and "on_small_class" not in stage1.data.params
@@ -59,8 +61,8 @@ def test_quick_and_full_configs(root):
     assert run_name("ipmt_tiny", 5) == "ipmt_tiny_fold0_5shot"
 
 
-@pytest.mark.parametrize("name", ["backbone_pretrain_tiny", "pspnet_base_tiny", "baseline_tiny", "ipmt_tiny",
-                                  "amformer_tiny"])
+@pytest.mark.parametrize("name", ["backbone_pretrain_tiny", "backbone_pretrain_episodic", "pspnet_base_tiny",
+                                  "baseline_tiny", "ipmt_tiny", "amformer_tiny"])
 def test_shipped_synthetic_configs_use_the_notebooks_benchmark(name):
     cfg = load_config(f"synthetic/{name}")
     assert cfg.data.root == "data/synthetic" and cfg.data.synthetic == FULL_SYNTHETIC
@@ -77,15 +79,17 @@ def test_ensure_prerequisites_trains_the_chain_once_in_order(root, tmp_path, mon
     monkeypatch.setattr(fsslab.lab, "train_or_resume", fake_train)
     runs = tmp_path / "runs" / "notebooks_quick"
     paths = ensure_prerequisites("amformer_tiny", quick=True, data_root=root)
-    assert trained == ["backbone_pretrain_tiny", "pspnet_base_tiny"]
-    assert paths == [runs / "backbone_pretrain_tiny_fold0" / "latest.pt", runs / "pspnet_base_tiny_fold0" / "latest.pt"]
-    # what the models read is what was trained: AMFormer's stage 1, IPMT's and stage 1's synthetic ImageNet
+    # the chain starts from the shipped backbone: only stage 1 is trained before AMFormer, nothing before IPMT
+    assert trained == ["pspnet_base_tiny"]
+    assert paths == [runs / "pspnet_base_tiny_fold0" / "latest.pt"]
     amformer = notebook_config("amformer_tiny", quick=True, data_root=root)
-    assert amformer.model.params["pretrained"] == str(paths[1])
-    assert notebook_config("ipmt_tiny", quick=True, data_root=root).model.init_checkpoint == str(paths[0])
-    assert ensure_prerequisites("ipmt_tiny", quick=True, data_root=root) == paths[:1]
-    assert trained == ["backbone_pretrain_tiny", "pspnet_base_tiny"]  # nothing trained twice
-    assert ensure_prerequisites("backbone_pretrain_tiny", quick=True, data_root=root) == []
+    assert amformer.model.params["pretrained"] == str(paths[0])  # what AMFormer reads is what was trained
+    assert ensure_prerequisites("ipmt_tiny", quick=True, data_root=root) == []
+    assert ensure_prerequisites("amformer_tiny", quick=True, data_root=root) == paths
+    assert trained == ["pspnet_base_tiny"]  # nothing trained twice
+    # the backbone's own recipe still names its prerequisite (the 100-class pretraining it fine-tunes)
+    assert ensure_prerequisites("backbone_pretrain_episodic", quick=True, data_root=root) == \
+        [runs / "backbone_pretrain_tiny_fold0" / "latest.pt"]
 
 
 def test_trained_or_fresh_prefers_the_shipped_checkpoint(root, tmp_path, monkeypatch):
