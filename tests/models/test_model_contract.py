@@ -15,8 +15,8 @@ from fsslab.models import MODEL_REGISTRY, build_model, model_class
 
 # registry name -> the shipped synthetic config whose (tiny) model is checked; None: no parameters
 CONFIGS = {"ipmt": "ipmt_tiny", "amformer": "amformer_tiny", "baseline": "baseline_tiny",
-           "pspnet": "pspnet_base_tiny", "oracle": None}
-TRAINABLE = [name for name in CONFIGS if name != "oracle"]  # the oracle is an evaluation control
+           "pspnet": "pspnet_base_tiny", "oracle": None, "all_foreground": None}
+TRAINABLE = [name for name in CONFIGS if CONFIGS[name] is not None]  # the controls have nothing to train
 SIZES = [(64, 64), (72, 56)]
 
 
