@@ -159,14 +159,21 @@ class PSPNet(FewShotModel):
         """BAM ``train_base.py``: SGD (momentum 0.9); backbone at the base lr (× ``backbone_lr_multiplier``:
         10 on COCO, BAM's ``index_split: -1``), PPM and heads 10x.
 
-        ``optimizer="adamw"`` (one lr for every group) is for backbones trained from scratch, such as the
-        synthetic benchmark's stage 1, where SGD needs far more iterations than a CPU run can afford.
+        ``optimizer="adamw"`` (the base lr for every group, the backbone's × ``backbone_lr_multiplier``) is for
+        the synthetic benchmark's stage 1, where SGD needs far more iterations than a CPU run can afford; a
+        multiplier below 1 keeps more of a pretrained backbone's generality (0 freezes it in effect).
         """
         def trainable(module: nn.Module | None) -> list[nn.Parameter]:
             return [] if module is None else [p for p in module.parameters() if p.requires_grad]
 
         if self.optimizer == "adamw":
-            return [OptimizerSpec("main", "adamw", [{"params": trainable(self), "lr": base_lr}],
+            if self.backbone_lr_multiplier == 1.0:  # one group: the recipe the shipped stage 1 was trained with
+                groups = [{"params": trainable(self), "lr": base_lr}]
+            else:
+                in_backbone = {id(p) for p in trainable(self.backbone)}
+                groups = [{"params": trainable(self.backbone), "lr": base_lr * self.backbone_lr_multiplier},
+                          {"params": [p for p in trainable(self) if id(p) not in in_backbone], "lr": base_lr}]
+            return [OptimizerSpec("main", "adamw", [g for g in groups if g["params"]],
                                   options={"weight_decay": weight_decay})]
         head_lr = base_lr * self.head_lr_multiplier
         groups = [{"params": trainable(self.backbone), "lr": base_lr * self.backbone_lr_multiplier},

@@ -57,6 +57,19 @@ def test_pspnet_layout_and_optimizer_groups() -> None:
     assert n_grouped == len(list(model.parameters()))
 
 
+def test_pspnet_adamw_backbone_lr_multiplier() -> None:
+    # one AdamW group as the shipped stage 1 was trained; a multiplier slows the backbone only
+    params = {"name": "pspnet", "backbone": "resnet_tiny", "n_classes": 6, "optimizer": "adamw"}
+    (one,) = build_model(params).optimizer_specs(base_lr=1e-3, weight_decay=1e-4)
+    assert one.kind == "adamw" and [g["lr"] for g in one.param_groups] == [1e-3]
+    model = build_model({**params, "backbone_lr_multiplier": 0.1})
+    (spec,) = model.optimizer_specs(base_lr=1e-3, weight_decay=1e-4)
+    backbone, rest = spec.param_groups
+    assert backbone["lr"] == pytest.approx(1e-4) and rest["lr"] == 1e-3
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in model.backbone.parameters()}
+    assert len(backbone["params"]) + len(rest["params"]) == len(list(model.parameters()))
+
+
 @pytest.mark.parametrize("shots", [1, 5])
 def test_baseline_shapes_and_thresholded_prediction(shots: int) -> None:
     torch.manual_seed(0)
