@@ -43,6 +43,8 @@ def test_quick_ablation_end_to_end_and_resumable(tmp_path, toy_world, capsys):
     table = (root / "toy_table" / "table.md").read_text()
     rows = {r["variant"]: r for r in results["rows"]}
     assert set(rows) == {"full", "more dropout"} and results["quick"] is True
+    # the command that reproduces the table, rebuilt from the arguments (notebook 06 prints it)
+    assert results["command"] == f"fsslab ablate {spec} --start prerequisites --root {root} --quick"
     for name in rows:
         for seed in (0, 1):
             run = root / "toy_table" / ablation._slug(name) / f"seed{seed}"

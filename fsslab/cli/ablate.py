@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
 DESCRIPTION = """\
 Train every variant of an ablation table with the shipped recipe (one run per variant and seed, under
@@ -25,6 +26,20 @@ examples:
 overrides (section.key=value) apply to every run after the variant's own."""
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this table, recorded in results.json (rebuilt from the parsed arguments, so it
+    reads the same whether fsslab was called as a program, a module or from Python)."""
+    parts = ["fsslab", "ablate", args.table, *args.overrides]
+    for flag, value in (("--variants", args.variants), ("--seeds", args.seeds), ("--start", args.start)):
+        if value:
+            parts += [flag, value]
+    if args.root != "runs/ablate":
+        parts += ["--root", args.root]
+    if args.quick:
+        parts.append("--quick")
+    return shlex.join(parts)
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from fsslab.lab.ablation import load_table, run_ablation
 
@@ -36,7 +51,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     results = run_ablation(args.table, root=args.root, seeds=seeds, variants=variants, quick=args.quick,
-                           start=args.start, extra=args.overrides)
+                           start=args.start, extra=args.overrides, command=_command_line(args))
     print(results["text"])
     if args.json:
         with open(args.json, "w") as handle:

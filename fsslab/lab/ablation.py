@@ -430,7 +430,8 @@ def format_table(table: AblationTable, rows: list[dict[str, Any]]) -> str:
 
 def run_ablation(table: str | Path | AblationTable, root: str | Path = "runs/ablate", seeds: Sequence[int] | None = None,
                  variants: Sequence[str] | None = None, quick: bool = False, start: str | None = None,
-                 extra: Sequence[str] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+                 extra: Sequence[str] = (), log: Callable[[str], None] = print,
+                 command: str | None = None) -> dict[str, Any]:
     """Train and evaluate every (variant, seed) of ``table`` that is not done yet, then write ``results.json`` and
     ``table.md`` under ``<root>/<table>`` from the variants and seeds asked for; returns those results with the
     table's text under ``"text"``.
@@ -438,6 +439,7 @@ def run_ablation(table: str | Path | AblationTable, root: str | Path = "runs/abl
     start: "prerequisites" (train the config's prerequisite chain when missing: the recipe from scratch) or
     "shipped" (the frozen parts of the shipped zoo model: ``shipped_starts``); default: shipped with ``quick``,
     else prerequisites. extra: overrides applied to every run (after the variant's and the quick ones).
+    command: the command line that made the table, kept in ``results.json`` (notebook 06 prints it).
     """
     table = load_table(table)
     seeds = list(seeds) if seeds is not None else list(table.seeds)
@@ -460,7 +462,7 @@ def run_ablation(table: str | Path | AblationTable, root: str | Path = "runs/abl
     text = format_table(table, rows)
     out = Path(root) / _slug(table.name)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"table": table.to_dict(), "seeds": seeds, "quick": quick, "start": start, "extra": list(extra),
+    results = {"command": command, "table": table.to_dict(), "seeds": seeds, "quick": quick, "start": start, "extra": list(extra),
                "rule": RULE, "rows": rows, "runs": {v: {str(s): r for s, r in d.items()} for v, d in runs.items()},
                "timings": timings}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
