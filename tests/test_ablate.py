@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,31 @@ def test_builtin_tables_build_their_variants(table):
 def test_unknown_variant_is_a_clear_error(capsys):
     assert main(["ablate", "amformer", "--variants", "w/o X", "--quick"]) == 2
     assert "no variant 'w/o X'" in capsys.readouterr().err
+
+
+def test_merge_results_recomputes_one_table_from_two_sessions(tmp_path, capsys):
+    shipped = Path(__file__).resolve().parents[1] / "notebooks" / "data" / "06_paper_claims" / "amformer_pair_3seeds.json"
+    whole = json.loads(shipped.read_text())
+    files = []
+    for part, variants in (("a", ["full"]), ("b", ["w/o D"])):
+        piece = dict(whole, runs={v: whole["runs"][v] for v in variants}, command=f"session {part}")
+        files.append(tmp_path / f"{part}.json")
+        files[-1].write_text(json.dumps(piece))
+    out = tmp_path / "merged.json"
+    assert main(["ablate", "amformer", "--merge", *map(str, files), "--json", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert merged["command"] == ["session a", "session b"] and merged["seeds"] == [0, 1, 2]
+    assert [r["variant"] for r in merged["rows"]] == ["full", "w/o D"]
+    for got, want in zip(merged["rows"], whole["rows"]):  # the same rows as the table made in one session
+        assert got["verdict"] == want["verdict"] and got["miou_mean"] == pytest.approx(want["miou_mean"])
+        assert got["interval"] == pytest.approx(want["interval"]) if want["interval"] else got["interval"] is None
+    assert "| w/o D |" in capsys.readouterr().out
+    # the same run twice, another recipe, or a missing --json: one clear line, exit 2
+    assert main(["ablate", "amformer", "--merge", str(files[0]), str(files[0]), "--json", str(out)]) == 2
+    assert "already in another file" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(dict(json.loads(files[1].read_text()), start="prerequisites")))
+    assert main(["ablate", "amformer", "--merge", str(files[0]), str(other), "--json", str(out)]) == 2
+    assert "not the same recipe" in capsys.readouterr().err
+    assert main(["ablate", "amformer", "--merge", str(files[0])]) == 2
+    assert "--json" in capsys.readouterr().err

@@ -23,6 +23,7 @@ examples:
   fsslab ablate amformer --variants "full,w/o D" --seeds 0       one variant pair, one seed (a smoke run)
   fsslab ablate ipmt                                             the whole IPMT table, 3 seeds
   fsslab ablate amformer --quick                                 pipeline check: 2 iterations, 4 episodes
+  fsslab ablate amformer --merge a/results.json b/results.json --json merged.json    one table from two sessions
 overrides (section.key=value) apply to every run after the variant's own."""
 
 
@@ -43,6 +44,21 @@ def _command_line(args: argparse.Namespace) -> str:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from fsslab.lab.ablation import load_table, run_ablation
 
+    if args.merge:
+        from fsslab.errors import ConfigError
+        from fsslab.lab.ablation import format_table, merge_results
+
+        if not args.json:
+            raise ConfigError("fsslab ablate --merge: name the merged file with --json OUT.json")
+        results = merge_results(args.merge)
+        if results["table"]["name"] != load_table(args.table).name:
+            raise ConfigError(f"fsslab ablate --merge: the files hold table {results['table']['name']!r}, "
+                              f"not {args.table!r}")
+        print(format_table(load_table(args.table), results["rows"]))
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2, default=str)
+        print(f"wrote {args.json} (merged from {len(args.merge)} files)")
+        return 0
     if args.list:
         table = load_table(args.table)
         for v in table.variants:
@@ -78,4 +94,7 @@ def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
                         "(default with --quick)")
     ablate.add_argument("--list", action="store_true", help="list the table's variants and exit")
     ablate.add_argument("--json", default=None, help="also write the results to this file")
+    ablate.add_argument("--merge", nargs="+", default=None, metavar="RESULTS.json",
+                        help="trains nothing: one table from results.json files of this table made elsewhere "
+                        "(other sessions or machines; each variant/seed from one file), written to --json")
     ablate.set_defaults(func=_cmd_ablate)

@@ -428,6 +428,54 @@ def format_table(table: AblationTable, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """One table from several ``results.json`` of the same built-in or YAML table (runs of other sessions or
+    machines: what a resumed ``run_ablation`` would hold had every run stayed on one disk). Each (variant, seed) may
+    come from one file only; the rows and verdicts are recomputed by ``summarise`` from the per-run numbers, and
+    ``command`` lists every file's command. Refused: files of different tables, quick files mixed with full ones,
+    different ``start`` or ``extra`` overrides (their runs are not the same recipe)."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append((str(path), json.loads(Path(path).read_text())))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable ablation results file ({exc})") from None
+    if not loaded:
+        raise ConfigError("merge_results: no results files given")
+    first_path, first = loaded[0]
+    same = ("quick", "start", "extra")
+    for path, other in loaded[1:]:
+        if other["table"]["name"] != first["table"]["name"]:
+            raise ConfigError(f"{path}: table {other['table']['name']!r}, but {first_path} holds "
+                              f"{first['table']['name']!r}")
+        for key in same:
+            if other.get(key) != first.get(key):
+                raise ConfigError(f"{path}: {key}={other.get(key)!r}, but {first_path} has {first.get(key)!r}: "
+                                  "not the same recipe")
+    table = load_table(first["table"]["name"]) if first["table"]["name"] in TABLES else None
+    if table is None:
+        raise ConfigError(f"{first_path}: table {first['table']['name']!r} is not built in; merge its YAML "
+                          "table's runs with run_ablation on one disk instead")
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for path, other in loaded:
+        for variant, by_seed in other["runs"].items():
+            for seed, run in by_seed.items():
+                if int(seed) in runs.get(variant, {}):
+                    raise ConfigError(f"{path}: {variant!r} seed {seed} is already in another file")
+                runs.setdefault(variant, {})[int(seed)] = run
+    order = [v.name for v in table.variants]
+    unknown = sorted(set(runs) - set(order))
+    if unknown:
+        raise ConfigError(f"variants {unknown} are not in table {table.name!r}: {order}")
+    runs = {v: dict(sorted(runs[v].items())) for v in sorted(runs, key=order.index)}
+    rows = summarise(table, runs)
+    seeds = sorted({s for by_seed in runs.values() for s in by_seed})
+    return {"command": [other.get("command") for _, other in loaded], "merged_from": [p for p, _ in loaded],
+            "table": table.to_dict(), "seeds": seeds, **{key: first.get(key) for key in same}, "rule": RULE,
+            "rows": rows, "runs": {v: {str(s): r for s, r in d.items()} for v, d in runs.items()},
+            "timings": [t for _, other in loaded for t in other.get("timings", [])]}
+
+
 def run_ablation(table: str | Path | AblationTable, root: str | Path = "runs/ablate", seeds: Sequence[int] | None = None,
                  variants: Sequence[str] | None = None, quick: bool = False, start: str | None = None,
                  extra: Sequence[str] = (), log: Callable[[str], None] = print,
