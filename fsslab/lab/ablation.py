@@ -429,7 +429,7 @@ def format_table(table: AblationTable, rows: list[dict[str, Any]]) -> str:
 
 
 def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
-    """One table from several ``results.json`` of the same built-in or YAML table (runs of other sessions or
+    """One table from several ``results.json`` of the same built-in table (runs of other sessions or
     machines: what a resumed ``run_ablation`` would hold had every run stayed on one disk). Each (variant, seed) may
     come from one file only; the rows and verdicts are recomputed by ``summarise`` from the per-run numbers, and
     ``command`` lists every file's command. Refused: files of different tables, quick files mixed with full ones,
