@@ -16,9 +16,10 @@ done
 fsslab zoo pack $R/amformer_tiny_fold0_1shot --eval-json $E/amformer_1shot.json --base $R/pspnet_base_tiny_fold0 \
     --storage int8 --replace-shared --command "fsslab train synthetic/amformer_tiny --with-prerequisites"
 for m in baseline ipmt amformer; do
-    base=$Z/shared/backbone_episodic.pt; [ $m = amformer ] && base=$R/pspnet_base_tiny_fold0
+    base=$Z/shared/backbone_episodic.pt; extra=""
+    [ $m = amformer ] && base=$R/pspnet_base_tiny_fold0 && extra=" model.params.pretrained=$R/pspnet_base_tiny_fold0/latest.pt"
     fsslab zoo pack $R/${m}_tiny_fold0_5shot --eval-json $E/${m}_5shot.json --base $base --storage int8 \
-        --command "fsslab train synthetic/${m}_tiny data.shot=5 model.init_checkpoint=$R/${m}_tiny_fold0_1shot/latest.pt 'model.init_prefix=\"\"' train.iterations=300 train.out_dir=$R/${m}_tiny_fold0_5shot"
+        --command "fsslab train synthetic/${m}_tiny data.shot=5 model.init_checkpoint=$R/${m}_tiny_fold0_1shot/latest.pt 'model.init_prefix=\"\"' train.iterations=300 train.out_dir=$R/${m}_tiny_fold0_5shot$extra"
 done
 fsslab zoo prune
 fsslab zoo verify

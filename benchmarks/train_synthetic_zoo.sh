@@ -51,7 +51,7 @@ fold0)
     step data_synth data/synthetic/meta.json fsslab data synth --root data/synthetic --workers 2
     train pspnet_base_tiny pspnet_base_tiny_fold0
     train ipmt_tiny ipmt_tiny_fold0_1shot
-    train amformer_tiny amformer_tiny_fold0_1shot
+    train amformer_tiny amformer_tiny_fold0_1shot "model.params.pretrained=$R/pspnet_base_tiny_fold0/latest.pt"
     train baseline_tiny baseline_tiny_fold0_1shot ;;
 evals)  # matched, oracle, mismatched supports, the 1-shot model given 5 shots; AMFormer with box supports
     for m in baseline ipmt amformer; do
@@ -61,8 +61,10 @@ evals)  # matched, oracle, mismatched supports, the 1-shot model given 5 shots; 
     evaluate ipmt_tiny ipmt_tiny_fold0_1shot ipmt_1shot_box eval.support_label=box ;;
 fiveshot)  # every weight fine-tuned from the 1-shot run, 300 iterations at 5 shots
     for m in ipmt amformer baseline; do
+        # AMFormer's stage-1 file is named so that $R (not the config's runs/synthetic) holds every start
+        extra=(); [[ $m == amformer ]] && extra=("model.params.pretrained=$R/pspnet_base_tiny_fold0/latest.pt")
         train ${m}_tiny ${m}_tiny_fold0_5shot data.shot=5 "model.init_checkpoint=$R/${m}_tiny_fold0_1shot/latest.pt" \
-            'model.init_prefix=""' train.iterations=300
+            'model.init_prefix=""' train.iterations=300 "${extra[@]}"
     done ;;
 evals5)
     for m in baseline ipmt amformer; do
