@@ -3,6 +3,7 @@ and the verdict rule against their definitions; the built-in tables' overrides b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -150,3 +151,26 @@ def test_merge_results_recomputes_one_table_from_two_sessions(tmp_path, capsys):
     assert "not the same recipe" in capsys.readouterr().err
     assert main(["ablate", "amformer", "--merge", str(files[0])]) == 2
     assert "--json" in capsys.readouterr().err
+
+
+def test_merge_refuses_runs_started_from_another_zoo(tmp_path, capsys):
+    # two sessions of one table whose `--start shipped` read different stage-1 files (the zoo was re-shipped between)
+    base = {"table": {"name": "amformer"}, "quick": False, "start": "shipped", "extra": [], "runs": {}}
+    first = dict(base, start_files={"amformer_tiny_fold0_1shot_base_learner.pt": "a" * 64})
+    second = dict(base, start_files={"amformer_tiny_fold0_1shot_base_learner.pt": "b" * 64})
+    files = [tmp_path / "first.json", tmp_path / "second.json"]
+    for path, content in zip(files, (first, second)):
+        path.write_text(json.dumps(content))
+    assert main(["ablate", "amformer", "--merge", *map(str, files), "--json", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert "another zoo" in err and "amformer_tiny_fold0_1shot_base_learner.pt" in err
+
+
+def test_start_fingerprints_name_the_files_a_table_started_from(tmp_path):
+    from fsslab.lab.ablation import start_fingerprints
+
+    start = tmp_path / "ipmt_tiny_fold0_1shot_backbone.pt"
+    start.write_bytes(b"weights")
+    prints = start_fingerprints({"model.prerequisite": "null", "model.init_checkpoint": str(start)})
+    assert prints == {start.name: hashlib.sha256(b"weights").hexdigest()}
+    assert start_fingerprints(None) == {}

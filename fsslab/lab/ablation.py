@@ -287,6 +287,19 @@ def shipped_starts(config: str, root: str | Path) -> dict[str, str]:
     return changes
 
 
+def start_fingerprints(starts: dict[str, str] | None) -> dict[str, str]:
+    """``{file name: sha256}`` of the starting files that ``shipped_starts`` wrote: which zoo a table started from.
+    Two results files whose runs started from different files are not the same recipe (``merge_results``)."""
+    import hashlib
+
+    prints = {}
+    for key, value in (starts or {}).items():
+        path = Path(value)
+        if key != "model.prerequisite" and path.is_file():
+            prints[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return prints
+
+
 def _finished(cfg: RunConfig) -> bool:
     latest = Path(cfg.train.out_dir) / "latest.pt"
     if not latest.is_file():
@@ -433,7 +446,8 @@ def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
     machines: what a resumed ``run_ablation`` would hold had every run stayed on one disk). Each (variant, seed) may
     come from one file only; the rows and verdicts are recomputed by ``summarise`` from the per-run numbers, and
     ``command`` lists every file's command. Refused: files of different tables, quick files mixed with full ones,
-    different ``start`` or ``extra`` overrides (their runs are not the same recipe)."""
+    different ``start`` or ``extra`` overrides, or runs started from different zoo files (``start_files``, where
+    both files record them): their runs are not the same recipe."""
     loaded = []
     for path in paths:
         try:
@@ -452,6 +466,13 @@ def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
             if other.get(key) != first.get(key):
                 raise ConfigError(f"{path}: {key}={other.get(key)!r}, but {first_path} has {first.get(key)!r}: "
                                   "not the same recipe")
+    # which zoo `--start shipped` read: recorded since 2026-12-08 (older files carry none and are not compared)
+    start_files: dict[str, str] = {}
+    for path, other in loaded:
+        for name, digest in (other.get("start_files") or {}).items():
+            if start_files.setdefault(name, digest) != digest:
+                raise ConfigError(f"{path}: its runs started from another {name} (sha256 {digest[:12]}, another "
+                                  f"file has {start_files[name][:12]}): another zoo, not the same recipe")
     table = load_table(first["table"]["name"]) if first["table"]["name"] in TABLES else None
     if table is None:
         raise ConfigError(f"{first_path}: table {first['table']['name']!r} is not built in; merge its YAML "
@@ -471,7 +492,8 @@ def merge_results(paths: Sequence[str | Path]) -> dict[str, Any]:
     rows = summarise(table, runs)
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
     return {"command": [other.get("command") for _, other in loaded], "merged_from": [p for p, _ in loaded],
-            "table": table.to_dict(), "seeds": seeds, **{key: first.get(key) for key in same}, "rule": RULE,
+            "table": table.to_dict(), "seeds": seeds, **{key: first.get(key) for key in same},
+            "start_files": start_files, "rule": RULE,
             "rows": rows, "runs": {v: {str(s): r for s, r in d.items()} for v, d in runs.items()},
             "timings": [t for _, other in loaded for t in other.get("timings", [])]}
 
@@ -497,8 +519,10 @@ def run_ablation(table: str | Path | AblationTable, root: str | Path = "runs/abl
         raise ConfigError(f"start must be 'shipped' or 'prerequisites', got {start!r}")
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     timings: list[dict[str, Any]] = []
+    start_files: dict[str, str] = {}
     for variant in chosen:
         starts = shipped_starts(variant.config, root) if start == "shipped" else None
+        start_files.update(start_fingerprints(starts))
         for seed in seeds:
             cfg = run_config(table, variant, seed, root, quick, extra, starts)
             trained = train_run(cfg, log)
@@ -511,7 +535,7 @@ def run_ablation(table: str | Path | AblationTable, root: str | Path = "runs/abl
     out = Path(root) / _slug(table.name)
     out.mkdir(parents=True, exist_ok=True)
     results = {"command": command, "table": table.to_dict(), "seeds": seeds, "quick": quick, "start": start, "extra": list(extra),
-               "rule": RULE, "rows": rows, "runs": {v: {str(s): r for s, r in d.items()} for v, d in runs.items()},
+               "start_files": start_files, "rule": RULE, "rows": rows, "runs": {v: {str(s): r for s, r in d.items()} for v, d in runs.items()},
                "timings": timings}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "table.md").write_text(text + "\n")
@@ -520,5 +544,5 @@ def run_ablation(table: str | Path | AblationTable, root: str | Path = "runs/abl
 
 
 __all__ = ["NOT_VERIFIED", "QUICK_OVERRIDES", "RULE", "TABLES", "AblationTable", "Variant", "difference_interval",
-           "evaluate_run", "format_table", "load_table", "run_ablation", "run_config", "shipped_starts", "summarise",
+           "evaluate_run", "format_table", "load_table", "run_ablation", "run_config", "shipped_starts", "start_fingerprints", "summarise",
            "t_quantile", "train_run", "trained_variants", "verdict"]
