@@ -69,11 +69,11 @@ def iou(pred: np.ndarray, label: np.ndarray, class_id: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------- python API
-@pytest.mark.parametrize(("name", "bound"), [("baseline", 0.6), ("ipmt", 0.25), ("amformer", 0.6)])
+@pytest.mark.parametrize(("name", "bound"), [("baseline", 0.6), ("ipmt", 0.5), ("amformer", 0.6)])
 def test_the_support_itself_as_query_is_segmented(images, models, name, bound):
     """The median IoU over SELF_SUPPORT when each query is its own support (measured with the zoo of 2026-12-08:
-    baseline 0.73, IPMT 0.31, AMFormer 0.75; predicting every pixel scores 0.16. The shipped IPMT is a weak run
-    that puts 37% of its foreground on base-class objects, docs/quality.md)."""
+    baseline 0.73, IPMT 0.63, AMFormer 0.75; predicting every pixel scores 0.16. The meta-learners' ranges reach
+    0.0-0.1 on an image or two: they put 16-32% of their foreground on base-class objects, docs/quality.md)."""
     ious = []
     for index, c in SELF_SUPPORT:
         path = images["self"] / f"img{index}.png"
