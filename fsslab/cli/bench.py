@@ -35,12 +35,12 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {"ipmt": {"backbone": "resnet50"}, "amformer": {"backbone": "resnet50", "n_base_classes": N_BASE_CLASSES},
              "baseline": {"backbone": "resnet50"}, "pspnet": {"backbone": "resnet50", "n_classes": N_BASE_CLASSES + 1}},
     # the shipped synthetic configs' models (fsslab/configs/synthetic/*_tiny.yaml), without their weights
-    "tiny": {"ipmt": {"backbone": "resnet_tiny", "hidden_dim": 64, "transformer_lr": 0.001, "dilation": "pspnet"},
+    "tiny": {"ipmt": {"backbone": "resnet_tiny", "hidden_dim": 64, "transformer_lr": 0.0005, "dilation": "pspnet"},
              "amformer": {"backbone": "resnet_tiny", "hidden_dim": 64, "transformer_dim": 32,
                           "base_head_channels": 128, "n_base_classes": N_BASE_CLASSES},
              "baseline": {"backbone": "resnet_tiny"},
              "pspnet": {"backbone": "resnet_tiny", "n_classes": N_BASE_CLASSES + 1, "dilation": "pspnet",
-                        "optimizer": "adamw", "head_channels": 128}},
+                        "optimizer": "adamw", "head_channels": 128, "backbone_lr_multiplier": 0.1}},
 }
 # Training-mode needs: the default baseline is training-free; PSPNet's 1x1 pyramid BN needs >= 2 images.
 TRAIN_KWARGS = {"baseline": {"learn_threshold": True}}
