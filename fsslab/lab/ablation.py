@@ -44,6 +44,7 @@ import yaml
 
 from fsslab.config import RunConfig, load_config
 from fsslab.errors import ConfigError
+from fsslab.files import sha256_file
 
 NOT_VERIFIED = "not verified"
 QUICK_ITERATIONS = 2
@@ -290,13 +291,11 @@ def shipped_starts(config: str, root: str | Path) -> dict[str, str]:
 def start_fingerprints(starts: dict[str, str] | None) -> dict[str, str]:
     """``{file name: sha256}`` of the starting files that ``shipped_starts`` wrote: which zoo a table started from.
     Two results files whose runs started from different files are not the same recipe (``merge_results``)."""
-    import hashlib
-
     prints = {}
     for key, value in (starts or {}).items():
         path = Path(value)
         if key != "model.prerequisite" and path.is_file():
-            prints[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+            prints[path.name] = sha256_file(path)
     return prints
 
 
